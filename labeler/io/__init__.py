@@ -1,0 +1,1 @@
+"""Input and output: storage URIs, image decoding, COCO, RLE, Parquet."""

@@ -1,0 +1,60 @@
+"""Image decoding: bytes to an RGB array in the EXIF-corrected frame."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: Default pixel limit: images declaring more pixels are refused before decoding.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not a decodable image (the message says why)."""
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode image bytes to an ``[H, W, 3]`` uint8 RGB array.
+
+    EXIF orientation is applied, so sizes and labels are in the frame a
+    viewer shows. Only the first frame of animations and multi-page files is
+    used. High bit-depth and palette images are converted to 8-bit RGB.
+
+    Raises:
+        ImageDecodeError: empty, unidentifiable, truncated or corrupt data, or
+            a declared size above ``max_pixels`` (checked before decoding).
+    """
+    if not data:
+        raise ImageDecodeError("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageDecodeError(f"{width}x{height} exceeds the pixel limit of {max_pixels}")
+                image.seek(0)
+                image.load()
+                image = ImageOps.exif_transpose(image)
+                return np.asarray(_to_rgb(image), dtype=np.uint8).copy()
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not an image file") from None
+    except Image.DecompressionBombError as error:
+        raise ImageDecodeError(f"decompression bomb: {error}") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageDecodeError(f"corrupt or truncated image: {error}") from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in {"I;16", "I;16B", "I;16L", "I"}:
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        return Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB")

@@ -1,0 +1,110 @@
+"""SAM2 image encoding and prompt decoding on batches, for any input size.
+
+The same computation as ``sam2.sam2_image_predictor.SAM2ImagePredictor``,
+written over batches and without its fixed 1024-pixel feature sizes, so
+small test models and large batches go through one path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from labeler.models.dinov2_encoder import normalize_imagenet
+
+
+@dataclass
+class Sam2Features:
+    """Encoder output for a batch of images.
+
+    Attributes:
+        image_embed: ``[B, C, S/16, S/16]`` lowest-resolution embedding.
+        high_res_feats: the higher-resolution levels (``[B, C/8, S/4, S/4]``,
+            ``[B, C/4, S/8, S/8]``) the mask decoder uses.
+    """
+
+    image_embed: torch.Tensor
+    high_res_feats: list[torch.Tensor]
+
+    def select(self, index: int) -> "Sam2Features":
+        """The features of one image of the batch, keeping a batch dimension of 1."""
+        return Sam2Features(
+            image_embed=self.image_embed[index : index + 1],
+            high_res_feats=[level[index : index + 1] for level in self.high_res_feats],
+        )
+
+
+def sam2_input(images: list[torch.Tensor], size: int, device: torch.device | str) -> torch.Tensor:
+    """Resize ``[3, H, W]`` 0..255 images to ``size``x``size`` (bilinear, antialiased,
+    no aspect preservation, as SAM2 does) and normalise them: ``[B, 3, S, S]``."""
+    resized = [
+        F.interpolate(image.to(device)[None].float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        for image in images
+    ]
+    return normalize_imagenet(torch.cat(resized))
+
+
+@torch.inference_mode()
+def encode_images(model: torch.nn.Module, batch: torch.Tensor) -> Sam2Features:
+    """Run the SAM2 image encoder on a normalised ``[B, 3, S, S]`` batch."""
+    backbone_out = model.forward_image(batch)
+    _, vision_feats, _, feat_sizes = model._prepare_backbone_features(backbone_out)
+    if model.directly_add_no_mem_embed:
+        vision_feats[-1] = vision_feats[-1] + model.no_mem_embed
+    # vision_feats are [HW, B, C] per level; the decoder wants [B, C, H, W].
+    levels = [
+        feat.permute(1, 2, 0).reshape(batch.shape[0], -1, height, width)
+        for feat, (height, width) in zip(vision_feats, feat_sizes)
+    ]
+    return Sam2Features(image_embed=levels[-1], high_res_feats=levels[:-1])
+
+
+@torch.inference_mode()
+def decode_prompts(
+    model: torch.nn.Module,
+    features: Sam2Features,
+    point_coords: torch.Tensor,
+    point_labels: torch.Tensor,
+    multimask_output: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode N prompts against ONE image's features.
+
+    Args:
+        model: the SAM2 model.
+        features: one image's features (batch dimension 1).
+        point_coords: ``[N, P, 2]`` (x, y) in the model's input pixel frame.
+            Boxes are two points labelled 2 and 3 (top-left, bottom-right).
+        point_labels: ``[N, P]`` labels (1 positive, 0 negative, 2/3 box corners).
+        multimask_output: three masks per prompt instead of one.
+
+    Returns:
+        ``low_res_logits [N, K, S/4, S/4]`` and ``iou_predictions [N, K]``,
+        with K = 3 or 1.
+    """
+    sparse, dense = model.sam_prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=None)
+    low_res, iou, _, _ = model.sam_mask_decoder(
+        image_embeddings=features.image_embed,
+        image_pe=model.sam_prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask_output,
+        repeat_image=point_coords.shape[0] > 1,
+        high_res_features=features.high_res_feats,
+    )
+    return low_res, iou
+
+
+def box_prompts(boxes_xyxy: torch.Tensor, image_hw: tuple[int, int], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes in original pixels to SAM2 box prompts in the ``size`` input frame."""
+    height, width = image_hw
+    scale = torch.tensor([size / width, size / height], dtype=torch.float32, device=boxes_xyxy.device)
+    coords = boxes_xyxy.float().reshape(-1, 2, 2) * scale
+    labels = torch.tensor([[2, 3]], dtype=torch.int32, device=boxes_xyxy.device).repeat(coords.shape[0], 1)
+    return coords, labels
+
+
+def upsample_logits(low_res: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
+    """Bilinearly upsample ``[N, K, h, w]`` mask logits to the original image size."""
+    return F.interpolate(low_res.float(), size=image_hw, mode="bilinear", align_corners=False)
