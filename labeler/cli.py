@@ -78,6 +78,26 @@ def bank_info_command(
     typer.echo(describe_bank(load_bank(bank_path), threshold))
 
 
+@app.command("demo")
+def demo_command(
+    out: str = typer.Option("demo-out", "--out", help="Folder for the generated data and outputs."),
+    device: str = typer.Option("cpu", "--device", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Run the flow offline on generated images with random tiny models."""
+    from labeler.bank_info import describe_bank
+    from labeler.demo import run_demo
+
+    result = run_demo(out, device=device)
+    typer.echo(describe_bank(result.bank))
+    typer.echo(
+        f"\nreferences: {result.references}\nbank:       {result.bank_path}\n\n"
+        "The demo uses random:tiny models: random weights, so the prototypes (and any labels) are "
+        "meaningless. With real checkpoints:\n"
+        f"  labeler build-bank --refs {result.references} --images {result.references.parent / 'images'} "
+        "--out bank.safetensors --dinov2 facebook/dinov2-large --sam2 facebook/sam2.1-hiera-large"
+    )
+
+
 def main() -> None:
     """Console entry point."""
     try:

@@ -1,7 +1,8 @@
 """Synthetic datasets with exact COCO ground truth, for the demo, tests and benchmarks.
 
 Images hold a few instances of distinct shape classes (each with its own
-colour and texture) on varied backgrounds. Category ids are deliberately not
+colour and texture) on varied backgrounds; classes come in shuffled cycles,
+so any four consecutive instances cover all four default classes. Category ids are deliberately not
 contiguous. Segmentations can be written as polygons, compressed RLE,
 uncompressed RLE, boxes only, or a mix of all four.
 """
@@ -136,6 +137,7 @@ def generate_dataset(
     width, height = image_size
     images, annotations = [], []
     annotation_id = 1
+    class_cycle: list[int] = []
     for index in range(num_images):
         image_id = first_image_id + index
         canvas = _background((height, width), rng)
@@ -143,7 +145,9 @@ def generate_dataset(
         columns = max(1, count)
         cell = width / columns
         for slot in range(count):
-            shape = classes[int(rng.integers(len(classes)))]
+            if not class_cycle:  # every class once per cycle, in a fresh random order
+                class_cycle = rng.permutation(len(classes)).tolist()
+            shape = classes[class_cycle.pop()]
             radius = float(rng.uniform(0.28, 0.4) * min(cell, height))
             cx = cell * (slot + 0.5) + float(rng.uniform(-0.05, 0.05) * cell)
             cy = float(rng.uniform(radius + 12, height - radius - 12))
