@@ -1,0 +1,145 @@
+"""Scoring proposals against the prototypes (METHOD.md section 3), as tensor functions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import batched_nms, masks_to_boxes
+
+DEFAULT_NMS_THR = 0.5
+DEFAULT_MAX_DETS = 100
+NMS_KEEP_FACTOR = 8
+
+
+def upsample_features(features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``[g, g, D]`` patch features to ``[h, w, D]`` on the mask grid (bilinear, antialias)."""
+    grid = features.permute(2, 0, 1)[None].float()
+    resized = F.interpolate(grid, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return resized[0].permute(1, 2, 0)
+
+
+def mask_embeddings(masks: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """L2-normalised mean feature inside each binary mask.
+
+    Args:
+        masks: ``[P, h, w]`` boolean masks, none empty.
+        features: ``[h, w, D]`` features on the same grid.
+
+    Returns:
+        ``[P, D]`` unit-norm embeddings.
+    """
+    flat = masks.flatten(1).to(features.dtype)
+    sums = flat @ features.reshape(-1, features.shape[-1])
+    means = sums / flat.sum(dim=1, keepdim=True).clamp_min(1.0)
+    return F.normalize(means, dim=1)
+
+
+def classify(embeddings: torch.Tensor, class_prototypes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label = the most similar class, score = that cosine similarity clamped at 0."""
+    similarity = (embeddings @ class_prototypes.T.to(embeddings.dtype)).clamp_min(0.0)
+    scores, labels = similarity.max(dim=1)
+    return labels, scores
+
+
+def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
+    """``[P, 4]`` (x0, y0, x1, y1) boxes of non-empty boolean masks, with exclusive far edges."""
+    if masks.shape[0] == 0:
+        return torch.zeros(0, 4, device=masks.device)
+    boxes = masks_to_boxes(masks)
+    return boxes + torch.tensor([0.0, 0.0, 1.0, 1.0], device=boxes.device)
+
+
+def class_aware_nms(
+    boxes: torch.Tensor, ranking: torch.Tensor, labels: torch.Tensor, iou_threshold: float, max_keep: int
+) -> torch.Tensor:
+    """Indices kept by per-class NMS, in decreasing ``ranking`` order, at most ``max_keep``.
+
+    The ranking is SAM2's predicted IoU, not the similarity score.
+    """
+    keep = batched_nms(boxes.float(), ranking.float(), labels, iou_threshold)
+    return keep[:max_keep]
+
+
+def soft_merge(masks: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """Semantic-aware soft merging, masks given in NMS rank order (best first).
+
+    ``ios_i = max_{j < i, label_j = label_i} (|m_i & m_j| / |m_i|) * max(0, cos(e_i, e_j))``
+    and ``score_i * (1 - ios_i) ** 0.5``.
+
+    Args:
+        masks: ``[P, h, w]`` boolean masks in rank order.
+        embeddings: ``[P, D]`` unit-norm mask embeddings.
+        labels: ``[P]`` class labels.
+        scores: ``[P]`` scores.
+
+    Returns:
+        ``[P]`` merged scores.
+    """
+    count = masks.shape[0]
+    if count == 0:
+        return scores
+    flat = masks.flatten(1).to(embeddings.dtype)
+    intersection = flat @ flat.T
+    areas = flat.sum(dim=1).clamp_min(1.0)
+    overlap = intersection / areas[:, None]  # row i: |m_i & m_j| / |m_i|
+    cosine = (embeddings @ embeddings.T).clamp_min(0.0)
+    higher_ranked = torch.ones(count, count, dtype=torch.bool, device=masks.device).tril(diagonal=-1)
+    same_class = labels[:, None] == labels[None, :]
+    ios = torch.where(higher_ranked & same_class, overlap * cosine, torch.zeros_like(overlap)).amax(dim=1)
+    return scores * (1.0 - ios.clamp(0.0, 1.0)).sqrt()
+
+
+@dataclass
+class ScoredProposals:
+    """The detections chosen for one image, as positions into its proposals."""
+
+    index: torch.Tensor  # [K] positions into the image's proposals
+    labels: torch.Tensor  # [K] class rows of the bank
+    scores: torch.Tensor  # [K] final scores in [0, 1]
+
+
+def score_proposals(
+    masks: torch.Tensor,
+    iou_predictions: torch.Tensor,
+    features: torch.Tensor,
+    class_prototypes: torch.Tensor,
+    *,
+    nms_thr: float = DEFAULT_NMS_THR,
+    max_dets: int = DEFAULT_MAX_DETS,
+    min_score: float = 0.0,
+) -> ScoredProposals:
+    """Classify, NMS, soft-merge and select the final detections of one image.
+
+    Args:
+        masks: ``[P, h, w]`` boolean low-res proposal masks (non-empty).
+        iou_predictions: ``[P]`` SAM2 predicted IoUs.
+        features: ``[h, w, D]`` DINOv2 features on the mask grid.
+        class_prototypes: ``[C, D]`` unit-norm prototypes.
+        nms_thr: NMS IoU threshold.
+        max_dets: detections kept per image (NMS keeps ``8 * max_dets``).
+        min_score: detections scoring below this are dropped.
+
+    Returns:
+        The chosen detections sorted by decreasing score; empty when there
+        is nothing left (a normal result).
+    """
+    device = masks.device
+    empty = ScoredProposals(
+        torch.zeros(0, dtype=torch.long, device=device),
+        torch.zeros(0, dtype=torch.long, device=device),
+        torch.zeros(0, device=device),
+    )
+    if masks.shape[0] == 0:
+        return empty
+    embeddings = mask_embeddings(masks, features)
+    labels, scores = classify(embeddings, class_prototypes)
+    keep = class_aware_nms(boxes_from_masks(masks), iou_predictions, labels, nms_thr, NMS_KEEP_FACTOR * max_dets)
+    keep = keep[scores[keep] > 0]
+    if keep.numel() == 0:
+        return empty
+    merged = soft_merge(masks[keep], embeddings[keep], labels[keep], scores[keep])
+    order = torch.argsort(merged, descending=True, stable=True)[:max_dets]
+    order = order[merged[order] >= min_score] if min_score > 0 else order[merged[order] > 0]
+    return ScoredProposals(index=keep[order], labels=labels[keep[order]], scores=merged[order].clamp(0.0, 1.0))
