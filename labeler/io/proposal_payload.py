@@ -1,0 +1,83 @@
+"""The compact form in which proposals travel from the SAM2 stage to the DINOv2 stage.
+
+Scoring needs each proposal's binary low-res mask; the final masks need the
+low-res logits, upsampled bilinearly and thresholded at 0. Bilinear
+interpolation reads the 2x2 low-res pixels around each output pixel: where
+those four share a sign, the output has that sign whatever their values.
+So only the logits on the *boundary band* (pixels with a 3x3 neighbour of
+the other sign) change the final mask. The payload is therefore
+
+* the binary masks as COCO RLE strings, concatenated into one blob,
+* the float32 logits on the boundary band, in mask order,
+* the predicted IoUs,
+
+and the receiver rebuilds logits that equal the originals on the band and
+``+/-32`` (SAM2's own logit clamp) elsewhere. Upsampling these gives the
+same final masks, bit for bit, as upsampling the originals
+(``tests/test_proposal_payload.py``), at a fraction of the bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from labeler.io.rle import decode_masks, encode_masks
+
+LOGIT_CLAMP = 32.0
+
+
+def boundary_band(masks: torch.Tensor) -> torch.Tensor:
+    """Pixels of ``[P, h, w]`` boolean masks with a 3x3 neighbour of the other value."""
+    as_float = masks[:, None].float()
+    dilated = F.max_pool2d(as_float, 3, stride=1, padding=1)
+    eroded = -F.max_pool2d(-as_float, 3, stride=1, padding=1)
+    return (dilated != eroded)[:, 0]
+
+
+@dataclass
+class ProposalPayload:
+    """Proposals of one image, ready to cross between actors."""
+
+    rle_blob: bytes
+    rle_lengths: np.ndarray  # int32 [P]
+    band_logits: np.ndarray  # float32 [B]
+    iou: np.ndarray  # float32 [P]
+    height: int  # low-res grid
+    width: int
+
+    @property
+    def count(self) -> int:
+        return int(self.rle_lengths.shape[0])
+
+    def nbytes(self) -> int:
+        """Bytes this payload puts on the wire (array and blob contents)."""
+        return len(self.rle_blob) + self.rle_lengths.nbytes + self.band_logits.nbytes + self.iou.nbytes
+
+
+def encode_proposals(logits: torch.Tensor, iou: torch.Tensor) -> ProposalPayload:
+    """Pack ``[P, h, w]`` low-res logits and their ``[P]`` predicted IoUs."""
+    masks = logits > 0
+    counts = [rle["counts"].encode("ascii") for rle in encode_masks(masks)]
+    band_logits = logits[boundary_band(masks)].float().cpu().numpy()
+    return ProposalPayload(
+        rle_blob=b"".join(counts),
+        rle_lengths=np.array([len(c) for c in counts], dtype=np.int32),
+        band_logits=band_logits,
+        iou=iou.float().cpu().numpy(),
+        height=int(logits.shape[1]),
+        width=int(logits.shape[2]),
+    )
+
+
+def decode_proposals(payload: ProposalPayload, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unpack to ``[P, h, w]`` boolean masks and equivalent logits on ``device``."""
+    offsets = np.concatenate(([0], np.cumsum(payload.rle_lengths)))
+    counts = [payload.rle_blob[offsets[i] : offsets[i + 1]] for i in range(payload.count)]
+    masks = torch.from_numpy(decode_masks(counts, payload.height, payload.width)).to(device).bool()
+    logits = torch.where(masks, LOGIT_CLAMP, -LOGIT_CLAMP).float()
+    logits[boundary_band(masks)] = torch.from_numpy(payload.band_logits).to(device)
+    return masks, logits
