@@ -20,7 +20,7 @@ from labeler.devices import resolve_device
 from labeler.errors import LabelerError
 from labeler.io import storage
 from labeler.io.coco import CocoAnnotation, CocoDataset, CocoImage, read_coco
-from labeler.io.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from labeler.io.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, resize_square
 from labeler.io.masks import box_to_mask, segmentation_to_mask
 from labeler.method.crops import DEFAULT_CONTEXT_RATIO, context_crop_box, crop_reference
 from labeler.method.prototypes import EmptyWeightsError, class_prototypes, instance_prototypes
@@ -111,7 +111,8 @@ class _BoxMasker:
             self._model = load_sam2(self.spec, self.device)
         model = self._model
         height, width = pixels.shape[1:]
-        features = encode_images(model, sam2_input([pixels], model.image_size, self.device))
+        resized = resize_square(pixels.permute(1, 2, 0).numpy(), model.image_size, "bilinear")
+        features = encode_images(model, sam2_input(resized[None], self.device))
         xyxy = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in boxes], device=self.device)
         coords, labels = box_prompts(xyxy, (height, width), model.image_size)
         low_res, _ = decode_prompts(model, features, coords, labels, multimask_output=False)

@@ -78,6 +78,48 @@ def bank_info_command(
     typer.echo(describe_bank(load_bank(bank_path), threshold))
 
 
+@app.command("run")
+def run_command(
+    bank: str = typer.Option(..., "--bank", help="Prototype bank from build-bank (path or URI)."),
+    images: str = typer.Option(..., "--images", help="Folder/prefix, .txt list of URIs, or COCO .json."),
+    out: str = typer.Option(..., "--out", help="Output folder (path or URI)."),
+    sam2: str = typer.Option("facebook/sam2.1-hiera-large", "--sam2", help="SAM2 spec."),
+    image_root: Optional[str] = typer.Option(None, "--image-root", help="Root of a COCO source's file_names."),
+    points_per_side: int = typer.Option(32, "--points-per-side", help="Prompt grid side."),
+    points_per_batch: int = typer.Option(256, "--points-per-batch", help="Prompts decoded together."),
+    pred_iou_thr: float = typer.Option(0.4, "--pred-iou-thr", help="Keep proposals above this predicted IoU."),
+    nms_thr: float = typer.Option(0.5, "--nms-thr", help="Class-aware NMS IoU threshold."),
+    max_dets: int = typer.Option(100, "--max-dets", help="Detections per image."),
+    min_score: float = typer.Option(0.0, "--min-score", help="Drop detections scoring below this."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Images per model batch."),
+    sam2_actors: int = typer.Option(1, "--sam2-actors", help="SAM2 proposal actors."),
+    dinov2_actors: int = typer.Option(1, "--dinov2-actors", help="DINOv2 scoring actors."),
+    gpus_per_actor: float = typer.Option(1.0, "--gpus-per-actor", help="GPUs per model actor (fractions allowed)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS or local)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous run in OUT."),
+    max_pixels: int = typer.Option(100_000_000, "--max-pixels", help="Refuse images with more pixels (error row)."),
+    rows_per_shard: int = typer.Option(1000, "--rows-per-shard", help="Images per Parquet shard."),
+) -> None:
+    """Label every image of a source with instance masks, streaming on Ray Data."""
+    from labeler.run import RunConfig, run_labeling
+
+    summary = run_labeling(RunConfig(
+        bank=bank, images=images, out=out, sam2=sam2, image_root=image_root, points_per_side=points_per_side,
+        points_per_batch=points_per_batch, pred_iou_thr=pred_iou_thr, nms_thr=nms_thr, max_dets=max_dets,
+        min_score=min_score, batch_size=batch_size, sam2_actors=sam2_actors, dinov2_actors=dinov2_actors,
+        gpus_per_actor=gpus_per_actor, address=address, overwrite=overwrite, max_pixels=max_pixels,
+        rows_per_shard=rows_per_shard,
+    ))
+    counts = summary.counts
+    typer.echo(
+        f"{summary.images_listed} images listed: {summary.images_processed} labelled now, "
+        f"{summary.images_skipped} already done\n"
+        f"OUT holds {counts.images_ok} ok + {counts.images_error} error images, {counts.detections} detections\n"
+        f"{summary.wall_seconds:.1f} s, {summary.images_per_second:.2f} images/s\n"
+        f"labels: {out.rstrip('/')}/labels/*.parquet, {out.rstrip('/')}/coco.json, manifest {out.rstrip('/')}/run.json"
+    )
+
+
 @app.command("demo")
 def demo_command(
     out: str = typer.Option("demo-out", "--out", help="Folder for the generated data and outputs."),

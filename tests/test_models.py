@@ -2,6 +2,8 @@
 
 import pickle
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -124,7 +126,7 @@ def test_dinov2_with_registers_drops_register_tokens(tmp_path):
 
 def test_box_prompt_decoding_shapes():
     model = load_sam2("random:tiny")
-    features = encode_images(model, sam2_input([torch.zeros(3, 100, 80)], model.image_size, "cpu"))
+    features = encode_images(model, sam2_input(np.zeros((1, 256, 256, 3), dtype=np.uint8), "cpu"))
     coords, labels = box_prompts(torch.tensor([[10.0, 10.0, 50.0, 60.0], [0.0, 0.0, 80.0, 100.0]]), (100, 80), 256)
     assert torch.allclose(coords[0], torch.tensor([[32.0, 25.6], [160.0, 153.6]]))
     low_res, iou = decode_prompts(model, features, coords, labels, multimask_output=False)

@@ -50,6 +50,13 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
         raise ImageDecodeError(f"corrupt or truncated image: {error}") from None
 
 
+def resize_square(pixels: np.ndarray, size: int, resample: str) -> np.ndarray:
+    """Resize ``[H, W, 3]`` uint8 pixels to ``[size, size, 3]`` without keeping the aspect
+    ratio, with PIL's antialiased ``bilinear`` or ``bicubic`` filter."""
+    filters = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+    return np.asarray(Image.fromarray(pixels).resize((size, size), filters[resample]), dtype=np.uint8)
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in {"I;16", "I;16B", "I;16L", "I"}:
         array = np.asarray(image, dtype=np.float64)

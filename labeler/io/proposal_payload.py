@@ -8,13 +8,16 @@ So only the logits on the *boundary band* (pixels with a 3x3 neighbour of
 the other sign) change the final mask. The payload is therefore
 
 * the binary masks as COCO RLE strings, concatenated into one blob,
-* the float32 logits on the boundary band, in mask order,
+* the logits on the boundary band as float16, in mask order,
 * the predicted IoUs,
 
-and the receiver rebuilds logits that equal the originals on the band and
-``+/-32`` (SAM2's own logit clamp) elsewhere. Upsampling these gives the
-same final masks, bit for bit, as upsampling the originals
-(``tests/test_proposal_payload.py``), at a fraction of the bytes.
+and the receiver rebuilds logits that equal the originals (to float16
+precision, sign kept from the exact binary mask) on the band and ``+/-32``
+(SAM2's own logit clamp) elsewhere. Binary low-res masks, and so all
+scoring, are exact; final masks can differ from upsampling the float32
+logits only at pixels whose interpolated logit is within float16 rounding
+of 0 (``tests/test_proposal_payload.py`` bounds it), at a fraction of the
+bytes of float16 logits.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch.nn.functional as F
 from labeler.io.rle import decode_masks, encode_masks
 
 LOGIT_CLAMP = 32.0
+SMALLEST_POSITIVE = 1e-7
 
 
 def boundary_band(masks: torch.Tensor) -> torch.Tensor:
@@ -44,7 +48,7 @@ class ProposalPayload:
 
     rle_blob: bytes
     rle_lengths: np.ndarray  # int32 [P]
-    band_logits: np.ndarray  # float32 [B]
+    band_logits: np.ndarray  # float16 [B]
     iou: np.ndarray  # float32 [P]
     height: int  # low-res grid
     width: int
@@ -62,7 +66,7 @@ def encode_proposals(logits: torch.Tensor, iou: torch.Tensor) -> ProposalPayload
     """Pack ``[P, h, w]`` low-res logits and their ``[P]`` predicted IoUs."""
     masks = logits > 0
     counts = [rle["counts"].encode("ascii") for rle in encode_masks(masks)]
-    band_logits = logits[boundary_band(masks)].float().cpu().numpy()
+    band_logits = logits[boundary_band(masks)].half().cpu().numpy()
     return ProposalPayload(
         rle_blob=b"".join(counts),
         rle_lengths=np.array([len(c) for c in counts], dtype=np.int32),
@@ -79,5 +83,10 @@ def decode_proposals(payload: ProposalPayload, device: torch.device | str) -> tu
     counts = [payload.rle_blob[offsets[i] : offsets[i + 1]] for i in range(payload.count)]
     masks = torch.from_numpy(decode_masks(counts, payload.height, payload.width)).to(device).bool()
     logits = torch.where(masks, LOGIT_CLAMP, -LOGIT_CLAMP).float()
-    logits[boundary_band(masks)] = torch.from_numpy(payload.band_logits).to(device)
+    band = boundary_band(masks)
+    values = torch.from_numpy(payload.band_logits).to(device).float()
+    inside = masks[band]
+    # float16 can round a tiny logit to 0: keep the sign the exact mask says.
+    values = torch.where(inside, values.clamp_min(SMALLEST_POSITIVE), values.clamp_max(0.0))
+    logits[band] = values
     return masks, logits

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import posixpath
+import shutil
 import uuid
 from typing import Any
 
@@ -68,6 +69,22 @@ def write_bytes_atomic(uri: str, data: bytes, storage_options: dict[str, Any] | 
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def put_file_atomic(local_path: str, uri: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Publish a local file at ``uri`` so that readers never see it half-written."""
+    fs, path = filesystem(uri, storage_options)
+    if not is_local(uri):
+        fs.put_file(local_path, path)
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    staged = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        shutil.copyfile(local_path, staged)
+        os.replace(staged, path)
+    finally:
+        if os.path.exists(staged):
+            os.remove(staged)
 
 
 def join_under(root: str, relative: str, *, what: str) -> str:

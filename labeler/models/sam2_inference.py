@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from labeler.method.proposals import best_of_three, keep_proposals
 from labeler.models.dinov2_encoder import normalize_imagenet
 
 
@@ -36,14 +38,12 @@ class Sam2Features:
         )
 
 
-def sam2_input(images: list[torch.Tensor], size: int, device: torch.device | str) -> torch.Tensor:
-    """Resize ``[3, H, W]`` 0..255 images to ``size``x``size`` (bilinear, antialiased,
-    no aspect preservation, as SAM2 does) and normalise them: ``[B, 3, S, S]``."""
-    resized = [
-        F.interpolate(image.to(device)[None].float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        for image in images
-    ]
-    return normalize_imagenet(torch.cat(resized))
+def sam2_input(resized: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """Normalise ``[B, S, S, 3]`` uint8 images, already resized to the model's
+    square input (:func:`labeler.io.images.resize_square`, bilinear), to a
+    ``[B, 3, S, S]`` float batch on ``device``."""
+    batch = torch.from_numpy(np.ascontiguousarray(resized)).to(device, non_blocking=True)
+    return normalize_imagenet(batch.permute(0, 3, 1, 2))
 
 
 @torch.inference_mode()
@@ -103,6 +103,40 @@ def box_prompts(boxes_xyxy: torch.Tensor, image_hw: tuple[int, int], size: int) 
     coords = boxes_xyxy.float().reshape(-1, 2, 2) * scale
     labels = torch.tensor([[2, 3]], dtype=torch.int32, device=boxes_xyxy.device).repeat(coords.shape[0], 1)
     return coords, labels
+
+
+@torch.inference_mode()
+def grid_proposals(
+    model: torch.nn.Module,
+    features: Sam2Features,
+    grid: torch.Tensor,
+    points_per_batch: int,
+    pred_iou_thr: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """METHOD.md section 2 for one image: prompt every grid point (one positive
+    point each, in batches), keep the best of the three masks per point and
+    the proposals whose predicted IoU passes ``pred_iou_thr``.
+
+    Args:
+        model: the SAM2 model.
+        features: one image's encoder features.
+        grid: ``[N, 2]`` prompt points in the input frame.
+        points_per_batch: prompts decoded together.
+        pred_iou_thr: predicted-IoU threshold.
+
+    Returns:
+        ``[P, h, w]`` low-res logits and ``[P]`` predicted IoUs of the kept proposals.
+    """
+    kept_logits, kept_iou = [], []
+    for start in range(0, grid.shape[0], points_per_batch):
+        points = grid[start : start + points_per_batch].to(features.image_embed.device)
+        labels = torch.ones(points.shape[0], 1, dtype=torch.int32, device=points.device)
+        low_res, iou = decode_prompts(model, features, points[:, None, :], labels, multimask_output=True)
+        logits, best_iou = best_of_three(low_res, iou)
+        keep = keep_proposals(logits, best_iou, pred_iou_thr)
+        kept_logits.append(logits[keep].float())
+        kept_iou.append(best_iou[keep].float())
+    return torch.cat(kept_logits), torch.cat(kept_iou)
 
 
 def upsample_logits(low_res: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:

@@ -1,0 +1,37 @@
+"""Writer stage: a Ray Data datasink that publishes label shards atomically."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pyarrow as pa
+from ray.data import Datasink
+from ray.data.block import BlockAccessor
+
+from labeler.io.labels import LABELS_SCHEMA
+from labeler.io.shards import write_shard
+
+
+class LabelShardSink(Datasink[list[str]]):
+    """Writes each write task's rows as one Parquet shard under ``OUT/labels``.
+
+    Ray Data gathers at least ``rows_per_shard`` rows per write call, so
+    shards have a useful size; each is published whole.
+    """
+
+    def __init__(self, out: str, rows_per_shard: int, storage_options: dict | None = None):
+        self.out = out
+        self.rows_per_shard = rows_per_shard
+        self.storage_options = storage_options
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.rows_per_shard
+
+    def write(self, blocks: Iterable, ctx) -> list[str]:
+        tables = [BlockAccessor.for_block(block).to_arrow() for block in blocks]
+        tables = [t for t in tables if t.num_rows]
+        if not tables:
+            return []
+        table = pa.concat_tables([t.cast(LABELS_SCHEMA) for t in tables])
+        return [write_shard(self.out, table, self.storage_options)]

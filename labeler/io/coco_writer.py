@@ -1,0 +1,85 @@
+"""Streaming COCO JSON from the label shards (bounded memory)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from labeler.io import storage
+from labeler.io.coco import Category
+from labeler.io.labels import STATUS_OK
+from labeler.io.shards import iter_shard_tables
+
+
+@dataclass
+class LabelCounts:
+    """What the shards hold."""
+
+    images_ok: int = 0
+    images_error: int = 0
+    detections: int = 0
+
+
+def _image_entries(out: str, storage_options: dict | None, counts: LabelCounts) -> Iterator[str]:
+    for _, table in iter_shard_tables(out, ["image_id", "uri", "width", "height", "status"], storage_options):
+        for row in table.to_pylist():
+            if row["status"] != STATUS_OK:
+                counts.images_error += 1
+                continue
+            counts.images_ok += 1
+            yield json.dumps({"id": row["image_id"], "file_name": row["uri"], "width": row["width"],
+                              "height": row["height"]})
+
+
+def _annotation_entries(out: str, storage_options: dict | None, counts: LabelCounts) -> Iterator[str]:
+    annotation_id = 0
+    for _, table in iter_shard_tables(out, ["image_id", "height", "width", "status", "detections"], storage_options):
+        for batch in table.to_batches(max_chunksize=256):
+            for row in batch.to_pylist():
+                for detection in row["detections"]:
+                    annotation_id += 1
+                    counts.detections += 1
+                    yield json.dumps({
+                        "id": annotation_id,
+                        "image_id": row["image_id"],
+                        "category_id": detection["category_id"],
+                        "bbox": [round(v, 2) for v in detection["bbox"]],
+                        "area": detection["area"],
+                        "segmentation": {"size": [row["height"], row["width"]], "counts": detection["rle"]},
+                        "score": round(detection["score"], 6),
+                        "iscrowd": 0,
+                    })
+
+
+def _write_array(handle, entries: Iterator[str]) -> None:
+    handle.write("[")
+    for position, entry in enumerate(entries):
+        handle.write(",\n" if position else "\n")
+        handle.write(entry)
+    handle.write("\n]")
+
+
+def write_coco(out: str, categories: list[Category], storage_options: dict | None = None) -> LabelCounts:
+    """Write ``OUT/coco.json`` from the shards, one shard in memory at a time.
+
+    Images with status ``ok`` are listed (``file_name`` is the image URI);
+    error images are only in the Parquet shards and ``run.json`` counts.
+    The file is staged locally and published atomically.
+    """
+    counts = LabelCounts()
+    with tempfile.TemporaryDirectory(prefix="labeler-coco-") as folder:
+        local = os.path.join(folder, "coco.json")
+        with open(local, "w") as handle:
+            handle.write('{"info": {"description": "labeler predictions"},\n"categories": ')
+            handle.write(json.dumps([{"id": c.id, "name": c.name} for c in categories]))
+            handle.write(',\n"images": ')
+            _write_array(handle, _image_entries(out, storage_options, counts))
+            handle.write(',\n"annotations": ')
+            _write_array(handle, _annotation_entries(out, storage_options, counts))
+            handle.write("}\n")
+        target = out.rstrip("/") + "/coco.json"
+        storage.put_file_atomic(local, target, storage_options)
+    return counts

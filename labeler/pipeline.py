@@ -1,0 +1,94 @@
+"""The Ray Data pipeline of ``labeler run``: a short list of named steps."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import ray
+
+from labeler.actors.decode import decode_batch
+from labeler.actors.dinov2_scorer import Dinov2Scorer
+from labeler.actors.sam2_proposer import Sam2Proposer
+from labeler.actors.writer import LabelShardSink
+
+if TYPE_CHECKING:
+    from labeler.run import RunConfig
+
+log = logging.getLogger(__name__)
+
+#: Logical CPUs per read + decode task. Reads wait on storage much of the
+#: time, so two tasks share a CPU; being unlike the actors' request also
+#: keeps Ray from fusing decoding into the model actors when there is no GPU.
+DECODE_CPUS = 0.5
+
+
+def _connect(address: str | None, extra_cpus: int) -> bool:
+    """Join the cluster at ``address`` / ``RAY_ADDRESS``, or start a local Ray.
+
+    Returns whether this call started Ray (and so should shut it down).
+    """
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return True
+    # Locally, the actors each hold a logical CPU; add as many so that the
+    # read and write tasks still find CPUs to run on.
+    ray.init(num_cpus=(os.cpu_count() or 1) + extra_cpus, include_dashboard=False, log_to_driver=True)
+    return True
+
+
+def _block_rows(config: RunConfig) -> int:
+    return max(config.batch_size * 2, 8)
+
+
+def run_pipeline(config: RunConfig, todo: pa.Table, *, sam2_size: int, dino_size: int) -> None:
+    """Run read -> SAM2 -> DINOv2 -> write over the ``(image_id, uri)`` rows in ``todo``."""
+    started_here = _connect(config.address, config.sam2_actors + config.dinov2_actors)
+    try:
+        use_gpu = ray.cluster_resources().get("GPU", 0) > 0 and config.gpus_per_actor > 0
+        device = "cuda" if use_gpu else "cpu"
+        gpu_request = {"num_gpus": config.gpus_per_actor} if use_gpu else {}
+        cpu_threads = None if use_gpu else max(1, (os.cpu_count() or 1) // (config.sam2_actors + config.dinov2_actors))
+        step = _block_rows(config)
+        blocks = [todo.slice(offset, step) for offset in range(0, todo.num_rows, step)]
+
+        images = ray.data.from_arrow(blocks)
+        decoded = images.map_batches(
+            decode_batch,
+            batch_size=config.batch_size,
+            num_cpus=DECODE_CPUS,
+            fn_kwargs=dict(sam2_size=sam2_size, dino_size=dino_size, max_pixels=config.max_pixels,
+                           storage_options=config.storage_options),
+        )
+        proposals = decoded.map_batches(
+            Sam2Proposer,
+            batch_size=config.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=config.sam2_actors),
+            num_cpus=1,
+            fn_constructor_kwargs=dict(
+                sam2=config.sam2, device=device, points_per_side=config.points_per_side,
+                points_per_batch=config.points_per_batch, pred_iou_thr=config.pred_iou_thr,
+                cpu_threads=cpu_threads,
+            ),
+            **gpu_request,
+        )
+        labels = proposals.map_batches(
+            Dinov2Scorer,
+            batch_size=config.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=config.dinov2_actors),
+            num_cpus=1,
+            fn_constructor_kwargs=dict(
+                bank=config.bank, device=device, nms_thr=config.nms_thr, max_dets=config.max_dets,
+                min_score=config.min_score, cpu_threads=cpu_threads,
+            ),
+            **gpu_request,
+        )
+        labels.write_datasink(LabelShardSink(config.out, config.rows_per_shard, config.storage_options))
+    finally:
+        if started_here:
+            ray.shutdown()

@@ -1,0 +1,231 @@
+"""``labeler run``: label every image of a source, streaming through Ray Data.
+
+Stages (DESIGN.md, "Data flow"): list the source -> read + decode (CPU
+tasks) -> SAM2 proposal actors -> DINOv2 scoring actors holding the bank ->
+label shards; then the COCO file and the ``run.json`` manifest. Every input
+image ends up exactly once in the shards, as labels or as an error row, and
+a rerun on the same OUT resumes where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from labeler import __version__
+from labeler.bank import PrototypeBank, load_bank
+from labeler.errors import LabelerError
+from labeler.io import storage
+from labeler.io.coco_writer import LabelCounts, write_coco
+from labeler.io.images import DEFAULT_MAX_PIXELS
+from labeler.io.shards import finished_ids, labels_dir, remove_duplicates, remove_temporaries
+from labeler.io.sources import list_source
+from labeler.method.proposals import DEFAULT_POINTS_PER_BATCH, DEFAULT_POINTS_PER_SIDE, DEFAULT_PRED_IOU_THR
+from labeler.method.scoring import DEFAULT_MAX_DETS, DEFAULT_NMS_THR
+from labeler.models import DEFAULT_SAM2, load_dinov2, load_sam2
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = "_state"
+SETTINGS_FILE = "settings.json"
+OUR_ENTRIES = ("labels", "coco.json", "run.json", STATE_DIR)
+
+
+@dataclass
+class RunConfig:
+    """Everything ``labeler run`` takes; the CLI maps its options one to one."""
+
+    bank: str
+    images: str
+    out: str
+    sam2: str = DEFAULT_SAM2
+    image_root: str | None = None
+    points_per_side: int = DEFAULT_POINTS_PER_SIDE
+    points_per_batch: int = DEFAULT_POINTS_PER_BATCH
+    pred_iou_thr: float = DEFAULT_PRED_IOU_THR
+    nms_thr: float = DEFAULT_NMS_THR
+    max_dets: int = DEFAULT_MAX_DETS
+    min_score: float = 0.0
+    batch_size: int = 8
+    sam2_actors: int = 1
+    dinov2_actors: int = 1
+    gpus_per_actor: float = 1.0
+    address: str | None = None
+    overwrite: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    rows_per_shard: int = 1000
+    storage_options: dict[str, Any] | None = field(default=None, repr=False)
+
+    def validate(self) -> None:
+        checks = [
+            (self.points_per_side >= 1, "--points-per-side must be at least 1"),
+            (self.points_per_batch >= 1, "--points-per-batch must be at least 1"),
+            (0.0 <= self.pred_iou_thr < 1.0, "--pred-iou-thr must be in [0, 1)"),
+            (0.0 < self.nms_thr <= 1.0, "--nms-thr must be in (0, 1]"),
+            (self.max_dets >= 1, "--max-dets must be at least 1"),
+            (0.0 <= self.min_score <= 1.0, "--min-score must be in [0, 1]"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.sam2_actors >= 1 and self.dinov2_actors >= 1, "actor counts must be at least 1"),
+            (self.gpus_per_actor >= 0, "--gpus-per-actor must be non-negative"),
+            (self.rows_per_shard >= 1, "--rows-per-shard must be at least 1"),
+            (self.max_pixels >= 1, "--max-pixels must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise LabelerError(message)
+
+    def settings(self, bank: PrototypeBank) -> dict[str, Any]:
+        """What determines the labels: a rerun must match it to resume."""
+        return {
+            "bank_hash": bank.content_hash,
+            "encoder": bank.encoder,
+            "sam2": self.sam2,
+            "images": self.images,
+            "image_root": self.image_root,
+            "points_per_side": self.points_per_side,
+            "pred_iou_thr": self.pred_iou_thr,
+            "nms_thr": self.nms_thr,
+            "max_dets": self.max_dets,
+            "min_score": self.min_score,
+            "max_pixels": self.max_pixels,
+        }
+
+
+@dataclass
+class RunSummary:
+    """What a run did and what OUT now holds."""
+
+    out: str
+    images_listed: int
+    images_skipped: int
+    images_processed: int
+    duplicates_removed: int
+    counts: LabelCounts
+    wall_seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_processed / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+
+def _join(out: str, name: str) -> str:
+    return out.rstrip("/") + "/" + name
+
+
+def prepare_output(out: str, settings: dict[str, Any], overwrite: bool, storage_options: dict | None) -> None:
+    """Check OUT against the settings of the run it may hold; clear it with ``overwrite``.
+
+    Raises:
+        LabelerError: OUT holds a run with other settings, or foreign files.
+    """
+    fs, root = storage.filesystem(out, storage_options)
+    state_uri = _join(out, f"{STATE_DIR}/{SETTINGS_FILE}")
+    entries = [os.path.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)] if fs.exists(root) else []
+    if overwrite:
+        for name in OUR_ENTRIES:
+            path = _join(root, name)
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+    elif storage.exists(state_uri, storage_options):
+        previous = json.loads(storage.read_bytes(state_uri, storage_options))
+        changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+        if changed:
+            details = ", ".join(f"{k}: {previous.get(k)!r} -> {settings.get(k)!r}" for k in changed[:4])
+            raise LabelerError(f"{out} holds a run with other settings ({details}); pass --overwrite or use another --out")
+    elif entries:
+        raise LabelerError(f"{out} is not empty and holds no labeler run; use an empty folder (or --overwrite)")
+    storage.write_bytes_atomic(state_uri, json.dumps(settings, indent=2, sort_keys=True).encode(), storage_options)
+
+
+def _package_versions() -> dict[str, str]:
+    versions = {"labeler": __version__, "python": platform.python_version()}
+    for name in ("torch", "torchvision", "transformers", "sam2", "ray", "pyarrow", "pycocotools"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _preflight(config: RunConfig, bank: PrototypeBank) -> int:
+    """Load both models once on the CPU so a bad spec fails before any image is read.
+
+    Returns the SAM2 input size the decode stage resizes to.
+    """
+    sam2 = load_sam2(config.sam2, "cpu")
+    load_dinov2(bank.encoder, "cpu", bank.input_size)
+    return int(sam2.image_size)
+
+
+def _todo(listing: pa.Table, out: str, storage_options: dict | None) -> tuple[pa.Table, int]:
+    done = finished_ids(out, storage_options)
+    if not len(done):
+        return listing, 0
+    finished = pc.is_in(listing.column("image_id"), value_set=pa.array(done))
+    return listing.filter(pc.invert(finished)), int(pc.sum(finished).as_py() or 0)
+
+
+def run_labeling(config: RunConfig) -> RunSummary:
+    """Label every image of ``config.images`` into ``config.out``.
+
+    Raises:
+        LabelerError: bad settings, an unusable bank or model, an unreadable
+            source, or an OUT that holds something else. Unreadable images
+            are not errors of the run: they become error rows.
+    """
+    started = time.monotonic()
+    config.validate()
+    bank = load_bank(config.bank)
+    sam2_size = _preflight(config, bank)
+    listing = list_source(config.images, config.image_root, config.storage_options)
+    settings = config.settings(bank)
+    prepare_output(config.out, settings, config.overwrite, config.storage_options)
+    remove_temporaries(config.out, config.storage_options)
+    todo, skipped = _todo(listing.table, config.out, config.storage_options)
+    log.info("%d images listed, %d already labelled, %d to do", len(listing), skipped, todo.num_rows)
+    if todo.num_rows:
+        from labeler.pipeline import run_pipeline
+
+        run_pipeline(config, todo, sam2_size=sam2_size, dino_size=bank.input_size)
+    duplicates = remove_duplicates(config.out, config.storage_options)
+    counts = write_coco(config.out, bank.categories, config.storage_options)
+    summary = RunSummary(
+        out=config.out, images_listed=len(listing), images_skipped=skipped, images_processed=todo.num_rows,
+        duplicates_removed=duplicates, counts=counts, wall_seconds=time.monotonic() - started,
+    )
+    _write_manifest(config, bank, settings, summary)
+    return summary
+
+
+def _write_manifest(config: RunConfig, bank: PrototypeBank, settings: dict, summary: RunSummary) -> None:
+    public_config = {k: v for k, v in asdict(config).items() if k != "storage_options"}
+    manifest = {
+        "config": public_config,
+        "settings": settings,
+        "bank": {"path": config.bank, "content_hash": bank.content_hash, "categories": len(bank.categories)},
+        "models": {"sam2": config.sam2, "dinov2": bank.encoder},
+        "versions": _package_versions(),
+        "counts": {
+            "images_listed": summary.images_listed,
+            "images_ok": summary.counts.images_ok,
+            "images_error": summary.counts.images_error,
+            "detections": summary.counts.detections,
+            "images_processed_this_run": summary.images_processed,
+            "images_skipped_as_done": summary.images_skipped,
+            "duplicates_removed": summary.duplicates_removed,
+        },
+        "wall_seconds": round(summary.wall_seconds, 3),
+        "images_per_second": round(summary.images_per_second, 3),
+        "labels": labels_dir(config.out),
+    }
+    storage.write_bytes_atomic(_join(config.out, "run.json"), json.dumps(manifest, indent=2).encode(),
+                               config.storage_options)
