@@ -42,7 +42,7 @@ def sam2_input(resized: np.ndarray, device: torch.device | str) -> torch.Tensor:
     """Normalise ``[B, S, S, 3]`` uint8 images, already resized to the model's
     square input (:func:`labeler.io.images.resize_square`, bilinear), to a
     ``[B, 3, S, S]`` float batch on ``device``."""
-    batch = torch.from_numpy(np.ascontiguousarray(resized)).to(device, non_blocking=True)
+    batch = torch.from_numpy(np.require(resized, requirements=["C", "W"])).to(device, non_blocking=True)
     return normalize_imagenet(batch.permute(0, 3, 1, 2))
 
 

@@ -1,0 +1,177 @@
+"""labeler run end to end on generated images with random:tiny models and a sparse grid."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from labeler.bank import load_bank
+from labeler.build_bank import build_bank
+from labeler.errors import LabelerError, ModelLoadError
+from labeler.io.shards import list_shards
+from labeler.io.sources import list_source
+from labeler.run import RunConfig, run_labeling
+from labeler.synthetic import generate_dataset
+
+TINY_RUN = dict(sam2="random:tiny", points_per_side=4, batch_size=4, rows_per_shard=4)
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def bank_path(tmp_path_factory, refs_mixed):
+    bank = build_bank(str(refs_mixed), str(refs_mixed.parent / "images"), dinov2="random:tiny", sam2="random:tiny",
+                      device="cpu")
+    path = tmp_path_factory.mktemp("bank") / "bank.safetensors"
+    bank.save(str(path))
+    return str(path)
+
+
+def make_targets(folder: Path, count: int, seed: int = 11) -> Path:
+    """``count`` generated images plus three broken files under ``folder/images``."""
+    generate_dataset(folder, count, seed=seed, image_format="jpg")
+    images = folder / "images"
+    (images / "empty.png").write_bytes(b"")
+    (images / "not-an-image.jpg").write_text("<html>404</html>")
+    good = next(images.rglob("img_*.jpg")).read_bytes()
+    (images / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    return images
+
+
+def read_rows(out: Path) -> list[dict]:
+    return [row for shard in list_shards(str(out)) for row in pq.read_table(shard).to_pylist()]
+
+
+def test_every_image_exactly_once_and_parquet_agrees_with_coco(tmp_path, ray_session, bank_path):
+    images = make_targets(tmp_path / "t", 10)
+    out = tmp_path / "out"
+    summary = run_labeling(RunConfig(bank=bank_path, images=str(images), out=str(out), **TINY_RUN))
+
+    listing = list_source(str(images)).table.to_pydict()
+    rows = read_rows(out)
+    assert sorted(r["image_id"] for r in rows) == sorted(listing["image_id"])  # each once, none lost
+    by_uri = {r["uri"]: r for r in rows}
+    assert by_uri[str(images / "empty.png")]["error"] == "decode failed: empty file"
+    assert by_uri[str(images / "not-an-image.jpg")]["error"] == "decode failed: not an image file"
+    assert by_uri[str(images / "truncated.jpg")]["error"].startswith("decode failed: corrupt or truncated image")
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == 10 and all(r["width"] == 320 and r["height"] == 256 and r["error"] is None for r in ok)
+    assert summary.counts.images_ok == 10 and summary.counts.images_error == 3
+    assert summary.images_processed == 13 and summary.images_skipped == 0
+
+    coco = COCO(str(out / "coco.json"))
+    assert sorted(coco.getImgIds()) == sorted(r["image_id"] for r in ok)
+    assert sorted(coco.getCatIds()) == load_bank(bank_path).category_ids
+    detections = [(r["image_id"], d) for r in ok for d in r["detections"]]
+    assert len(coco.getAnnIds()) == len(detections) == summary.counts.detections > 0
+    annotations = sorted(coco.loadAnns(coco.getAnnIds()), key=lambda a: (a["image_id"], -a["score"], a["area"]))
+    for annotation, (image_id, detection) in zip(annotations, sorted(detections, key=lambda d: (d[0], -d[1]["score"], d[1]["area"]))):
+        assert annotation["image_id"] == image_id and annotation["category_id"] == detection["category_id"]
+        mask = coco.annToMask(annotation)
+        assert mask.shape == (256, 320) and mask.sum() == detection["area"] == annotation["area"]
+        x, y, w, h = detection["bbox"]
+        ys, xs = np.nonzero(mask)
+        assert (xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()) == (x, y, w, h)
+        assert 0 < detection["score"] <= 1
+        assert mask_utils.area({"size": [256, 320], "counts": detection["rle"].encode()}) == detection["area"]
+
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["counts"]["images_ok"] == 10 and manifest["counts"]["images_error"] == 3
+    assert manifest["bank"]["content_hash"] == load_bank(bank_path).content_hash
+    assert manifest["models"] == {"sam2": "random:tiny", "dinov2": "random:tiny"}
+    assert manifest["versions"]["labeler"] and manifest["images_per_second"] > 0
+
+    # The same command again resumes: nothing to redo, nothing rewritten.
+    shards = {p: Path(p).stat().st_mtime_ns for p in list_shards(str(out))}
+    again = run_labeling(RunConfig(bank=bank_path, images=str(images), out=str(out), **TINY_RUN))
+    assert again.images_processed == 0 and again.images_skipped == 13
+    assert {p: Path(p).stat().st_mtime_ns for p in list_shards(str(out))} == shards
+
+
+def test_other_settings_refused_unless_overwrite(tmp_path, ray_session, bank_path):
+    images = tmp_path / "t" / "images"
+    generate_dataset(tmp_path / "t", 2, seed=2)
+    out = tmp_path / "out"
+    run_labeling(RunConfig(bank=bank_path, images=str(images), out=str(out), **TINY_RUN))
+    changed = dict(TINY_RUN, points_per_side=3)
+    with pytest.raises(LabelerError, match="points_per_side: 4 -> 3.*--overwrite"):
+        run_labeling(RunConfig(bank=bank_path, images=str(images), out=str(out), **changed))
+    summary = run_labeling(RunConfig(bank=bank_path, images=str(images), out=str(out), overwrite=True, **changed))
+    assert summary.images_processed == 2 and len(read_rows(out)) == 2
+
+
+def test_foreign_output_folder_refused(tmp_path, bank_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "thesis.tex").write_text("precious")
+    generate_dataset(tmp_path / "t", 1, seed=2)
+    with pytest.raises(LabelerError, match="is not empty and holds no labeler run"):
+        run_labeling(RunConfig(bank=bank_path, images=str(tmp_path / "t" / "images"), out=str(tmp_path / "out"),
+                               **TINY_RUN))
+    assert (tmp_path / "out" / "thesis.tex").read_text() == "precious"
+
+
+def test_unloadable_models_fail_before_any_image_is_read(tmp_path, bank_path):
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(ModelLoadError, match="random:huge"):
+        run_labeling(RunConfig(bank=bank_path, images=str(missing), out=str(tmp_path / "o"), sam2="random:huge"))
+    bank = load_bank(bank_path)
+    bank.encoder = "random:nope"
+    bank.content_hash = ""
+    bad_bank = tmp_path / "other-encoder.safetensors"
+    type(bank)(**{**bank.__dict__}).save(str(bad_bank))
+    with pytest.raises(ModelLoadError, match="random:nope"):
+        run_labeling(RunConfig(bank=str(bad_bank), images=str(missing), out=str(tmp_path / "o"), sam2="random:tiny"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_coco_source_keeps_image_ids(tmp_path, ray_session, bank_path):
+    gt = generate_dataset(tmp_path / "gt", 3, seed=4, first_image_id=500)
+    out = tmp_path / "out"
+    run_labeling(RunConfig(bank=bank_path, images=str(gt), out=str(out), **TINY_RUN))
+    assert sorted(r["image_id"] for r in read_rows(out)) == [500, 501, 502]
+
+
+def test_killed_run_resumes_to_each_image_exactly_once(tmp_path, bank_path):
+    images = make_targets(tmp_path / "t", 24, seed=5)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "labeler", "run", "--bank", bank_path, "--images", str(images),
+               "--out", str(out), "--sam2", "random:tiny", "--points-per-side", "4", "--batch-size", "2",
+               "--rows-per-shard", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None and len(list_shards(str(out))) < 2:
+        time.sleep(0.2)
+    assert process.poll() is None, "the run finished before it could be killed; give it more images"
+    os.killpg(process.pid, signal.SIGKILL)  # the driver and everything it started
+    process.wait()
+    first_shards = set(list_shards(str(out)))
+    done_before = {r["image_id"] for r in read_rows(out)}
+    assert 0 < len(done_before) < 27
+
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    rows = read_rows(out)
+    ids = [r["image_id"] for r in rows]
+    assert sorted(ids) == sorted(list_source(str(images)).table.column("image_id").to_pylist())
+    assert len(ids) == len(set(ids)) == 27
+    assert first_shards <= set(list_shards(str(out)))  # finished work kept, not redone
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["counts"]["images_skipped_as_done"] == len(done_before)
+    assert manifest["counts"]["images_processed_this_run"] == 27 - len(done_before)
+    assert not [p for p in (out / "labels").iterdir() if ".tmp-" in p.name]
