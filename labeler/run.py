@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -222,6 +223,11 @@ def _write_manifest(config: RunConfig, bank: PrototypeBank, settings: dict, summ
             "images_processed_this_run": summary.images_processed,
             "images_skipped_as_done": summary.images_skipped,
             "duplicates_removed": summary.duplicates_removed,
+        },
+        "performance": {
+            "proposals_per_image": round(summary.counts.proposals / max(summary.counts.images_ok, 1), 1),
+            "sam2_to_dinov2_bytes_per_image": round(summary.counts.transfer_bytes_per_image),
+            "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         },
         "wall_seconds": round(summary.wall_seconds, 3),
         "images_per_second": round(summary.images_per_second, 3),

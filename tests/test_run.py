@@ -72,6 +72,8 @@ def test_every_image_exactly_once_and_parquet_agrees_with_coco(tmp_path, ray_ses
     assert by_uri[str(images / "truncated.jpg")]["error"].startswith("decode failed: corrupt or truncated image")
     ok = [r for r in rows if r["status"] == "ok"]
     assert len(ok) == 10 and all(r["width"] == 320 and r["height"] == 256 and r["error"] is None for r in ok)
+    assert all(0 <= r["proposals"] <= 16 and r["transfer_bytes"] > 518 * 518 * 3 for r in ok)
+    assert all(r["proposals"] == 0 and r["detections"] == [] for r in rows if r["status"] == "error")
     assert summary.counts.images_ok == 10 and summary.counts.images_error == 3
     assert summary.images_processed == 13 and summary.images_skipped == 0
 
@@ -96,6 +98,9 @@ def test_every_image_exactly_once_and_parquet_agrees_with_coco(tmp_path, ray_ses
     assert manifest["bank"]["content_hash"] == load_bank(bank_path).content_hash
     assert manifest["models"] == {"sam2": "random:tiny", "dinov2": "random:tiny"}
     assert manifest["versions"]["labeler"] and manifest["images_per_second"] > 0
+    performance = manifest["performance"]
+    assert performance["sam2_to_dinov2_bytes_per_image"] == round(sum(r["transfer_bytes"] for r in ok) / 10)
+    assert performance["driver_peak_rss_mb"] > 0
 
     # The same command again resumes: nothing to redo, nothing rewritten.
     shards = {p: Path(p).stat().st_mtime_ns for p in list_shards(str(out))}

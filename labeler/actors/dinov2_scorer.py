@@ -8,7 +8,7 @@ import torch
 
 from labeler.bank import PrototypeBank, load_bank
 from labeler.devices import resolve_device
-from labeler.io.labels import STATUS_OK, LabelRows
+from labeler.io.labels import STATUS_ERROR, STATUS_OK, LabelRows
 from labeler.io.proposal_payload import decode_proposals
 from labeler.io.rle import encode_masks
 from labeler.method.scoring import DEFAULT_MAX_DETS, DEFAULT_NMS_THR, boxes_from_masks, score_proposals, upsample_features
@@ -93,7 +93,8 @@ class Dinov2Scorer:
             width, height = int(batch["width"][index]), int(batch["height"][index])
             image_id, uri = int(batch["image_id"][index]), str(batch["uri"][index])
             if index not in position:
-                rows.add(image_id, uri, 0, 0, "error", str(batch["error"][index]), [])
+                rows.add(image_id, uri, 0, 0, STATUS_ERROR, str(batch["error"][index]), [],
+                         transfer_bytes=int(batch["transfer_bytes"][index]))
                 continue
             payload = payload_from_row(batch, index)
             masks, logits = decode_proposals(payload, self.device)
@@ -102,5 +103,6 @@ class Dinov2Scorer:
                 logits, masks, iou, features[position[index]], self.bank, self.class_prototypes,
                 (height, width), self.nms_thr, self.max_dets, self.min_score,
             )
-            rows.add(image_id, uri, width, height, STATUS_OK, None, detections)
+            rows.add(image_id, uri, width, height, STATUS_OK, None, detections,
+                     proposals=payload.count, transfer_bytes=int(batch["transfer_bytes"][index]))
         return rows.table()

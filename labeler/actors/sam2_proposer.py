@@ -12,7 +12,15 @@ from labeler.method.proposals import DEFAULT_POINTS_PER_BATCH, DEFAULT_POINTS_PE
 from labeler.models import load_sam2
 from labeler.models.sam2_inference import encode_images, grid_proposals, sam2_input
 
-PAYLOAD_COLUMNS = ("rle_blob", "rle_lengths", "band_logits", "iou", "lowres_height", "lowres_width")
+FIXED_ROW_BYTES = 64  # ids, sizes, status and offsets of a row, roughly
+
+
+def row_nbytes(batch: dict[str, np.ndarray], index: int) -> int:
+    """Bytes one row of a SAM2-stage output batch carries to the next stage."""
+    total = FIXED_ROW_BYTES + len(str(batch["uri"][index])) + len(str(batch["error"][index]))
+    for column in ("dino_pixels", "rle_lengths", "band_logits", "iou"):
+        total += np.asarray(batch[column][index]).nbytes
+    return total + len(batch["rle_blob"][index])
 
 
 class Sam2Proposer:
@@ -67,6 +75,7 @@ class Sam2Proposer:
         batch["iou"] = _ragged([p.iou for p in payloads])
         batch["lowres_height"] = np.array([p.height for p in payloads], dtype=np.int32)
         batch["lowres_width"] = np.array([p.width for p in payloads], dtype=np.int32)
+        batch["transfer_bytes"] = np.array([row_nbytes(batch, i) for i in range(size)], dtype=np.int64)
         return batch
 
 

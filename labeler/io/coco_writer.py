@@ -21,15 +21,25 @@ class LabelCounts:
     images_ok: int = 0
     images_error: int = 0
     detections: int = 0
+    proposals: int = 0
+    transfer_bytes_ok: int = 0  # summed over ok images
+
+    @property
+    def transfer_bytes_per_image(self) -> float:
+        """Mean bytes an ok image carried from the SAM2 stage to the DINOv2 stage."""
+        return self.transfer_bytes_ok / self.images_ok if self.images_ok else 0.0
 
 
 def _image_entries(out: str, storage_options: dict | None, counts: LabelCounts) -> Iterator[str]:
-    for _, table in iter_shard_tables(out, ["image_id", "uri", "width", "height", "status"], storage_options):
+    columns = ["image_id", "uri", "width", "height", "status", "proposals", "transfer_bytes"]
+    for _, table in iter_shard_tables(out, columns, storage_options):
         for row in table.to_pylist():
             if row["status"] != STATUS_OK:
                 counts.images_error += 1
                 continue
             counts.images_ok += 1
+            counts.proposals += row["proposals"]
+            counts.transfer_bytes_ok += row["transfer_bytes"]
             yield json.dumps({"id": row["image_id"], "file_name": row["uri"], "width": row["width"],
                               "height": row["height"]})
 

@@ -26,6 +26,8 @@ LABELS_SCHEMA = pa.schema([
     pa.field("status", pa.string(), nullable=False),  # "ok" or "error"
     pa.field("error", pa.string()),  # reason, null when ok
     pa.field("detections", pa.list_(DETECTION_TYPE), nullable=False),
+    pa.field("proposals", pa.int32(), nullable=False),  # SAM2 proposals scored (0 for error rows)
+    pa.field("transfer_bytes", pa.int64(), nullable=False),  # bytes from the SAM2 to the DINOv2 stage
 ])
 
 STATUS_OK = "ok"
@@ -39,10 +41,9 @@ class LabelRows:
     columns: dict[str, list] = field(default_factory=lambda: {name: [] for name in LABELS_SCHEMA.names})
 
     def add(self, image_id: int, uri: str, width: int, height: int, status: str, error: str | None,
-            detections: list[dict]) -> None:
-        for name, value in zip(
-            LABELS_SCHEMA.names, (image_id, uri, width, height, status, error, detections)
-        ):
+            detections: list[dict], proposals: int = 0, transfer_bytes: int = 0) -> None:
+        values = (image_id, uri, width, height, status, error, detections, proposals, transfer_bytes)
+        for name, value in zip(LABELS_SCHEMA.names, values):
             self.columns[name].append(value)
 
     def table(self) -> pa.Table:
