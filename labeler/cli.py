@@ -131,12 +131,18 @@ def demo_command(
 
     result = run_demo(out, device=device)
     typer.echo(describe_bank(result.bank))
+    counts = result.run.counts
     typer.echo(
-        f"\nreferences: {result.references}\nbank:       {result.bank_path}\n\n"
-        "The demo uses random:tiny models: random weights, so the prototypes (and any labels) are "
+        f"\nreferences: {result.references}\ntargets:    {result.targets}\nbank:       {result.bank_path}\n"
+        f"labels:     {result.labels}/labels/*.parquet, {result.labels}/coco.json, {result.labels}/run.json\n"
+        f"            {counts.images_ok} images labelled, {counts.images_error} error row(s), "
+        f"{counts.detections} detections\n\n"
+        "The demo uses random:tiny models: random weights, so the prototypes and labels are "
         "meaningless. With real checkpoints:\n"
         f"  labeler build-bank --refs {result.references} --images {result.references.parent / 'images'} "
-        "--out bank.safetensors --dinov2 facebook/dinov2-large --sam2 facebook/sam2.1-hiera-large"
+        "--out bank.safetensors --dinov2 facebook/dinov2-large --sam2 facebook/sam2.1-hiera-large\n"
+        f"  labeler run --bank bank.safetensors --images {result.targets} --out labels-out "
+        "--sam2 facebook/sam2.1-hiera-large"
     )
 
 

@@ -65,28 +65,23 @@ def run_pipeline(config: RunConfig, todo: pa.Table, *, sam2_size: int, dino_size
             fn_kwargs=dict(sam2_size=sam2_size, dino_size=dino_size, max_pixels=config.max_pixels,
                            storage_options=config.storage_options),
         )
-        proposals = decoded.map_batches(
-            Sam2Proposer,
-            batch_size=config.batch_size,
-            compute=ray.data.ActorPoolStrategy(size=config.sam2_actors),
-            num_cpus=1,
-            fn_constructor_kwargs=dict(
-                sam2=config.sam2, device=device, points_per_side=config.points_per_side,
-                points_per_batch=config.points_per_batch, pred_iou_thr=config.pred_iou_thr,
-                cpu_threads=cpu_threads,
-            ),
-            **gpu_request,
+        def model_stage(dataset: ray.data.Dataset, actor: type, actors: int, **settings) -> ray.data.Dataset:
+            return dataset.map_batches(
+                actor,
+                batch_size=config.batch_size,
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_cpus=1,
+                fn_constructor_kwargs=dict(settings, device=device, cpu_threads=cpu_threads),
+                **gpu_request,
+            )
+
+        proposals = model_stage(
+            decoded, Sam2Proposer, config.sam2_actors, sam2=config.sam2, points_per_side=config.points_per_side,
+            points_per_batch=config.points_per_batch, pred_iou_thr=config.pred_iou_thr,
         )
-        labels = proposals.map_batches(
-            Dinov2Scorer,
-            batch_size=config.batch_size,
-            compute=ray.data.ActorPoolStrategy(size=config.dinov2_actors),
-            num_cpus=1,
-            fn_constructor_kwargs=dict(
-                bank=config.bank, device=device, nms_thr=config.nms_thr, max_dets=config.max_dets,
-                min_score=config.min_score, cpu_threads=cpu_threads,
-            ),
-            **gpu_request,
+        labels = model_stage(
+            proposals, Dinov2Scorer, config.dinov2_actors, bank=config.bank, nms_thr=config.nms_thr,
+            max_dets=config.max_dets, min_score=config.min_score,
         )
         labels.write_datasink(LabelShardSink(config.out, config.rows_per_shard, config.storage_options))
     finally:
