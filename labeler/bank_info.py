@@ -60,3 +60,28 @@ def describe_bank(bank: PrototypeBank, threshold: float = DEFAULT_CONFUSION_THRE
                 f"{threshold}); their detections may be confused: add distinctive shots or merge the classes"
             )
     return "\n".join(lines)
+
+
+def plot_similarity(bank: PrototypeBank, path: str) -> None:
+    """Draw the class prototype cosine-similarity matrix as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [c.name for c in bank.categories]
+    similarity = bank.similarity().numpy()
+    size = max(4.0, 0.5 * len(names) + 2)
+    figure, axes = plt.subplots(figsize=(size + 1, size))
+    image = axes.imshow(similarity, vmin=-1, vmax=1, cmap="RdBu_r")
+    axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    axes.set_yticks(range(len(names)), names)
+    if len(names) <= 20:
+        for i in range(len(names)):
+            for j in range(len(names)):
+                axes.text(j, i, f"{similarity[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    axes.set_title(f"class prototype similarity ({bank.encoder})")
+    figure.colorbar(image, ax=axes)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -70,12 +70,17 @@ def build_bank_command(
 def bank_info_command(
     bank_path: str = typer.Argument(..., metavar="BANK", help="Bank file (path or URI)."),
     threshold: float = typer.Option(0.8, "--warn-similarity", help="Warn about class pairs at least this similar."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Also draw the similarity matrix to this PNG."),
 ) -> None:
     """Print a bank's classes, shots per class and class-to-class prototype similarity."""
     from labeler.bank import load_bank
-    from labeler.bank_info import describe_bank
+    from labeler.bank_info import describe_bank, plot_similarity
 
-    typer.echo(describe_bank(load_bank(bank_path), threshold))
+    bank = load_bank(bank_path)
+    typer.echo(describe_bank(bank, threshold))
+    if plot:
+        plot_similarity(bank, plot)
+        typer.echo(f"wrote {plot}")
 
 
 @app.command("run")
@@ -120,6 +125,56 @@ def run_command(
     )
 
 
+@app.command("eval")
+def eval_command(
+    pred: str = typer.Option(..., "--pred", help="Run folder (its coco.json) or a COCO predictions file."),
+    gt: str = typer.Option(..., "--gt", help="Ground-truth COCO JSON."),
+    categories: Optional[str] = typer.Option(None, "--categories", help="Subset: ids or names, comma-separated."),
+    out: Optional[str] = typer.Option(None, "--out", help="Save the metrics as JSON here."),
+) -> None:
+    """COCO AP of a run against ground truth (bbox and segm, per class)."""
+    import json
+
+    from labeler.evaluate import evaluate
+    from labeler.io import storage
+
+    report = evaluate(pred, gt, categories)
+    typer.echo(report.table())
+    if out:
+        storage.write_bytes_atomic(out, json.dumps(report.to_json(), indent=2).encode())
+        typer.echo(f"wrote {out}")
+
+
+@app.command("visualize")
+def visualize_command(
+    pred: str = typer.Option(..., "--pred", help="Run folder."),
+    out: str = typer.Option(..., "--out", help="Folder for the pictures and index.html."),
+    n: int = typer.Option(32, "--n", help="How many images to draw."),
+    min_score: float = typer.Option(0.5, "--min-score", help="Draw detections scoring at least this."),
+    gt: Optional[str] = typer.Option(None, "--gt", help="Ground-truth COCO JSON to draw alongside."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the image sample."),
+) -> None:
+    """Overlay pictures of sampled images, a contact sheet and a summary plot."""
+    from labeler.visualize import visualize
+
+    result = visualize(pred, out, n=n, min_score=min_score, gt=gt, seed=seed)
+    typer.echo(f"wrote {len(result.pictures)} pictures, {result.index} and {result.summary}")
+
+
+@app.command("export")
+def export_command(
+    pred: str = typer.Option(..., "--pred", help="Run folder."),
+    fmt: str = typer.Option(..., "--format", help="coco, yolo or semantic."),
+    out: str = typer.Option(..., "--out", help="Folder to write the training set into."),
+    min_score: float = typer.Option(0.0, "--min-score", help="Keep detections scoring at least this."),
+) -> None:
+    """Turn a run's labels into a training set: COCO, YOLO segmentation or semantic maps."""
+    from labeler.export import export
+
+    result = export(pred, fmt, out, min_score)
+    typer.echo(f"wrote {fmt} export to {result.folder}: {result.images} images, {result.instances} instances")
+
+
 @app.command("demo")
 def demo_command(
     out: str = typer.Option("demo-out", "--out", help="Folder for the generated data and outputs."),
@@ -130,19 +185,23 @@ def demo_command(
     from labeler.demo import run_demo
 
     result = run_demo(out, device=device)
-    typer.echo(describe_bank(result.bank))
     counts = result.run.counts
+    typer.echo(result.evaluation.table())
     typer.echo(
-        f"\nreferences: {result.references}\ntargets:    {result.targets}\nbank:       {result.bank_path}\n"
+        f"\nreferences: {result.references}\ntargets:    {result.targets} (ground truth)\n"
+        f"bank:       {result.bank_path}\n"
         f"labels:     {result.labels}/labels/*.parquet, {result.labels}/coco.json, {result.labels}/run.json\n"
         f"            {counts.images_ok} images labelled, {counts.images_error} error row(s), "
-        f"{counts.detections} detections\n\n"
-        "The demo uses random:tiny models: random weights, so the prototypes and labels are "
+        f"{counts.detections} detections\n"
+        f"eval:       {result.labels.parent / 'eval.json'}\n"
+        f"pictures:   {result.pictures.index}\n\n"
+        "The demo uses random:tiny models: random weights, so the prototypes, labels and AP are "
         "meaningless. With real checkpoints:\n"
         f"  labeler build-bank --refs {result.references} --images {result.references.parent / 'images'} "
         "--out bank.safetensors --dinov2 facebook/dinov2-large --sam2 facebook/sam2.1-hiera-large\n"
         f"  labeler run --bank bank.safetensors --images {result.targets} --out labels-out "
-        "--sam2 facebook/sam2.1-hiera-large"
+        "--sam2 facebook/sam2.1-hiera-large\n"
+        f"  labeler eval --pred labels-out --gt {result.targets}"
     )
 
 

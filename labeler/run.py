@@ -212,7 +212,8 @@ def _write_manifest(config: RunConfig, bank: PrototypeBank, settings: dict, summ
     manifest = {
         "config": public_config,
         "settings": settings,
-        "bank": {"path": config.bank, "content_hash": bank.content_hash, "categories": len(bank.categories)},
+        "bank": {"path": config.bank, "content_hash": bank.content_hash},
+        "categories": [{"id": c.id, "name": c.name} for c in bank.categories],
         "models": {"sam2": config.sam2, "dinov2": bank.encoder},
         "versions": _package_versions(),
         "counts": {

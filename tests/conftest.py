@@ -52,3 +52,46 @@ def load_json(path: Path) -> dict:
 def write_json(path: Path, document: dict) -> Path:
     Path(path).write_text(json.dumps(document))
     return Path(path)
+
+
+def fake_run(out: Path, gt_path: Path, scores=None, extra_rows=()) -> Path:
+    """A run folder whose detections are the ground-truth instances of ``gt_path``.
+
+    ``scores`` maps annotation id -> score (default 0.9). Written through the
+    real shard writer, with the run.json fields readers use.
+    """
+    import numpy as np
+    import torch
+
+    from labeler.io.labels import LabelRows
+    from labeler.io.masks import segmentation_to_mask
+    from labeler.io.rle import encode_masks
+    from labeler.io.shards import write_shard
+
+    document = load_json(gt_path)
+    rows = LabelRows()
+    by_image: dict[int, list[dict]] = {}
+    for annotation in document["annotations"]:
+        by_image.setdefault(annotation["image_id"], []).append(annotation)
+    for image in document["images"]:
+        height, width = image["height"], image["width"]
+        detections = []
+        for annotation in by_image.get(image["id"], []):
+            mask = segmentation_to_mask(annotation["segmentation"], height, width, where="gt")
+            (rle,) = encode_masks(torch.from_numpy(mask.astype(bool))[None])
+            ys, xs = np.nonzero(mask)
+            detections.append({
+                "category_id": annotation["category_id"],
+                "score": (scores or {}).get(annotation["id"], 0.9),
+                "bbox": [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)],
+                "area": int(mask.sum()),
+                "rle": rle["counts"],
+            })
+        uri = str(Path(gt_path).parent / "images" / image["file_name"])
+        rows.add(image["id"], uri, width, height, "ok", None, detections, len(detections), 0)
+    for row in extra_rows:
+        rows.add(*row)
+    out.mkdir(parents=True, exist_ok=True)
+    write_shard(str(out), rows.table())
+    write_json(out / "run.json", {"categories": document["categories"]})
+    return out

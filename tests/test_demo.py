@@ -2,7 +2,7 @@
 
 import json
 
-from labeler.demo import DEMO_TARGETS
+from labeler.demo import DEMO_PICTURES, DEMO_TARGETS
 
 
 def test_demo_end_to_end(tmp_path, run_cli):
@@ -12,3 +12,7 @@ def test_demo_end_to_end(tmp_path, run_cli):
     assert manifest["counts"]["images_ok"] == DEMO_TARGETS and manifest["counts"]["images_error"] == 1
     assert (tmp_path / "demo" / "bank.safetensors").exists() and (tmp_path / "demo" / "labels" / "coco.json").exists()
     assert "random weights" in result.stdout and "labeler run --bank" in result.stdout
+    evaluation = json.loads((tmp_path / "demo" / "eval.json").read_text())
+    assert evaluation["images"]["evaluated"] == DEMO_TARGETS and evaluation["images"]["gt_without_prediction"] == 1
+    assert (tmp_path / "demo" / "pictures" / "index.html").exists()
+    assert len(list((tmp_path / "demo" / "pictures").glob("*.png"))) == DEMO_PICTURES + 1  # and summary.png

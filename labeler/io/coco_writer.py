@@ -44,24 +44,29 @@ def _image_entries(out: str, storage_options: dict | None, counts: LabelCounts) 
                               "height": row["height"]})
 
 
-def _annotation_entries(out: str, storage_options: dict | None, counts: LabelCounts) -> Iterator[str]:
+def _annotation_entries(out: str, storage_options: dict | None, counts: LabelCounts, min_score: float,
+                        with_scores: bool) -> Iterator[str]:
     annotation_id = 0
     for _, table in iter_shard_tables(out, ["image_id", "height", "width", "status", "detections"], storage_options):
         for batch in table.to_batches(max_chunksize=256):
             for row in batch.to_pylist():
                 for detection in row["detections"]:
+                    if detection["score"] < min_score:
+                        continue
                     annotation_id += 1
                     counts.detections += 1
-                    yield json.dumps({
+                    entry = {
                         "id": annotation_id,
                         "image_id": row["image_id"],
                         "category_id": detection["category_id"],
                         "bbox": [round(v, 2) for v in detection["bbox"]],
                         "area": detection["area"],
                         "segmentation": {"size": [row["height"], row["width"]], "counts": detection["rle"]},
-                        "score": round(detection["score"], 6),
                         "iscrowd": 0,
-                    })
+                    }
+                    if with_scores:
+                        entry["score"] = round(detection["score"], 6)
+                    yield json.dumps(entry)
 
 
 def _write_array(handle, entries: Iterator[str]) -> None:
@@ -72,24 +77,35 @@ def _write_array(handle, entries: Iterator[str]) -> None:
     handle.write("\n]")
 
 
-def write_coco(out: str, categories: list[Category], storage_options: dict | None = None) -> LabelCounts:
-    """Write ``OUT/coco.json`` from the shards, one shard in memory at a time.
+def write_coco(
+    out: str,
+    categories: list[Category],
+    storage_options: dict | None = None,
+    *,
+    target: str | None = None,
+    min_score: float = 0.0,
+    with_scores: bool = True,
+) -> LabelCounts:
+    """Write a COCO file (``OUT/coco.json`` by default) from the shards, one
+    shard in memory at a time.
 
     Images with status ``ok`` are listed (``file_name`` is the image URI);
     error images are only in the Parquet shards and ``run.json`` counts.
-    The file is staged locally and published atomically.
+    Detections scoring below ``min_score`` are left out; ``with_scores=False``
+    writes a training set rather than results. The file is staged locally and
+    published atomically.
     """
     counts = LabelCounts()
     with tempfile.TemporaryDirectory(prefix="labeler-coco-") as folder:
         local = os.path.join(folder, "coco.json")
         with open(local, "w") as handle:
-            handle.write('{"info": {"description": "labeler predictions"},\n"categories": ')
+            description = "labeler predictions" if with_scores else f"labeler labels, score >= {min_score}"
+            handle.write(json.dumps({"description": description}).join(['{"info": ', ',\n"categories": ']))
             handle.write(json.dumps([{"id": c.id, "name": c.name} for c in categories]))
             handle.write(',\n"images": ')
             _write_array(handle, _image_entries(out, storage_options, counts))
             handle.write(',\n"annotations": ')
-            _write_array(handle, _annotation_entries(out, storage_options, counts))
+            _write_array(handle, _annotation_entries(out, storage_options, counts, min_score, with_scores))
             handle.write("}\n")
-        target = out.rstrip("/") + "/coco.json"
-        storage.put_file_atomic(local, target, storage_options)
+        storage.put_file_atomic(local, target or out.rstrip("/") + "/coco.json", storage_options)
     return counts

@@ -1,0 +1,172 @@
+"""``labeler eval``: pycocotools COCOeval of a run's predictions against ground truth.
+
+Images and categories are matched by id. Predictions for images the ground
+truth does not have, and ground-truth images without predictions, are
+counted and reported; the evaluation covers the images both have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from labeler.errors import LabelerError
+from labeler.io import storage
+
+#: Names of ``COCOeval.stats`` entries reported, with their positions.
+METRICS = {"AP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5, "AR@100": 8}
+IOU_TYPES = ("bbox", "segm")
+
+
+@dataclass
+class EvalReport:
+    """Metrics per IoU type, per-class AP, and how the two files matched."""
+
+    metrics: dict[str, dict[str, float]]
+    per_class: dict[str, dict[str, float]]
+    categories: list[dict[str, Any]]
+    images: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"metrics": self.metrics, "per_class_ap": self.per_class, "categories": self.categories,
+                "images": self.images, "notes": self.notes}
+
+    def table(self) -> str:
+        """A plain-text table of the metrics and per-class AP (percent)."""
+        names = list(METRICS)
+        lines = [f"{'':6}" + "".join(f"{n:>8}" for n in names)]
+        for iou_type in self.metrics:
+            lines.append(f"{iou_type:6}" + "".join(_percent(self.metrics[iou_type][n], 8) for n in names))
+        lines += ["", f"{'class':24}" + "".join(f"{t + ' AP':>10}" for t in self.metrics)]
+        for category in self.categories:
+            key = category["name"]
+            lines.append(f"{key[:24]:24}" + "".join(_percent(self.per_class[t][key], 10) for t in self.metrics))
+        lines.append("")
+        lines.append(
+            f"images: {self.images['evaluated']} evaluated; {self.images['gt_without_prediction']} ground-truth "
+            f"images without predictions, {self.images['prediction_without_gt']} predicted images not in the "
+            "ground truth (both left out)"
+        )
+        lines += [f"note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def _percent(value: float, width: int) -> str:
+    """COCOeval's -1 (no ground truth in that range) and NaN print as n/a."""
+    return f"{'n/a':>{width}}" if not value >= 0 else f"{100 * value:{width}.1f}"
+
+
+def _read_json(uri: str) -> Any:
+    try:
+        return json.loads(storage.read_bytes(uri))
+    except json.JSONDecodeError as error:
+        raise LabelerError(f"{uri}: malformed JSON: {error}") from None
+
+
+def load_predictions(pred: str) -> dict[str, Any]:
+    """A run's ``coco.json``, given the run folder or the file itself."""
+    uri = pred if pred.lower().endswith(".json") else pred.rstrip("/") + "/coco.json"
+    document = _read_json(uri)
+    if not isinstance(document, dict) or not isinstance(document.get("annotations"), list):
+        raise LabelerError(f"{uri}: not a labeler coco.json (no 'annotations' list)")
+    return document
+
+
+def select_categories(gt: COCO, wanted: str | None) -> list[int]:
+    """Category ids from ``1,3`` or ``boat,bird`` (names of the ground truth), or all."""
+    all_ids = sorted(gt.getCatIds())
+    if not wanted:
+        return all_ids
+    by_name = {c["name"]: c["id"] for c in gt.loadCats(all_ids)}
+    chosen = []
+    for item in (part.strip() for part in wanted.split(",") if part.strip()):
+        if item.lstrip("-").isdigit() and int(item) in all_ids:
+            chosen.append(int(item))
+        elif item in by_name:
+            chosen.append(by_name[item])
+        else:
+            raise LabelerError(f"--categories: {item!r} is neither a category id nor a name of the ground truth")
+    return sorted(set(chosen))
+
+
+def _results(gt: COCO, annotations: list[dict]) -> COCO:
+    """``gt.loadRes`` of a copy of the annotations; an empty result set when there are none."""
+    if annotations:
+        return gt.loadRes(copy.deepcopy(annotations))
+    empty = COCO()
+    empty.dataset = {"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": []}
+    empty.createIndex()
+    return empty
+
+
+def _per_class_ap(evaluator: COCOeval) -> list[float]:
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # all areas, maxDets=100
+    values = []
+    for k in range(precision.shape[2]):
+        valid = precision[:, :, k][precision[:, :, k] > -1]
+        values.append(float(valid.mean()) if valid.size else float("nan"))
+    return values
+
+
+def evaluate(pred: str, gt_path: str, categories: str | None = None) -> EvalReport:
+    """COCOeval ``bbox`` and ``segm`` of the predictions in ``pred`` against ``gt_path``.
+
+    Raises:
+        LabelerError: unreadable files, or categories not in the ground truth.
+    """
+    gt_document = _read_json(gt_path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = gt_document
+        gt.createIndex()
+    predictions = load_predictions(pred)
+    gt_images = set(gt.getImgIds())
+    predicted_images = {image["id"] for image in predictions.get("images", [])}
+    predicted_images |= {a["image_id"] for a in predictions["annotations"]}
+    evaluated = sorted(gt_images & predicted_images)
+    notes = []
+    gt_categories = set(gt.getCatIds())
+    unknown = sorted({a["category_id"] for a in predictions["annotations"]} - gt_categories)
+    if unknown:
+        notes.append(f"predicted category ids {unknown} are not in the ground truth; they are not evaluated")
+    if not evaluated:
+        raise LabelerError(f"{pred} and {gt_path} share no image id: nothing to evaluate")
+    category_ids = select_categories(gt, categories)
+    kept = [a for a in predictions["annotations"] if a["image_id"] in gt_images]
+
+    metrics: dict[str, dict[str, float]] = {}
+    per_class: dict[str, dict[str, float]] = {}
+    names = [c["name"] for c in gt.loadCats(category_ids)]
+    for iou_type in IOU_TYPES:
+        with contextlib.redirect_stdout(io.StringIO()):
+            detections = _results(gt, kept)
+            evaluator = COCOeval(gt, detections, iou_type)
+            evaluator.params.imgIds = evaluated
+            evaluator.params.catIds = category_ids
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        metrics[iou_type] = {name: float(evaluator.stats[i]) for name, i in METRICS.items()}
+        per_class[iou_type] = dict(zip(names, _per_class_ap(evaluator)))
+    return EvalReport(
+        metrics=metrics,
+        per_class=per_class,
+        categories=[{"id": i, "name": n} for i, n in zip(category_ids, names)],
+        images={
+            "ground_truth": len(gt_images),
+            "predicted": len(predicted_images),
+            "evaluated": len(evaluated),
+            "gt_without_prediction": len(gt_images - predicted_images),
+            "prediction_without_gt": len(predicted_images - gt_images),
+        },
+        notes=notes,
+    )

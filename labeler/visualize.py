@@ -1,0 +1,199 @@
+"""``labeler visualize``: overlay pictures of a run's labels, a contact sheet and a summary plot."""
+
+from __future__ import annotations
+
+import colorsys
+import html
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from labeler.errors import LabelerError  # noqa: E402
+from labeler.io import storage  # noqa: E402
+from labeler.io.coco import Category  # noqa: E402
+from labeler.io.images import decode_image  # noqa: E402
+from labeler.io.masks import segmentation_to_mask  # noqa: E402
+from labeler.io.rle import decode_masks  # noqa: E402
+from labeler.io.run_output import iter_label_rows, run_categories  # noqa: E402
+from labeler.io.labels import STATUS_OK  # noqa: E402
+
+MASK_ALPHA = 0.45
+
+
+def category_colours(categories: list[Category]) -> dict[int, tuple[int, int, int]]:
+    """A distinct, stable colour per category (evenly spaced hues)."""
+    colours = {}
+    for position, category in enumerate(categories):
+        hue = (position * 0.618033988749895) % 1.0
+        r, g, b = colorsys.hsv_to_rgb(hue, 0.75, 0.95)
+        colours[category.id] = (int(r * 255), int(g * 255), int(b * 255))
+    return colours
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """One instance to draw."""
+
+    category_id: int
+    mask: np.ndarray  # [H, W] bool
+    box: tuple[float, float, float, float]  # x, y, w, h
+    caption: str
+
+
+def draw_overlays(pixels: np.ndarray, overlays: list[Overlay], colours: dict[int, tuple[int, int, int]]) -> Image.Image:
+    """Filled masks, box outlines and captions over an ``[H, W, 3]`` image."""
+    canvas = pixels.astype(np.float32)
+    for overlay in overlays:
+        colour = np.array(colours.get(overlay.category_id, (255, 255, 255)), dtype=np.float32)
+        canvas[overlay.mask] = (1 - MASK_ALPHA) * canvas[overlay.mask] + MASK_ALPHA * colour
+    image = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for overlay in overlays:
+        colour = colours.get(overlay.category_id, (255, 255, 255))
+        x, y, w, h = overlay.box
+        draw.rectangle([x, y, x + w - 1, y + h - 1], outline=colour, width=2)
+        text_box = draw.textbbox((x + 2, y + 1), overlay.caption)
+        draw.rectangle(text_box, fill=(0, 0, 0))
+        draw.text((x + 2, y + 1), overlay.caption, fill=colour)
+    return image
+
+
+def _titled(image: Image.Image, title: str) -> Image.Image:
+    framed = Image.new("RGB", (image.width, image.height + 16), (0, 0, 0))
+    framed.paste(image, (0, 16))
+    ImageDraw.Draw(framed).text((4, 2), title, fill=(255, 255, 255))
+    return framed
+
+
+def _side_by_side(left: Image.Image, right: Image.Image) -> Image.Image:
+    joined = Image.new("RGB", (left.width + right.width + 4, max(left.height, right.height)), (255, 255, 255))
+    joined.paste(left, (0, 0))
+    joined.paste(right, (left.width + 4, 0))
+    return joined
+
+
+def _prediction_overlays(row: dict, names: dict[int, str], min_score: float) -> list[Overlay]:
+    kept = [d for d in row["detections"] if d["score"] >= min_score]
+    masks = decode_masks([d["rle"] for d in kept], row["height"], row["width"]).astype(bool)
+    return [
+        Overlay(d["category_id"], mask, tuple(d["bbox"]), f"{names.get(d['category_id'], d['category_id'])} {d['score']:.2f}")
+        for d, mask in zip(kept, masks)
+    ]
+
+
+def _ground_truth_overlays(annotations: list[dict], height: int, width: int, names: dict[int, str]) -> list[Overlay]:
+    overlays = []
+    for annotation in annotations:
+        if annotation.get("segmentation"):
+            mask = segmentation_to_mask(annotation["segmentation"], height, width, where=f"annotation {annotation['id']}")
+        else:
+            mask = np.zeros((height, width), dtype=np.uint8)
+        name = names.get(annotation["category_id"], str(annotation["category_id"]))
+        overlays.append(Overlay(annotation["category_id"], mask.astype(bool), tuple(annotation["bbox"]), name))
+    return overlays
+
+
+@dataclass
+class VisualizeResult:
+    pictures: list[Path]
+    index: Path
+    summary: Path
+
+
+def _summary_plot(counts: Counter, scores: list[float], categories: list[Category], path: Path) -> None:
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    names = [c.name for c in categories]
+    left.bar(names, [counts.get(c.id, 0) for c in categories],
+             color=[np.array(c) / 255 for c in category_colours(categories).values()])
+    left.set_title("detections per class")
+    left.tick_params(axis="x", rotation=45)
+    right.hist(scores, bins=20, range=(0.0, 1.0), color="#4477aa")
+    right.set_title(f"score histogram ({len(scores)} detections)")
+    right.set_xlabel("score")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def visualize(pred: str, out_dir: str, *, n: int = 32, min_score: float = 0.5, gt: str | None = None,
+              seed: int = 0) -> VisualizeResult:
+    """Draw ``n`` sampled labelled images of the run in ``pred`` into ``out_dir``.
+
+    Writes ``<image_id>.png`` per sampled image (ground truth beside it with
+    ``gt``), ``index.html`` and ``summary.png`` (detections per class and the
+    score histogram over all detections).
+    """
+    if n < 1:
+        raise LabelerError("--n must be at least 1")
+    categories = run_categories(pred)
+    names = {c.id: c.name for c in categories}
+    colours = category_colours(categories)
+    counts: Counter = Counter()
+    scores: list[float] = []
+    ok_ids: list[int] = []
+    for row in iter_label_rows(pred, ["image_id", "status", "detections"]):
+        if row["status"] != STATUS_OK:
+            continue
+        ok_ids.append(row["image_id"])
+        for detection in row["detections"]:
+            counts[detection["category_id"]] += 1
+            scores.append(detection["score"])
+    if not ok_ids:
+        raise LabelerError(f"{pred}: no successfully labelled image to draw")
+    chosen = set(np.random.default_rng(seed).choice(sorted(ok_ids), size=min(n, len(ok_ids)), replace=False).tolist())
+    gt_annotations: dict[int, list[dict]] | None = None
+    if gt is not None:
+        document = json.loads(storage.read_bytes(gt))
+        gt_annotations = {}
+        for annotation in document.get("annotations", []):
+            gt_annotations.setdefault(annotation["image_id"], []).append(annotation)
+        names = {**{c["id"]: c["name"] for c in document.get("categories", [])}, **names}
+
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    pictures, cards = [], []
+    for row in iter_label_rows(pred):
+        if row["image_id"] not in chosen:
+            continue
+        pixels = decode_image(storage.read_bytes(row["uri"]))
+        overlays = _prediction_overlays(row, names, min_score)
+        picture = _titled(draw_overlays(pixels, overlays, colours), f"prediction (score >= {min_score})")
+        if gt_annotations is not None:
+            truth = _ground_truth_overlays(gt_annotations.get(row["image_id"], []), row["height"], row["width"], names)
+            picture = _side_by_side(picture, _titled(draw_overlays(pixels, truth, colours), "ground truth"))
+        path = folder / f"{row['image_id']}.png"
+        picture.save(path)
+        pictures.append(path)
+        cards.append((path.name, row["image_id"], row["uri"], len(overlays)))
+    summary = folder / "summary.png"
+    _summary_plot(counts, scores, categories, summary)
+    index = folder / "index.html"
+    index.write_text(_contact_sheet(cards, pred, min_score))
+    return VisualizeResult(pictures=pictures, index=index, summary=summary)
+
+
+def _contact_sheet(cards: list[tuple[str, int, str, int]], pred: str, min_score: float) -> str:
+    figures = "\n".join(
+        f'<figure><a href="{html.escape(name)}"><img src="{html.escape(name)}" loading="lazy"></a>'
+        f"<figcaption>{image_id} &middot; {count} detections<br><small>{html.escape(uri)}</small></figcaption></figure>"
+        for name, image_id, uri, count in sorted(cards, key=lambda c: c[1])
+    )
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>labeler: {html.escape(pred)}</title>
+<style>body{{font-family:sans-serif;margin:1em}} main{{display:flex;flex-wrap:wrap;gap:12px}}
+figure{{margin:0;width:360px}} img{{width:100%;border:1px solid #ccc}} figcaption{{font-size:12px}}</style>
+</head><body><h1>{html.escape(pred)}</h1>
+<p>{len(cards)} sampled images, detections with score &ge; {min_score}. <a href="summary.png">per-class counts and score histogram</a></p>
+<img src="summary.png" style="max-width:900px;width:100%">
+<main>
+{figures}
+</main></body></html>
+"""
