@@ -24,6 +24,20 @@ app = typer.Typer(
 
 _state = {"debug": False}
 
+STORAGE_HELP = (
+    "fsspec options as JSON, by protocol ({\"s3\": {\"endpoint_url\": ...}}) or flat for s3; "
+    "credentials are best left to the standard AWS chain."
+)
+
+
+def _storage(text: Optional[str]) -> Optional[dict]:
+    """Parse ``--storage-options`` and apply it to this process."""
+    from labeler.io import storage
+
+    options = storage.parse_storage_options(text)
+    storage.configure(options)
+    return options
+
 
 @app.callback()
 def _global_options(
@@ -52,8 +66,10 @@ def build_bank_command(
     context_ratio: float = typer.Option(0.2, "--context-ratio", help="Context around each instance crop."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     batch_size: int = typer.Option(16, "--batch-size", help="Crops per DINOv2 forward pass."),
+    storage_options: Optional[str] = typer.Option(None, "--storage-options", help=STORAGE_HELP),
 ) -> None:
     """Turn reference images and their COCO annotations into one prototype-bank file."""
+    _storage(storage_options)
     from labeler.bank_info import describe_bank
     from labeler.build_bank import build_bank
 
@@ -71,8 +87,10 @@ def bank_info_command(
     bank_path: str = typer.Argument(..., metavar="BANK", help="Bank file (path or URI)."),
     threshold: float = typer.Option(0.8, "--warn-similarity", help="Warn about class pairs at least this similar."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Also draw the similarity matrix to this PNG."),
+    storage_options: Optional[str] = typer.Option(None, "--storage-options", help=STORAGE_HELP),
 ) -> None:
     """Print a bank's classes, shots per class and class-to-class prototype similarity."""
+    _storage(storage_options)
     from labeler.bank import load_bank
     from labeler.bank_info import describe_bank, plot_similarity
 
@@ -104,8 +122,10 @@ def run_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous run in OUT."),
     max_pixels: int = typer.Option(100_000_000, "--max-pixels", help="Refuse images with more pixels (error row)."),
     rows_per_shard: int = typer.Option(1000, "--rows-per-shard", help="Images per Parquet shard."),
+    storage_options: Optional[str] = typer.Option(None, "--storage-options", help=STORAGE_HELP),
 ) -> None:
     """Label every image of a source with instance masks, streaming on Ray Data."""
+    options = _storage(storage_options)
     from labeler.run import RunConfig, run_labeling
 
     summary = run_labeling(RunConfig(
@@ -113,7 +133,7 @@ def run_command(
         points_per_batch=points_per_batch, pred_iou_thr=pred_iou_thr, nms_thr=nms_thr, max_dets=max_dets,
         min_score=min_score, batch_size=batch_size, sam2_actors=sam2_actors, dinov2_actors=dinov2_actors,
         gpus_per_actor=gpus_per_actor, address=address, overwrite=overwrite, max_pixels=max_pixels,
-        rows_per_shard=rows_per_shard,
+        rows_per_shard=rows_per_shard, storage_options=options,
     ))
     counts = summary.counts
     typer.echo(
@@ -131,8 +151,10 @@ def eval_command(
     gt: str = typer.Option(..., "--gt", help="Ground-truth COCO JSON."),
     categories: Optional[str] = typer.Option(None, "--categories", help="Subset: ids or names, comma-separated."),
     out: Optional[str] = typer.Option(None, "--out", help="Save the metrics as JSON here."),
+    storage_options: Optional[str] = typer.Option(None, "--storage-options", help=STORAGE_HELP),
 ) -> None:
     """COCO AP of a run against ground truth (bbox and segm, per class)."""
+    _storage(storage_options)
     import json
 
     from labeler.evaluate import evaluate
@@ -153,8 +175,10 @@ def visualize_command(
     min_score: float = typer.Option(0.5, "--min-score", help="Draw detections scoring at least this."),
     gt: Optional[str] = typer.Option(None, "--gt", help="Ground-truth COCO JSON to draw alongside."),
     seed: int = typer.Option(0, "--seed", help="Seed of the image sample."),
+    storage_options: Optional[str] = typer.Option(None, "--storage-options", help=STORAGE_HELP),
 ) -> None:
     """Overlay pictures of sampled images, a contact sheet and a summary plot."""
+    _storage(storage_options)
     from labeler.visualize import visualize
 
     result = visualize(pred, out, n=n, min_score=min_score, gt=gt, seed=seed)
@@ -167,8 +191,10 @@ def export_command(
     fmt: str = typer.Option(..., "--format", help="coco, yolo or semantic."),
     out: str = typer.Option(..., "--out", help="Folder to write the training set into."),
     min_score: float = typer.Option(0.0, "--min-score", help="Keep detections scoring at least this."),
+    storage_options: Optional[str] = typer.Option(None, "--storage-options", help=STORAGE_HELP),
 ) -> None:
     """Turn a run's labels into a training set: COCO, YOLO segmentation or semantic maps."""
+    _storage(storage_options)
     from labeler.export import export
 
     result = export(pred, fmt, out, min_score)

@@ -71,7 +71,8 @@ def run_pipeline(config: RunConfig, todo: pa.Table, *, sam2_size: int, dino_size
                 batch_size=config.batch_size,
                 compute=ray.data.ActorPoolStrategy(size=actors),
                 num_cpus=1,
-                fn_constructor_kwargs=dict(settings, device=device, cpu_threads=cpu_threads),
+                fn_constructor_kwargs=dict(settings, device=device, cpu_threads=cpu_threads,
+                                           storage_options=config.storage_options),
                 **gpu_request,
             )
 

@@ -122,13 +122,13 @@ def _join(out: str, name: str) -> str:
     return out.rstrip("/") + "/" + name
 
 
-def prepare_output(out: str, settings: dict[str, Any], overwrite: bool, storage_options: dict | None) -> None:
+def prepare_output(out: str, settings: dict[str, Any], overwrite: bool) -> None:
     """Check OUT against the settings of the run it may hold; clear it with ``overwrite``.
 
     Raises:
         LabelerError: OUT holds a run with other settings, or foreign files.
     """
-    fs, root = storage.filesystem(out, storage_options)
+    fs, root = storage.filesystem(out)
     state_uri = _join(out, f"{STATE_DIR}/{SETTINGS_FILE}")
     entries = [os.path.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)] if fs.exists(root) else []
     if overwrite:
@@ -136,15 +136,15 @@ def prepare_output(out: str, settings: dict[str, Any], overwrite: bool, storage_
             path = _join(root, name)
             if fs.exists(path):
                 fs.rm(path, recursive=True)
-    elif storage.exists(state_uri, storage_options):
-        previous = json.loads(storage.read_bytes(state_uri, storage_options))
+    elif storage.exists(state_uri):
+        previous = json.loads(storage.read_bytes(state_uri))
         changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
         if changed:
             details = ", ".join(f"{k}: {previous.get(k)!r} -> {settings.get(k)!r}" for k in changed[:4])
             raise LabelerError(f"{out} holds a run with other settings ({details}); pass --overwrite or use another --out")
     elif entries:
         raise LabelerError(f"{out} is not empty and holds no labeler run; use an empty folder (or --overwrite)")
-    storage.write_bytes_atomic(state_uri, json.dumps(settings, indent=2, sort_keys=True).encode(), storage_options)
+    storage.write_bytes_atomic(state_uri, json.dumps(settings, indent=2, sort_keys=True).encode())
 
 
 def _package_versions() -> dict[str, str]:
@@ -167,8 +167,8 @@ def _preflight(config: RunConfig, bank: PrototypeBank) -> int:
     return int(sam2.image_size)
 
 
-def _todo(listing: pa.Table, out: str, storage_options: dict | None) -> tuple[pa.Table, int]:
-    done = finished_ids(out, storage_options)
+def _todo(listing: pa.Table, out: str) -> tuple[pa.Table, int]:
+    done = finished_ids(out)
     if not len(done):
         return listing, 0
     finished = pc.is_in(listing.column("image_id"), value_set=pa.array(done))
@@ -185,20 +185,21 @@ def run_labeling(config: RunConfig) -> RunSummary:
     """
     started = time.monotonic()
     config.validate()
+    storage.configure(config.storage_options)
     bank = load_bank(config.bank)
     sam2_size = _preflight(config, bank)
-    listing = list_source(config.images, config.image_root, config.storage_options)
+    listing = list_source(config.images, config.image_root)
     settings = config.settings(bank)
-    prepare_output(config.out, settings, config.overwrite, config.storage_options)
-    remove_temporaries(config.out, config.storage_options)
-    todo, skipped = _todo(listing.table, config.out, config.storage_options)
+    prepare_output(config.out, settings, config.overwrite)
+    remove_temporaries(config.out)
+    todo, skipped = _todo(listing.table, config.out)
     log.info("%d images listed, %d already labelled, %d to do", len(listing), skipped, todo.num_rows)
     if todo.num_rows:
         from labeler.pipeline import run_pipeline
 
         run_pipeline(config, todo, sam2_size=sam2_size, dino_size=bank.input_size)
-    duplicates = remove_duplicates(config.out, config.storage_options)
-    counts = write_coco(config.out, bank.categories, config.storage_options)
+    duplicates = remove_duplicates(config.out)
+    counts = write_coco(config.out, bank.categories)
     summary = RunSummary(
         out=config.out, images_listed=len(listing), images_skipped=skipped, images_processed=todo.num_rows,
         duplicates_removed=duplicates, counts=counts, wall_seconds=time.monotonic() - started,
@@ -234,5 +235,4 @@ def _write_manifest(config: RunConfig, bank: PrototypeBank, settings: dict, summ
         "images_per_second": round(summary.images_per_second, 3),
         "labels": labels_dir(config.out),
     }
-    storage.write_bytes_atomic(_join(config.out, "run.json"), json.dumps(manifest, indent=2).encode(),
-                               config.storage_options)
+    storage.write_bytes_atomic(_join(config.out, "run.json"), json.dumps(manifest, indent=2).encode())

@@ -34,15 +34,12 @@ def read_error(uri: str, error: Exception) -> str:
     return f"read failed: {kind or f'{type(error).__name__}: {error}'}"
 
 
-def decode_one(uri: str, sam2_size: int, dino_size: int, max_pixels: int,
-               storage_options: dict | None = None) -> DecodedImage:
+def decode_one(uri: str, sam2_size: int, dino_size: int, max_pixels: int) -> DecodedImage:
     """Read and decode one image; any failure becomes an error result, never an exception."""
     blank_sam2 = np.zeros((sam2_size, sam2_size, 3), dtype=np.uint8)
     blank_dino = np.zeros((dino_size, dino_size, 3), dtype=np.uint8)
     try:
-        fs, path = storage.filesystem(uri, storage_options)
-        with fs.open(path, "rb") as handle:
-            data = handle.read()
+        data = storage.read_bytes_retrying(uri)
     except Exception as error:  # noqa: BLE001 - every failure is this image's error row
         return DecodedImage(STATUS_ERROR, read_error(uri, error), 0, 0, blank_sam2, blank_dino)
     try:
@@ -69,11 +66,13 @@ def decode_batch(
 
     Adds ``width``, ``height``, ``status``, ``error``, ``sam2_pixels``
     (``[B, S, S, 3]`` uint8, bilinear) and ``dino_pixels`` (``[B, G, G, 3]``
-    uint8, bicubic). Reads run on a few threads to overlap storage latency.
+    uint8, bicubic). Reads run on a few threads to overlap storage latency;
+    ``storage_options`` are applied in this worker first (:func:`storage.configure`).
     """
+    storage.configure(storage_options)
     uris = [str(u) for u in batch["uri"]]
     with ThreadPoolExecutor(max_workers=min(IO_THREADS, max(1, len(uris)))) as pool:
-        results = list(pool.map(lambda u: decode_one(u, sam2_size, dino_size, max_pixels, storage_options), uris))
+        results = list(pool.map(lambda u: decode_one(u, sam2_size, dino_size, max_pixels), uris))
     return {
         "image_id": np.asarray(batch["image_id"], dtype=np.int64),
         "uri": np.asarray(uris, dtype=object),

@@ -8,6 +8,7 @@ import torch
 
 from labeler.bank import PrototypeBank, load_bank
 from labeler.devices import resolve_device
+from labeler.io import storage
 from labeler.io.labels import STATUS_ERROR, STATUS_OK, LabelRows
 from labeler.io.proposal_payload import decode_proposals
 from labeler.io.rle import encode_masks
@@ -72,7 +73,9 @@ class Dinov2Scorer:
         max_dets: int = DEFAULT_MAX_DETS,
         min_score: float = 0.0,
         cpu_threads: int | None = None,
+        storage_options: dict | None = None,
     ):
+        storage.configure(storage_options)
         if cpu_threads:
             torch.set_num_threads(cpu_threads)
         self.device = resolve_device(device)

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from labeler.devices import resolve_device
+from labeler.io import storage
 from labeler.io.labels import STATUS_OK
 from labeler.io.proposal_payload import ProposalPayload, encode_proposals
 from labeler.method.proposals import DEFAULT_POINTS_PER_BATCH, DEFAULT_POINTS_PER_SIDE, DEFAULT_PRED_IOU_THR, point_grid
@@ -36,7 +37,9 @@ class Sam2Proposer:
         points_per_batch: int = DEFAULT_POINTS_PER_BATCH,
         pred_iou_thr: float = DEFAULT_PRED_IOU_THR,
         cpu_threads: int | None = None,
+        storage_options: dict | None = None,
     ):
+        storage.configure(storage_options)
         if cpu_threads:
             torch.set_num_threads(cpu_threads)
         self.device = resolve_device(device)

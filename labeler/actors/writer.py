@@ -8,6 +8,7 @@ import pyarrow as pa
 from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
+from labeler.io import storage
 from labeler.io.labels import LABELS_SCHEMA
 from labeler.io.shards import write_shard
 
@@ -29,9 +30,10 @@ class LabelShardSink(Datasink[list[str]]):
         return self.rows_per_shard
 
     def write(self, blocks: Iterable, ctx) -> list[str]:
+        storage.configure(self.storage_options)
         tables = [BlockAccessor.for_block(block).to_arrow() for block in blocks]
         tables = [t for t in tables if t.num_rows]
         if not tables:
             return []
         table = pa.concat_tables([t.cast(LABELS_SCHEMA) for t in tables])
-        return [write_shard(self.out, table, self.storage_options)]
+        return [write_shard(self.out, table)]

@@ -30,9 +30,9 @@ class LabelCounts:
         return self.transfer_bytes_ok / self.images_ok if self.images_ok else 0.0
 
 
-def _image_entries(out: str, storage_options: dict | None, counts: LabelCounts) -> Iterator[str]:
+def _image_entries(out: str, counts: LabelCounts) -> Iterator[str]:
     columns = ["image_id", "uri", "width", "height", "status", "proposals", "transfer_bytes"]
-    for _, table in iter_shard_tables(out, columns, storage_options):
+    for _, table in iter_shard_tables(out, columns):
         for row in table.to_pylist():
             if row["status"] != STATUS_OK:
                 counts.images_error += 1
@@ -44,10 +44,10 @@ def _image_entries(out: str, storage_options: dict | None, counts: LabelCounts) 
                               "height": row["height"]})
 
 
-def _annotation_entries(out: str, storage_options: dict | None, counts: LabelCounts, min_score: float,
+def _annotation_entries(out: str, counts: LabelCounts, min_score: float,
                         with_scores: bool) -> Iterator[str]:
     annotation_id = 0
-    for _, table in iter_shard_tables(out, ["image_id", "height", "width", "status", "detections"], storage_options):
+    for _, table in iter_shard_tables(out, ["image_id", "height", "width", "status", "detections"]):
         for batch in table.to_batches(max_chunksize=256):
             for row in batch.to_pylist():
                 for detection in row["detections"]:
@@ -80,7 +80,6 @@ def _write_array(handle, entries: Iterator[str]) -> None:
 def write_coco(
     out: str,
     categories: list[Category],
-    storage_options: dict | None = None,
     *,
     target: str | None = None,
     min_score: float = 0.0,
@@ -103,9 +102,9 @@ def write_coco(
             handle.write(json.dumps({"description": description}).join(['{"info": ', ',\n"categories": ']))
             handle.write(json.dumps([{"id": c.id, "name": c.name} for c in categories]))
             handle.write(',\n"images": ')
-            _write_array(handle, _image_entries(out, storage_options, counts))
+            _write_array(handle, _image_entries(out, counts))
             handle.write(',\n"annotations": ')
-            _write_array(handle, _annotation_entries(out, storage_options, counts, min_score, with_scores))
+            _write_array(handle, _annotation_entries(out, counts, min_score, with_scores))
             handle.write("}\n")
-        storage.put_file_atomic(local, target or out.rstrip("/") + "/coco.json", storage_options)
+        storage.put_file_atomic(local, target or out.rstrip("/") + "/coco.json")
     return counts

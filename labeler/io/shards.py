@@ -32,19 +32,19 @@ def new_shard_name() -> str:
     return f"{SHARD_PREFIX}{uuid.uuid4().hex}{SHARD_SUFFIX}"
 
 
-def write_shard(out: str, table: pa.Table, storage_options: dict | None = None) -> str:
+def write_shard(out: str, table: pa.Table) -> str:
     """Write one shard atomically; returns its URI."""
     buffer = io.BytesIO()
     pq.write_table(table.cast(LABELS_SCHEMA), buffer, compression="zstd")
     uri = f"{labels_dir(out)}/{new_shard_name()}"
-    storage.write_bytes_atomic(uri, buffer.getvalue(), storage_options)
+    storage.write_bytes_atomic(uri, buffer.getvalue())
     return uri
 
 
-def list_shards(out: str, storage_options: dict | None = None) -> list[str]:
+def list_shards(out: str) -> list[str]:
     """URIs of the published shards, sorted (temporary files are not shards)."""
     folder = labels_dir(out)
-    fs, path = storage.filesystem(folder, storage_options)
+    fs, path = storage.filesystem(folder)
     if not fs.exists(path):
         return []
     names = sorted(
@@ -54,10 +54,10 @@ def list_shards(out: str, storage_options: dict | None = None) -> list[str]:
     return [f"{folder}/{name}" for name in names]
 
 
-def remove_temporaries(out: str, storage_options: dict | None = None) -> int:
+def remove_temporaries(out: str) -> int:
     """Delete leftovers of interrupted local writes; returns how many."""
     folder = labels_dir(out)
-    fs, path = storage.filesystem(folder, storage_options)
+    fs, path = storage.filesystem(folder)
     if not fs.exists(path):
         return 0
     stale = [p for p in fs.ls(path, detail=False) if ".tmp-" in posixpath.basename(p)]
@@ -66,26 +66,25 @@ def remove_temporaries(out: str, storage_options: dict | None = None) -> int:
     return len(stale)
 
 
-def read_shard(uri: str, columns: list[str] | None = None, storage_options: dict | None = None) -> pa.Table:
-    fs, path = storage.filesystem(uri, storage_options)
+def read_shard(uri: str, columns: list[str] | None = None) -> pa.Table:
+    fs, path = storage.filesystem(uri)
     with fs.open(path, "rb") as handle:
         return pq.read_table(handle, columns=columns)
 
 
-def iter_shard_tables(out: str, columns: list[str] | None = None,
-                      storage_options: dict | None = None) -> Iterator[tuple[str, pa.Table]]:
+def iter_shard_tables(out: str, columns: list[str] | None = None) -> Iterator[tuple[str, pa.Table]]:
     """Each published shard and its table (one shard in memory at a time)."""
-    for uri in list_shards(out, storage_options):
-        yield uri, read_shard(uri, columns, storage_options)
+    for uri in list_shards(out):
+        yield uri, read_shard(uri, columns)
 
 
-def finished_ids(out: str, storage_options: dict | None = None) -> np.ndarray:
+def finished_ids(out: str) -> np.ndarray:
     """Sorted unique image ids present in published shards."""
-    ids = [table.column("image_id").to_numpy() for _, table in iter_shard_tables(out, ["image_id"], storage_options)]
+    ids = [table.column("image_id").to_numpy() for _, table in iter_shard_tables(out, ["image_id"])]
     return np.unique(np.concatenate(ids)) if ids else np.zeros(0, dtype=np.int64)
 
 
-def remove_duplicates(out: str, storage_options: dict | None = None) -> int:
+def remove_duplicates(out: str) -> int:
     """Keep each image id in one shard only (the first in name order).
 
     A retried write task can publish an image twice; this rewrites the later
@@ -93,7 +92,7 @@ def remove_duplicates(out: str, storage_options: dict | None = None) -> int:
     """
     seen: set[int] = set()
     removed = 0
-    for uri, ids in iter_shard_tables(out, ["image_id"], storage_options):
+    for uri, ids in iter_shard_tables(out, ["image_id"]):
         values = ids.column("image_id").to_numpy()
         _, first = np.unique(values, return_index=True)
         keep = np.zeros(len(values), dtype=bool)
@@ -103,9 +102,9 @@ def remove_duplicates(out: str, storage_options: dict | None = None) -> int:
         if keep.all():
             continue
         removed += int((~keep).sum())
-        table = read_shard(uri, storage_options=storage_options).filter(pa.array(keep))
-        fs, path = storage.filesystem(uri, storage_options)
+        table = read_shard(uri).filter(pa.array(keep))
+        fs, path = storage.filesystem(uri)
         if table.num_rows:
-            write_shard(out, table, storage_options)
+            write_shard(out, table)
         fs.rm(path)
     return removed

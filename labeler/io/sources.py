@@ -51,8 +51,8 @@ def _with_protocol(fs: Any, path: str, source: str) -> str:
     return fs.unstrip_protocol(path)
 
 
-def _folder(source: str, storage_options: dict | None) -> SourceListing:
-    fs, root = storage.filesystem(source, storage_options)
+def _folder(source: str) -> SourceListing:
+    fs, root = storage.filesystem(source)
     if not fs.isdir(root):
         raise LabelerError(f"{source}: not a folder, prefix, .txt list or COCO .json")
     found = fs.find(root, withdirs=False, detail=True)
@@ -66,8 +66,8 @@ def _folder(source: str, storage_options: dict | None) -> SourceListing:
     return SourceListing(_table(ids, uris, source), "folder")
 
 
-def _uri_list(source: str, storage_options: dict | None) -> SourceListing:
-    text = storage.read_bytes(source, storage_options).decode("utf-8", errors="replace")
+def _uri_list(source: str) -> SourceListing:
+    text = storage.read_bytes(source).decode("utf-8", errors="replace")
     uris: list[str] = []
     seen: set[str] = set()
     for line in text.splitlines():
@@ -98,7 +98,7 @@ def _table(ids: list[int], uris: list[str], source: str, check_collisions: bool 
     return pa.table({"image_id": pa.array(ids, pa.int64()), "uri": pa.array(uris, pa.string())})
 
 
-def list_source(source: str, image_root: str | None = None, storage_options: dict | None = None) -> SourceListing:
+def list_source(source: str, image_root: str | None = None) -> SourceListing:
     """List the images of a source.
 
     Raises:
@@ -110,7 +110,7 @@ def list_source(source: str, image_root: str | None = None, storage_options: dic
     if image_root is not None:
         raise LabelerError("--image-root applies to COCO JSON sources only")
     if lowered.endswith(".txt"):
-        return _uri_list(source, storage_options)
-    if not storage.exists(source, storage_options):
+        return _uri_list(source)
+    if not storage.exists(source):
         raise LabelerError(f"{source}: no such folder or prefix")
-    return _folder(source, storage_options)
+    return _folder(source)

@@ -1,12 +1,22 @@
 """Storage access through fsspec: local paths, ``file://``, ``s3://`` and any
-other fsspec URI, with one set of helpers."""
+other fsspec URI, with one set of helpers.
+
+Filesystem options (an S3 endpoint, a profile, ...) come from the standard
+places: the AWS variables and credential chain for ``s3://`` (through s3fs
+and botocore), fsspec's ``FSSPEC_<PROTOCOL>_<OPTION>`` variables, and
+:func:`configure`, which ``--storage-options`` calls in the driver and in
+every Ray worker. They are fsspec's own per-protocol defaults
+(``fsspec.config.conf``), so every filesystem this process opens gets them.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import posixpath
 import shutil
+import time
 import uuid
 from typing import Any
 
@@ -16,9 +26,38 @@ from fsspec.core import url_to_fs
 from labeler.errors import LabelerError
 
 
-def filesystem(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+def configure(options: dict[str, Any] | None) -> None:
+    """Set default filesystem options: ``{"s3": {...}, "gcs": {...}}`` by protocol,
+    or a flat dict of options, taken as ``s3``'s.
+
+    Raises:
+        LabelerError: options that are not a JSON object of objects.
+    """
+    if not options:
+        return
+    if not isinstance(options, dict):
+        raise LabelerError("--storage-options must be a JSON object")
+    by_protocol = options if all(isinstance(v, dict) for v in options.values()) else {"s3": options}
+    for protocol, values in by_protocol.items():
+        fsspec.config.conf.setdefault(protocol, {}).update(values)
+
+
+def parse_storage_options(text: str | None) -> dict[str, Any] | None:
+    """The ``--storage-options`` JSON, checked."""
+    if not text:
+        return None
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise LabelerError(f"--storage-options: malformed JSON: {error}") from None
+    if not isinstance(options, dict):
+        raise LabelerError("--storage-options must be a JSON object")
+    return options
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """Return the filesystem for ``uri`` and the path within it."""
-    return url_to_fs(uri, **(storage_options or {}))
+    return url_to_fs(uri)
 
 
 def is_local(uri: str) -> bool:
@@ -26,15 +65,15 @@ def is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 
 
-def exists(uri: str, storage_options: dict[str, Any] | None = None) -> bool:
+def exists(uri: str) -> bool:
     """True when ``uri`` names an existing file or folder."""
-    fs, path = filesystem(uri, storage_options)
+    fs, path = filesystem(uri)
     return fs.exists(path)
 
 
-def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
+def read_bytes(uri: str) -> bytes:
     """Read a whole file; a missing file is a :class:`LabelerError` naming it."""
-    fs, path = filesystem(uri, storage_options)
+    fs, path = filesystem(uri)
     try:
         with fs.open(path, "rb") as handle:
             return handle.read()
@@ -46,13 +85,38 @@ def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes
         raise LabelerError(f"{uri}: permission denied") from None
 
 
-def write_bytes_atomic(uri: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
+#: Errors a retry cannot fix: the object is missing, a folder, or forbidden.
+PERMANENT_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def read_bytes_retrying(uri: str, attempts: int = 5, first_delay: float = 0.2) -> bytes:
+    """Read a whole file, retrying transient failures (5xx, throttling, timeouts,
+    dropped connections) with exponential backoff; permanent ones raise at once.
+
+    This sits on top of botocore's own retries for ``s3://``, for errors that
+    outlast them.
+    """
+    for attempt in range(attempts):
+        try:
+            fs, path = filesystem(uri)
+            with fs.open(path, "rb") as handle:
+                return handle.read()
+        except PERMANENT_ERRORS:
+            raise
+        except Exception:  # noqa: BLE001 - anything else may be transient
+            if attempt == attempts - 1:
+                raise
+            time.sleep(first_delay * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
     """Write ``data`` to ``uri`` so that readers never see a half-written file.
 
     Locally the bytes go to a temporary sibling that is renamed into place;
     object stores publish an object only when its upload completes.
     """
-    fs, path = filesystem(uri, storage_options)
+    fs, path = filesystem(uri)
     parent = posixpath.dirname(path) if not is_local(uri) else os.path.dirname(path)
     if parent:
         fs.makedirs(parent, exist_ok=True)
@@ -71,9 +135,9 @@ def write_bytes_atomic(uri: str, data: bytes, storage_options: dict[str, Any] | 
             os.remove(tmp)
 
 
-def put_file_atomic(local_path: str, uri: str, storage_options: dict[str, Any] | None = None) -> None:
+def put_file_atomic(local_path: str, uri: str) -> None:
     """Publish a local file at ``uri`` so that readers never see it half-written."""
-    fs, path = filesystem(uri, storage_options)
+    fs, path = filesystem(uri)
     if not is_local(uri):
         fs.put_file(local_path, path)
         return
