@@ -231,10 +231,10 @@ def demo_command(
     )
 
 
-def main() -> None:
-    """Console entry point."""
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point; ``argv`` defaults to the process arguments."""
     try:
-        app()
+        app(args=argv)
     except LabelerError as error:
         if _state["debug"]:
             raise
