@@ -207,7 +207,6 @@ def demo_command(
     device: str = typer.Option("cpu", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Run the flow offline on generated images with random tiny models."""
-    from labeler.bank_info import describe_bank
     from labeler.demo import run_demo
 
     result = run_demo(out, device=device)

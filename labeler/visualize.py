@@ -20,10 +20,10 @@ from labeler.errors import LabelerError  # noqa: E402
 from labeler.io import storage  # noqa: E402
 from labeler.io.coco import Category  # noqa: E402
 from labeler.io.images import decode_image  # noqa: E402
+from labeler.io.labels import STATUS_OK  # noqa: E402
 from labeler.io.masks import segmentation_to_mask  # noqa: E402
 from labeler.io.rle import decode_masks  # noqa: E402
 from labeler.io.run_output import iter_label_rows, run_categories  # noqa: E402
-from labeler.io.labels import STATUS_OK  # noqa: E402
 
 MASK_ALPHA = 0.45
 

@@ -6,16 +6,21 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from labeler.actors.sam2_proposer import payload_from_row
+from labeler.actors.worker_setup import prepare_worker
 from labeler.bank import PrototypeBank, load_bank
-from labeler.devices import resolve_device
-from labeler.io import storage
 from labeler.io.labels import STATUS_ERROR, STATUS_OK, LabelRows
 from labeler.io.proposal_payload import decode_proposals
 from labeler.io.rle import encode_masks
-from labeler.method.scoring import DEFAULT_MAX_DETS, DEFAULT_NMS_THR, boxes_from_masks, score_proposals, upsample_features
+from labeler.method.scoring import (
+    DEFAULT_MAX_DETS,
+    DEFAULT_NMS_THR,
+    boxes_from_masks,
+    score_proposals,
+    upsample_features,
+)
 from labeler.models import load_dinov2
 from labeler.models.sam2_inference import upsample_logits
-from labeler.actors.sam2_proposer import payload_from_row
 
 
 def detections_for_image(
@@ -75,10 +80,7 @@ class Dinov2Scorer:
         cpu_threads: int | None = None,
         storage_options: dict | None = None,
     ):
-        storage.configure(storage_options)
-        if cpu_threads:
-            torch.set_num_threads(cpu_threads)
-        self.device = resolve_device(device)
+        self.device = prepare_worker(device, cpu_threads, storage_options)
         self.bank = load_bank(bank)
         self.encoder = load_dinov2(self.bank.encoder, self.device, self.bank.input_size)
         self.class_prototypes = self.bank.class_prototypes.to(self.device)

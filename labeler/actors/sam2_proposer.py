@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from labeler.devices import resolve_device
-from labeler.io import storage
+from labeler.actors.worker_setup import prepare_worker
 from labeler.io.labels import STATUS_OK
 from labeler.io.proposal_payload import ProposalPayload, encode_proposals
 from labeler.method.proposals import DEFAULT_POINTS_PER_BATCH, DEFAULT_POINTS_PER_SIDE, DEFAULT_PRED_IOU_THR, point_grid
@@ -39,10 +37,7 @@ class Sam2Proposer:
         cpu_threads: int | None = None,
         storage_options: dict | None = None,
     ):
-        storage.configure(storage_options)
-        if cpu_threads:
-            torch.set_num_threads(cpu_threads)
-        self.device = resolve_device(device)
+        self.device = prepare_worker(device, cpu_threads, storage_options)
         self.model = load_sam2(sam2, self.device)
         self.grid = point_grid(points_per_side, self.model.image_size).to(self.device)
         self.points_per_batch = points_per_batch

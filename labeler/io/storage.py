@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import posixpath
+import re
 import shutil
 import time
 import uuid
