@@ -38,7 +38,7 @@ def _connect(address: str | None, extra_cpus: int) -> bool:
         return True
     # Locally, the actors each hold a logical CPU; add as many so that the
     # read and write tasks still find CPUs to run on.
-    ray.init(num_cpus=(os.cpu_count() or 1) + extra_cpus, include_dashboard=False, log_to_driver=True)
+    ray.init(address="local", num_cpus=(os.cpu_count() or 1) + extra_cpus, include_dashboard=False, log_to_driver=True)
     return True
 
 
