@@ -109,6 +109,40 @@ def test_every_image_exactly_once_and_parquet_agrees_with_coco(tmp_path, ray_ses
     assert {p: Path(p).stat().st_mtime_ns for p in list_shards(str(out))} == shards
 
 
+def test_hostile_folder_every_file_once_with_its_reason(tmp_path, ray_session, bank_path):
+    from .test_hostile_images import BROKEN, USABLE
+
+    folder = tmp_path / "hostile"
+    (folder / "sub dir ü").mkdir(parents=True)
+    for name, (make, _) in USABLE.items():
+        (folder / "sub dir ü" / name).write_bytes(make())
+    for name, (make, _) in BROKEN.items():
+        (folder / name).write_bytes(make())
+    (folder / "folder.jpg").mkdir()
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{folder / 'sub dir ü' / 'gray.png'}\n{folder / 'gone.jpg'}\n")
+
+    out = tmp_path / "out"
+    run_labeling(RunConfig(bank=bank_path, images=str(folder), out=str(out), max_pixels=10_000_000, **TINY_RUN))
+    rows = {Path(r["uri"]).name: r for r in read_rows(out)}
+    assert len(read_rows(out)) == len(rows) == len(USABLE) + len(BROKEN) + 2
+    for name, (_, (width, height)) in USABLE.items():
+        assert (rows[name]["status"], rows[name]["width"], rows[name]["height"]) == ("ok", width, height), name
+        for detection in rows[name]["detections"]:
+            x, y, w, h = detection["bbox"]
+            assert x + w <= width and y + h <= height  # labels live in the EXIF-rotated frame
+    for name, (_, reason) in BROKEN.items():
+        assert rows[name]["status"] == "error" and rows[name]["error"].startswith(reason), name
+    assert rows["folder.jpg"]["error"] == "read failed: is a folder, not a file"
+    assert rows["loop.jpg"]["error"].startswith("read failed: ")
+
+    from_list = run_labeling(RunConfig(bank=bank_path, images=str(listing), out=str(tmp_path / "out2"), **TINY_RUN))
+    assert (from_list.counts.images_ok, from_list.counts.images_error) == (1, 1)
+    gone = [r for r in read_rows(tmp_path / "out2") if r["status"] == "error"]
+    assert gone[0]["error"] == "read failed: no such file"
+
+
 def test_other_settings_refused_unless_overwrite(tmp_path, ray_session, bank_path):
     images = tmp_path / "t" / "images"
     generate_dataset(tmp_path / "t", 2, seed=2)

@@ -12,14 +12,18 @@ def rows(listing):
     return dict(zip(listing.table.column("uri").to_pylist(), listing.table.column("image_id").to_pylist()))
 
 
-def test_folder_is_listed_recursively_for_images_only(tmp_path):
+def test_folder_is_listed_recursively_by_image_names(tmp_path):
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / "x.jpg").write_bytes(b"1")
     (tmp_path / "a" / "b" / "y.PNG").write_bytes(b"2")
     (tmp_path / "a" / "notes.txt").write_text("no")
-    (tmp_path / "a" / "folder.jpg").mkdir()  # a directory named like an image
+    (tmp_path / "a" / "folder.jpg").mkdir()  # named like an image: listed, so it ends as an error row
+    (tmp_path / "a" / "folder.jpg" / "inner.png").write_bytes(b"3")
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")  # a symlink loop: listed too
+    (tmp_path / "linked").symlink_to(tmp_path / "a")  # symlinked folders are not followed
     listing = list_source(str(tmp_path))
-    assert sorted(rows(listing)) == [str(tmp_path / "a" / "b" / "y.PNG"), str(tmp_path / "x.jpg")]
+    assert sorted(rows(listing)) == sorted(str(tmp_path / p) for p in
+                                           ["a/b/y.PNG", "a/folder.jpg", "a/folder.jpg/inner.png", "loop.jpg", "x.jpg"])
     assert listing.kind == "folder"
 
 

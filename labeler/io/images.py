@@ -11,6 +11,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 #: Default pixel limit: images declaring more pixels are refused before decoding.
 DEFAULT_MAX_PIXELS = 100_000_000
 
+# labeler enforces its own, configurable pixel limit (``max_pixels``) on the
+# declared size before any pixel is decoded; PIL's fixed global one would
+# otherwise refuse first, with its own limit, whatever the user asked for.
+Image.MAX_IMAGE_PIXELS = None
+
 
 class ImageDecodeError(ValueError):
     """The bytes are not a decodable image (the message says why)."""
@@ -44,8 +49,6 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
         raise
     except UnidentifiedImageError:
         raise ImageDecodeError("not an image file") from None
-    except Image.DecompressionBombError as error:
-        raise ImageDecodeError(f"decompression bomb: {error}") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageDecodeError(f"corrupt or truncated image: {error}") from None
 

@@ -51,15 +51,32 @@ def _with_protocol(fs: Any, path: str, source: str) -> str:
     return fs.unstrip_protocol(path)
 
 
+def _is_image_name(name: str) -> bool:
+    return posixpath.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _local_image_paths(root: str) -> list[str]:
+    """Paths under a local folder with image names, links included as they are.
+
+    Broken links, symlink loops and folders named like images are listed too,
+    so that they end as error rows with their reason instead of vanishing.
+    Symlinked folders are not followed (no cycles).
+    """
+    found = []
+    for folder, dirnames, filenames in os.walk(root, followlinks=False):
+        found += [os.path.join(folder, name) for name in dirnames + filenames if _is_image_name(name)]
+    return found
+
+
 def _folder(source: str) -> SourceListing:
     fs, root = storage.filesystem(source)
     if not fs.isdir(root):
         raise LabelerError(f"{source}: not a folder, prefix, .txt list or COCO .json")
-    found = fs.find(root, withdirs=False, detail=True)
-    paths = sorted(
-        path for path, info in found.items()
-        if info.get("type") == "file" and posixpath.splitext(path)[1].lower() in IMAGE_EXTENSIONS
-    )
+    if storage.is_local(source):
+        paths = sorted(_local_image_paths(root))
+    else:
+        found = fs.find(root, withdirs=False, detail=True)
+        paths = sorted(path for path, info in found.items() if info.get("type") == "file" and _is_image_name(path))
     root_prefix = root.rstrip("/") + "/"
     ids = [stable_image_id(path.removeprefix(root_prefix)) for path in paths]
     uris = [_with_protocol(fs, path, source) for path in paths]

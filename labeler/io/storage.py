@@ -94,8 +94,9 @@ def read_bytes_retrying(uri: str, attempts: int = 5, first_delay: float = 0.2) -
     dropped connections) with exponential backoff; permanent ones raise at once.
 
     This sits on top of botocore's own retries for ``s3://``, for errors that
-    outlast them.
+    outlast them. Local files are read once: their errors do not pass.
     """
+    attempts = 1 if is_local(uri) else attempts
     for attempt in range(attempts):
         try:
             fs, path = filesystem(uri)
