@@ -42,6 +42,18 @@ def _connect(address: str | None, extra_cpus: int) -> bool:
     return True
 
 
+def _os_error_in(error: BaseException) -> OSError | None:
+    """The storage error (disk full, read-only, ...) behind a failed Ray execution, if any."""
+    seen = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
+    return None
+
+
 def _block_rows(config: RunConfig) -> int:
     return max(config.batch_size * 2, 8)
 
@@ -84,7 +96,13 @@ def run_pipeline(config: RunConfig, todo: pa.Table, *, sam2_size: int, dino_size
             proposals, Dinov2Scorer, config.dinov2_actors, bank=config.bank, nms_thr=config.nms_thr,
             max_dets=config.max_dets, min_score=config.min_score,
         )
-        labels.write_datasink(LabelShardSink(config.out, config.rows_per_shard, config.storage_options))
+        try:
+            labels.write_datasink(LabelShardSink(config.out, config.rows_per_shard, config.storage_options))
+        except Exception as error:
+            storage_error = _os_error_in(error)
+            if storage_error is None:
+                raise
+            raise storage_error from None  # run_labeling reports it in one line
     finally:
         if started_here:
             ray.shutdown()

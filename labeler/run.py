@@ -163,7 +163,12 @@ def _preflight(config: RunConfig, bank: PrototypeBank) -> int:
     Returns the SAM2 input size the decode stage resizes to.
     """
     sam2 = load_sam2(config.sam2, "cpu")
-    load_dinov2(bank.encoder, "cpu", bank.input_size)
+    encoder = load_dinov2(bank.encoder, "cpu", bank.input_size)
+    if encoder.feature_dim != bank.feature_dim:
+        raise LabelerError(
+            f"{config.bank}: prototypes are {bank.feature_dim}-d but its encoder {bank.encoder} gives "
+            f"{encoder.feature_dim}-d features: the bank was built with another encoder"
+        )
     return int(sam2.image_size)
 
 
@@ -190,21 +195,27 @@ def run_labeling(config: RunConfig) -> RunSummary:
     sam2_size = _preflight(config, bank)
     listing = list_source(config.images, config.image_root)
     settings = config.settings(bank)
-    prepare_output(config.out, settings, config.overwrite)
-    remove_temporaries(config.out)
-    todo, skipped = _todo(listing.table, config.out)
-    log.info("%d images listed, %d already labelled, %d to do", len(listing), skipped, todo.num_rows)
-    if todo.num_rows:
-        from labeler.pipeline import run_pipeline
+    try:
+        prepare_output(config.out, settings, config.overwrite)
+        remove_temporaries(config.out)
+        todo, skipped = _todo(listing.table, config.out)
+        log.info("%d images listed, %d already labelled, %d to do", len(listing), skipped, todo.num_rows)
+        if todo.num_rows:
+            from labeler.pipeline import run_pipeline
 
-        run_pipeline(config, todo, sam2_size=sam2_size, dino_size=bank.input_size)
-    duplicates = remove_duplicates(config.out)
-    counts = write_coco(config.out, bank.categories)
-    summary = RunSummary(
-        out=config.out, images_listed=len(listing), images_skipped=skipped, images_processed=todo.num_rows,
-        duplicates_removed=duplicates, counts=counts, wall_seconds=time.monotonic() - started,
-    )
-    _write_manifest(config, bank, settings, summary)
+            run_pipeline(config, todo, sam2_size=sam2_size, dino_size=bank.input_size)
+        duplicates = remove_duplicates(config.out)
+        counts = write_coco(config.out, bank.categories)
+        summary = RunSummary(
+            out=config.out, images_listed=len(listing), images_skipped=skipped, images_processed=todo.num_rows,
+            duplicates_removed=duplicates, counts=counts, wall_seconds=time.monotonic() - started,
+        )
+        _write_manifest(config, bank, settings, summary)
+    except OSError as error:
+        raise LabelerError(
+            f"writing to {config.out} failed: {error.strerror or error}; "
+            "finished shards are kept, rerun the same command to resume"
+        ) from None
     return summary
 
 

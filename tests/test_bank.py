@@ -132,3 +132,21 @@ def test_confusable_pairs_and_description():
     assert confusable_pairs(make_bank(), 0.8) == []
     text = describe_bank(bank)
     assert "warning: 'boat' and 'bird' have similar prototypes" in text and "boat" in text
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch BANK_PAYLOAD_RAN",))
+
+
+def test_pickle_disguised_as_a_bank_is_refused_without_running(tmp_path, monkeypatch):
+    import pickle
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "bank.safetensors"
+    path.write_bytes(pickle.dumps({"class_prototypes": _Payload()}))
+    with pytest.raises(BankError, match="not a readable safetensors file"):
+        load_bank(str(path))
+    assert not (tmp_path / "BANK_PAYLOAD_RAN").exists()

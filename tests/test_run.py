@@ -214,3 +214,54 @@ def test_killed_run_resumes_to_each_image_exactly_once(tmp_path, bank_path):
     assert manifest["counts"]["images_skipped_as_done"] == len(done_before)
     assert manifest["counts"]["images_processed_this_run"] == 63 - len(done_before)
     assert not [p for p in (out / "labels").iterdir() if ".tmp-" in p.name]
+
+
+def test_a_killed_worker_process_is_restarted_and_the_job_finishes(tmp_path, ray_session, bank_path):
+    import threading
+
+    from ray._private.state import actors
+
+    images = generate_dataset(tmp_path / "t", 40, seed=12, image_format="jpg").parent / "images"
+    out = tmp_path / "out"
+    config = RunConfig(bank=bank_path, images=str(images), out=str(out), **dict(TINY_RUN, points_per_side=16,
+                                                                                 batch_size=2))
+    outcome = {}
+    job = threading.Thread(target=lambda: outcome.update(summary=run_labeling(config)), daemon=True)
+    job.start()
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and job.is_alive() and not list_shards(str(out)):
+        time.sleep(0.2)
+    workers = [a for a in actors().values() if a["State"] == "ALIVE" and "Sam2Proposer" in a["ActorClassName"]]
+    assert job.is_alive() and workers, "nothing to kill: the run ended too soon"
+    os.kill(workers[0]["Pid"], signal.SIGKILL)
+    job.join(timeout=300)
+    assert "summary" in outcome
+    ids = [r["image_id"] for r in read_rows(out)]
+    assert len(ids) == len(set(ids)) == 40 and outcome["summary"].counts.images_ok == 40
+
+
+def test_bank_from_another_encoder_is_refused(tmp_path, bank_path):
+    bank = load_bank(bank_path)
+    edited = type(bank)(**{**bank.__dict__, "encoder": "random:small", "content_hash": ""})
+    edited.save(str(tmp_path / "other.safetensors"))
+    with pytest.raises(LabelerError, match="32-d but its encoder random:small gives 384-d"):
+        run_labeling(RunConfig(bank=str(tmp_path / "other.safetensors"), images=str(tmp_path), out=str(tmp_path / "o"),
+                               sam2="random:tiny"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_full_disk_is_a_clear_error_and_leaves_no_partial_shard(tmp_path, ray_session, bank_path):
+    images = make_targets(tmp_path / "t", 16)
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(disk)]).returncode:
+        pytest.skip("tmpfs cannot be mounted here")
+    try:
+        with pytest.raises(LabelerError, match="writing to .* failed: No space left on device.*rerun"):
+            run_labeling(RunConfig(bank=bank_path, images=str(images), out=str(disk / "out"),
+                                   **dict(TINY_RUN, rows_per_shard=2)))
+        for shard in list_shards(str(disk / "out")):
+            pq.read_table(shard)  # every published shard is whole
+        assert not [p for p in (disk / "out" / "labels").iterdir() if ".tmp-" in p.name]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
