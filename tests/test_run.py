@@ -250,18 +250,22 @@ def test_bank_from_another_encoder_is_refused(tmp_path, bank_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
-def test_full_disk_is_a_clear_error_and_leaves_no_partial_shard(tmp_path, ray_session, bank_path):
+@pytest.mark.parametrize("mount_options, reason", [("size=96k", "No space left on device"),
+                                                    ("ro,size=1m", "Read-only file system")])
+def test_full_or_read_only_disk_is_a_clear_error_and_leaves_no_partial_shard(
+    tmp_path, ray_session, bank_path, mount_options, reason
+):
     images = make_targets(tmp_path / "t", 16)
     disk = tmp_path / "small-disk"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(disk)]).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", mount_options, "tmpfs", str(disk)]).returncode:
         pytest.skip("tmpfs cannot be mounted here")
     try:
-        with pytest.raises(LabelerError, match="writing to .* failed: No space left on device.*rerun"):
+        with pytest.raises(LabelerError, match=f"writing to .* failed: {reason}.*rerun"):
             run_labeling(RunConfig(bank=bank_path, images=str(images), out=str(disk / "out"),
                                    **dict(TINY_RUN, rows_per_shard=2)))
         for shard in list_shards(str(disk / "out")):
             pq.read_table(shard)  # every published shard is whole
-        assert not [p for p in (disk / "out" / "labels").iterdir() if ".tmp-" in p.name]
+        assert not [p for p in disk.rglob("*") if ".tmp-" in p.name]
     finally:
         subprocess.run(["umount", "-l", str(disk)])
