@@ -29,7 +29,7 @@ TINY_RUN = dict(sam2="random:tiny", points_per_side=4, batch_size=4, rows_per_sh
 def ray_session():
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -32,7 +32,7 @@ def s3(tmp_path_factory):
                        "AWS_MAX_ATTEMPTS": "2"}.items():
         patch.setenv(key, value)
     fsspec.config.conf.pop("s3", None)
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield endpoint
     ray.shutdown()
     patch.undo()
