@@ -95,3 +95,47 @@ def fake_run(out: Path, gt_path: Path, scores=None, extra_rows=()) -> Path:
     write_shard(str(out), rows.table())
     write_json(out / "run.json", {"categories": document["categories"]})
     return out
+
+
+class PickleBomb:
+    """Unpickling this runs ``touch MARKER`` in the current folder: a file that
+    proves a loader unpickled user data."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+class BackgroundRun:
+    """``run_labeling(config)`` on a thread, to hurt it while it runs."""
+
+    def __init__(self, config):
+        import threading
+
+        from labeler.run import run_labeling
+
+        self.config = config
+        self.outcome: dict = {}
+        self.thread = threading.Thread(target=lambda: self.outcome.update(summary=run_labeling(config)), daemon=True)
+        self.thread.start()
+
+    def wait_for_first_shard(self, timeout: float = 300) -> None:
+        """Block until a shard is published; fail if the run ended first."""
+        import time
+
+        from labeler.io.shards import list_shards
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.thread.is_alive() and not list_shards(self.config.out):
+            time.sleep(0.2)
+        assert self.thread.is_alive(), "the run ended before it could be interrupted: give it more work"
+
+    def finish(self, timeout: float = 600):
+        """The run's summary once it completes."""
+        self.thread.join(timeout=timeout)
+        assert not self.thread.is_alive() and "summary" in self.outcome
+        return self.outcome["summary"]

@@ -1,6 +1,7 @@
 """The bank file: round trip and every way a file can be unusable."""
 
 import json
+import pickle
 import struct
 
 import pytest
@@ -12,6 +13,8 @@ from labeler.bank import FORMAT_MARKER, PrototypeBank, load_bank
 from labeler.bank_info import confusable_pairs, describe_bank
 from labeler.errors import BankError
 from labeler.io.coco import Category
+
+from .conftest import PickleBomb
 
 
 def make_bank(class_vectors=None) -> PrototypeBank:
@@ -134,19 +137,11 @@ def test_confusable_pairs_and_description():
     assert "warning: 'boat' and 'bird' have similar prototypes" in text and "boat" in text
 
 
-class _Payload:
-    def __reduce__(self):
-        import os
-
-        return (os.system, ("touch BANK_PAYLOAD_RAN",))
-
 
 def test_pickle_disguised_as_a_bank_is_refused_without_running(tmp_path, monkeypatch):
-    import pickle
-
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "bank.safetensors"
-    path.write_bytes(pickle.dumps({"class_prototypes": _Payload()}))
+    path.write_bytes(pickle.dumps({"class_prototypes": PickleBomb("BANK_PAYLOAD_RAN")}))
     with pytest.raises(BankError, match="not a readable safetensors file"):
         load_bank(str(path))
     assert not (tmp_path / "BANK_PAYLOAD_RAN").exists()

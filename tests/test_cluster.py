@@ -3,8 +3,6 @@ multi-node run on this machine that loses a worker node mid-run."""
 
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import jsonschema
@@ -14,8 +12,10 @@ import yaml
 
 from labeler.io.shards import list_shards
 from labeler.io.sources import list_source
-from labeler.run import RunConfig, run_labeling
+from labeler.run import RunConfig
 from labeler.synthetic import generate_dataset
+
+from .conftest import BackgroundRun
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,18 +96,11 @@ def test_run_survives_losing_a_worker_node(tmp_path, three_node_cluster):
     out = tmp_path / "out"
     config = RunConfig(bank=str(bank), images=str(images), out=str(out), sam2="random:tiny", points_per_side=16,
                        batch_size=2, rows_per_shard=4, sam2_actors=2, dinov2_actors=2)
-    outcome = {}
-    job = threading.Thread(target=lambda: outcome.update(summary=run_labeling(config)), daemon=True)
-    job.start()
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and job.is_alive() and not list_shards(str(out)):
-        time.sleep(0.2)
-    assert job.is_alive(), "the run ended before a node could be killed"
-    victim = _worker_hosting_most_actors(workers)
-    cluster.remove_node(victim, allow_graceful=False)
-    job.join(timeout=600)
-    assert not job.is_alive() and "summary" in outcome
+    job = BackgroundRun(config)
+    job.wait_for_first_shard()
+    cluster.remove_node(_worker_hosting_most_actors(workers), allow_graceful=False)
+    summary = job.finish()
     ids = [i for shard in list_shards(str(out)) for i in pq.read_table(shard).column("image_id").to_pylist()]
     assert sorted(ids) == sorted(list_source(str(images)).table.column("image_id").to_pylist())
     assert len(ids) == len(set(ids)) == 80
-    assert outcome["summary"].counts.images_ok == 80
+    assert summary.counts.images_ok == 80

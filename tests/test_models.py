@@ -12,6 +12,8 @@ from labeler.models import load_dinov2, load_sam2
 from labeler.models.sam2_inference import box_prompts, decode_prompts, encode_images, sam2_input
 from labeler.models.spec import parse_spec
 
+from .conftest import PickleBomb
+
 
 @pytest.mark.parametrize(
     "text, kind, value, config",
@@ -77,17 +79,11 @@ def test_sam2_checkpoint_without_config_needs_an_official_name(tmp_path):
         load_sam2(str(path))
 
 
-class _Payload:
-    def __reduce__(self):
-        import os
-
-        return (os.system, ("touch PAYLOAD_RAN",))
-
 
 def test_pickle_payload_in_checkpoint_is_never_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pt"
-    path.write_bytes(pickle.dumps({"model": _Payload()}))
+    path.write_bytes(pickle.dumps({"model": PickleBomb("PAYLOAD_RAN")}))
     with pytest.raises(ModelLoadError, match="cannot be loaded safely"):
         load_sam2(f"{path}?config=tiny")
     assert not (tmp_path / "PAYLOAD_RAN").exists()

@@ -22,6 +22,8 @@ from labeler.io.sources import list_source
 from labeler.run import RunConfig, run_labeling
 from labeler.synthetic import generate_dataset
 
+from .conftest import BackgroundRun
+
 TINY_RUN = dict(sam2="random:tiny", points_per_side=4, batch_size=4, rows_per_shard=4)
 
 
@@ -217,27 +219,20 @@ def test_killed_run_resumes_to_each_image_exactly_once(tmp_path, bank_path):
 
 
 def test_a_killed_worker_process_is_restarted_and_the_job_finishes(tmp_path, ray_session, bank_path):
-    import threading
-
     from ray._private.state import actors
 
     images = generate_dataset(tmp_path / "t", 40, seed=12, image_format="jpg").parent / "images"
     out = tmp_path / "out"
     config = RunConfig(bank=bank_path, images=str(images), out=str(out), **dict(TINY_RUN, points_per_side=16,
                                                                                  batch_size=2))
-    outcome = {}
-    job = threading.Thread(target=lambda: outcome.update(summary=run_labeling(config)), daemon=True)
-    job.start()
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and job.is_alive() and not list_shards(str(out)):
-        time.sleep(0.2)
+    job = BackgroundRun(config)
+    job.wait_for_first_shard()
     workers = [a for a in actors().values() if a["State"] == "ALIVE" and "Sam2Proposer" in a["ActorClassName"]]
-    assert job.is_alive() and workers, "nothing to kill: the run ended too soon"
+    assert workers, "no SAM2 actor to kill"
     os.kill(workers[0]["Pid"], signal.SIGKILL)
-    job.join(timeout=300)
-    assert "summary" in outcome
+    summary = job.finish()
     ids = [r["image_id"] for r in read_rows(out)]
-    assert len(ids) == len(set(ids)) == 40 and outcome["summary"].counts.images_ok == 40
+    assert len(ids) == len(set(ids)) == 40 and summary.counts.images_ok == 40
 
 
 def test_bank_from_another_encoder_is_refused(tmp_path, bank_path):
