@@ -4,6 +4,11 @@ error reasons. Never an exception."""
 
 import io
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,3 +107,24 @@ def test_names_with_spaces_and_non_ascii(tmp_path):
     path.parent.mkdir()
     path.write_bytes(encoded(photo(), "PNG"))
     assert decode_one(str(path), **SIZES).status == "ok"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to drop to another user")
+def test_unreadable_file_is_an_error_row():
+    """Root reads everything, so the read runs as user 'nobody' on a mode-000 file."""
+    folder = Path(tempfile.mkdtemp(prefix="labeler-perm-"))
+    try:
+        folder.chmod(0o755)
+        secret = folder / "secret.jpg"
+        secret.write_bytes(encoded(photo(), "JPEG"))
+        secret.chmod(0o000)
+        script = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r}); "
+                  "from labeler.actors.decode import decode_one; "
+                  f"print(decode_one({str(secret)!r}, 64, 28, 1000).error)")
+        result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                                 script], capture_output=True, text=True)
+        if result.returncode and "Permission denied" in result.stderr and "python" in result.stderr.lower():
+            pytest.skip("the interpreter is not readable by another user here")
+        assert result.stdout.strip() == "read failed: permission denied", result.stderr[-1000:]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
