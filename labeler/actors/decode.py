@@ -24,16 +24,6 @@ class DecodedImage:
     dino_pixels: np.ndarray
 
 
-def read_error(uri: str, error: Exception) -> str:
-    """One-line reason for a failed read."""
-    kind = {
-        FileNotFoundError: "no such file",
-        IsADirectoryError: "is a folder, not a file",
-        PermissionError: "permission denied",
-    }.get(type(error))
-    return f"read failed: {kind or f'{type(error).__name__}: {error}'}"
-
-
 def decode_one(uri: str, sam2_size: int, dino_size: int, max_pixels: int) -> DecodedImage:
     """Read and decode one image; any failure becomes an error result, never an exception."""
     blank_sam2 = np.zeros((sam2_size, sam2_size, 3), dtype=np.uint8)
@@ -41,7 +31,8 @@ def decode_one(uri: str, sam2_size: int, dino_size: int, max_pixels: int) -> Dec
     try:
         data = storage.read_bytes_retrying(uri)
     except Exception as error:  # noqa: BLE001 - every failure is this image's error row
-        return DecodedImage(STATUS_ERROR, read_error(uri, error), 0, 0, blank_sam2, blank_dino)
+        reason = f"read failed: {storage.describe_read_error(error)}"
+        return DecodedImage(STATUS_ERROR, reason, 0, 0, blank_sam2, blank_dino)
     try:
         pixels = decode_image(data, max_pixels=max_pixels)
     except ImageDecodeError as error:

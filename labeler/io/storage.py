@@ -71,22 +71,27 @@ def exists(uri: str) -> bool:
     return fs.exists(path)
 
 
+#: Errors a retry cannot fix, and how they read in one line.
+PERMANENT_ERRORS = {
+    FileNotFoundError: "no such file",
+    IsADirectoryError: "is a folder, not a file",
+    NotADirectoryError: "a parent is not a folder",
+    PermissionError: "permission denied",
+}
+
+
+def describe_read_error(error: Exception) -> str:
+    """A one-line reason for a failed read."""
+    return PERMANENT_ERRORS.get(type(error)) or f"{type(error).__name__}: {error}"
+
+
 def read_bytes(uri: str) -> bytes:
-    """Read a whole file; a missing file is a :class:`LabelerError` naming it."""
-    fs, path = filesystem(uri)
+    """Read a whole file (transient errors retried); a permanent failure is a
+    :class:`LabelerError` naming the file."""
     try:
-        with fs.open(path, "rb") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        raise LabelerError(f"{uri}: no such file") from None
-    except IsADirectoryError:
-        raise LabelerError(f"{uri}: is a folder, not a file") from None
-    except PermissionError:
-        raise LabelerError(f"{uri}: permission denied") from None
-
-
-#: Errors a retry cannot fix: the object is missing, a folder, or forbidden.
-PERMANENT_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+        return read_bytes_retrying(uri)
+    except tuple(PERMANENT_ERRORS) as error:
+        raise LabelerError(f"{uri}: {describe_read_error(error)}") from None
 
 
 def read_bytes_retrying(uri: str, attempts: int = 5, first_delay: float = 0.2) -> bytes:
@@ -102,7 +107,7 @@ def read_bytes_retrying(uri: str, attempts: int = 5, first_delay: float = 0.2) -
             fs, path = filesystem(uri)
             with fs.open(path, "rb") as handle:
                 return handle.read()
-        except PERMANENT_ERRORS:
+        except tuple(PERMANENT_ERRORS):
             raise
         except Exception:  # noqa: BLE001 - anything else may be transient
             if attempt == attempts - 1:
