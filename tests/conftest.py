@@ -63,7 +63,7 @@ def fake_run(out: Path, gt_path: Path, scores=None, extra_rows=()) -> Path:
     import numpy as np
     import torch
 
-    from labeler.io.labels import LabelRows
+    from labeler.io.labels import Detections, LabelRows
     from labeler.io.masks import segmentation_to_mask
     from labeler.io.rle import encode_masks
     from labeler.io.shards import write_shard
@@ -88,7 +88,7 @@ def fake_run(out: Path, gt_path: Path, scores=None, extra_rows=()) -> Path:
                 "rle": rle["counts"],
             })
         uri = str(Path(gt_path).parent / "images" / image["file_name"])
-        rows.add(image["id"], uri, width, height, "ok", None, detections, len(detections), 0)
+        rows.add(image["id"], uri, width, height, "ok", None, Detections.from_dicts(detections), len(detections), 0)
     for row in extra_rows:
         rows.add(*row)
     out.mkdir(parents=True, exist_ok=True)

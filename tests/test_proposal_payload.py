@@ -34,6 +34,17 @@ def test_rle_of_no_masks():
     assert decode_masks([], 4, 5).shape == (0, 4, 5)
 
 
+@pytest.mark.parametrize("shape", [(4, 1, 1), (4, 1, 9), (4, 9, 1), (6, 17, 23), (3, 64, 64)])
+def test_boundary_band_equals_its_definition(shape):
+    """Dilation differs from erosion over the 3x3 window (max pooling of the
+    float masks, out-of-image pixels ignored): the boolean separable version is exact."""
+    masks = torch.rand(shape, generator=torch.Generator().manual_seed(1)) < 0.5
+    as_float = masks[:, None].float()
+    dilated = F.max_pool2d(as_float, 3, stride=1, padding=1)
+    eroded = -F.max_pool2d(-as_float, 3, stride=1, padding=1)
+    assert torch.equal(boundary_band(masks), (dilated != eroded)[:, 0])
+
+
 def test_boundary_band_of_a_square():
     mask = torch.zeros(1, 6, 6, dtype=torch.bool)
     mask[0, 2:4, 2:4] = True

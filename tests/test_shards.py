@@ -9,7 +9,7 @@ from labeler.io.shards import finished_ids, list_shards, remove_duplicates, remo
 def table(ids):
     rows = LabelRows()
     for image_id in ids:
-        rows.add(image_id, f"/img/{image_id}.png", 4, 3, "ok", None, [])
+        rows.add(image_id, f"/img/{image_id}.png", 4, 3, "ok", None)
     return rows.table()
 
 

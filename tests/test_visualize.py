@@ -12,7 +12,7 @@ from .conftest import fake_run
 
 def test_pictures_index_and_summary(tmp_path):
     gt = generate_dataset(tmp_path / "gt", 5, seed=3)
-    run = fake_run(tmp_path / "run", gt, extra_rows=[(999, "/nowhere.png", 0, 0, "error", "read failed", [])])
+    run = fake_run(tmp_path / "run", gt, extra_rows=[(999, "/nowhere.png", 0, 0, "error", "read failed")])
     result = visualize(str(run), str(tmp_path / "vis"), n=3, min_score=0.5, seed=1)
     assert len(result.pictures) == 3
     for picture in result.pictures + [result.summary]:

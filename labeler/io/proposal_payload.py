@@ -28,18 +28,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from labeler.io.rle import decode_masks, encode_masks
+from labeler.io.rle import PackedRle, pack_masks, unpack_masks
 
 LOGIT_CLAMP = 32.0
 SMALLEST_POSITIVE = 1e-7
 
 
+def _window3(masks: torch.Tensor, combine) -> torch.Tensor:
+    """``combine`` (``|`` or ``&``) over each pixel's 3x3 window, edges replicated;
+    separable, on boolean tensors."""
+    rows = F.pad(masks[:, None].to(torch.uint8), (1, 1, 0, 0), mode="replicate")[:, 0].bool()
+    across = combine(combine(rows[:, :, :-2], rows[:, :, 1:-1]), rows[:, :, 2:])
+    cols = F.pad(across[:, None].to(torch.uint8), (0, 0, 1, 1), mode="replicate")[:, 0].bool()
+    return combine(combine(cols[:, :-2], cols[:, 1:-1]), cols[:, 2:])
+
+
 def boundary_band(masks: torch.Tensor) -> torch.Tensor:
     """Pixels of ``[P, h, w]`` boolean masks with a 3x3 neighbour of the other value."""
-    as_float = masks[:, None].float()
-    dilated = F.max_pool2d(as_float, 3, stride=1, padding=1)
-    eroded = -F.max_pool2d(-as_float, 3, stride=1, padding=1)
-    return (dilated != eroded)[:, 0]
+    return _window3(masks, torch.bitwise_or) != _window3(masks, torch.bitwise_and)
 
 
 @dataclass
@@ -65,11 +71,11 @@ class ProposalPayload:
 def encode_proposals(logits: torch.Tensor, iou: torch.Tensor) -> ProposalPayload:
     """Pack ``[P, h, w]`` low-res logits and their ``[P]`` predicted IoUs."""
     masks = logits > 0
-    counts = [rle["counts"].encode("ascii") for rle in encode_masks(masks)]
+    packed = pack_masks(masks)
     band_logits = logits[boundary_band(masks)].half().cpu().numpy()
     return ProposalPayload(
-        rle_blob=b"".join(counts),
-        rle_lengths=np.array([len(c) for c in counts], dtype=np.int32),
+        rle_blob=packed.blob,
+        rle_lengths=packed.lengths,
         band_logits=band_logits,
         iou=iou.float().cpu().numpy(),
         height=int(logits.shape[1]),
@@ -79,9 +85,7 @@ def encode_proposals(logits: torch.Tensor, iou: torch.Tensor) -> ProposalPayload
 
 def decode_proposals(payload: ProposalPayload, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
     """Unpack to ``[P, h, w]`` boolean masks and equivalent logits on ``device``."""
-    offsets = np.concatenate(([0], np.cumsum(payload.rle_lengths)))
-    counts = [payload.rle_blob[offsets[i] : offsets[i + 1]] for i in range(payload.count)]
-    masks = torch.from_numpy(decode_masks(counts, payload.height, payload.width)).to(device).bool()
+    masks = unpack_masks(PackedRle(payload.rle_blob, payload.rle_lengths, payload.height, payload.width), device)
     logits = torch.where(masks, LOGIT_CLAMP, -LOGIT_CLAMP).float()
     band = boundary_band(masks)
     values = torch.from_numpy(payload.band_logits).to(device).float()
