@@ -29,6 +29,10 @@ STORAGE_HELP = (
     "credentials are best left to the standard AWS chain."
 )
 
+DTYPE_HELP = "Model precision: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16."
+COMPILE_HELP = "torch.compile the networks (slow first batch, faster after)."
+PROMPTS_HELP = "grid: every grid point; matched: only the points most like a class prototype (faster)."
+
 
 def _storage(text: Optional[str]) -> Optional[dict]:
     """Parse ``--storage-options`` and apply it to this process."""
@@ -122,6 +126,10 @@ def run_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous run in OUT."),
     max_pixels: int = typer.Option(100_000_000, "--max-pixels", help="Refuse images with more pixels (error row)."),
     rows_per_shard: int = typer.Option(1000, "--rows-per-shard", help="Images per Parquet shard."),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
+    compile: bool = typer.Option(False, "--compile", help=COMPILE_HELP),
+    prompts: str = typer.Option("grid", "--prompts", help=PROMPTS_HELP),
+    matched_points: int = typer.Option(256, "--matched-points", help="Points kept per image with --prompts matched."),
     storage_options: Optional[str] = typer.Option(None, "--storage-options", help=STORAGE_HELP),
 ) -> None:
     """Label every image of a source with instance masks, streaming on Ray Data."""
@@ -133,7 +141,8 @@ def run_command(
         points_per_batch=points_per_batch, pred_iou_thr=pred_iou_thr, nms_thr=nms_thr, max_dets=max_dets,
         min_score=min_score, batch_size=batch_size, sam2_actors=sam2_actors, dinov2_actors=dinov2_actors,
         gpus_per_actor=gpus_per_actor, address=address, overwrite=overwrite, max_pixels=max_pixels,
-        rows_per_shard=rows_per_shard, storage_options=options,
+        rows_per_shard=rows_per_shard, dtype=dtype, compile=compile, prompts=prompts,
+        matched_points=matched_points, storage_options=options,
     ))
     counts = summary.counts
     typer.echo(
@@ -199,6 +208,46 @@ def export_command(
 
     result = export(pred, fmt, out, min_score)
     typer.echo(f"wrote {fmt} export to {result.folder}: {result.images} images, {result.instances} instances")
+
+
+@app.command("bench")
+def bench_command(
+    sam2: Optional[str] = typer.Option(None, "--sam2", help="SAM2 spec (default: random:l on GPU, random:tiny on CPU)."),
+    dinov2: Optional[str] = typer.Option(
+        None, "--dinov2", help="DINOv2 spec (default: random:large on GPU, random:tiny on CPU)."
+    ),
+    images: int = typer.Option(32, "--images", help="Generated images to time."),
+    image_size: str = typer.Option("1152x864", "--image-size", help="WxH of the generated images."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Images per model batch."),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
+    compile: bool = typer.Option(False, "--compile", help=COMPILE_HELP),
+    points_per_side: int = typer.Option(32, "--points-per-side", help="Prompt grid side."),
+    points_per_batch: int = typer.Option(256, "--points-per-batch", help="Prompts decoded together."),
+    proposals: int = typer.Option(
+        800, "--proposals", help="Pin proposals scored per image (random weights change the count); 0: don't pin."
+    ),
+    prompts: str = typer.Option("grid", "--prompts", help=PROMPTS_HELP),
+    matched_points: int = typer.Option(256, "--matched-points", help="Points kept per image with --prompts matched."),
+    warmup: int = typer.Option(1, "--warmup", help="Untimed batches first."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    no_ray: bool = typer.Option(False, "--no-ray", help="Time the stages only, not the Ray pipeline."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Also save the report as JSON here."),
+    plan: Optional[int] = typer.Option(None, "--plan", help="Plan labelling this many images ..."),
+    gpus: int = typer.Option(1, "--gpus", help="... on this many GPUs."),
+) -> None:
+    """Time every stage on generated images, the Ray pipeline, and plan GPU-hours for N images."""
+    from labeler.bench import BenchConfig, parse_image_size, run_bench, write_report
+
+    report = run_bench(BenchConfig(
+        sam2=sam2, dinov2=dinov2, images=images, image_size=parse_image_size(image_size), batch_size=batch_size,
+        dtype=dtype, compile=compile, points_per_side=points_per_side, points_per_batch=points_per_batch,
+        proposals=proposals, prompts=prompts, matched_points=matched_points, warmup_batches=warmup, device=device,
+        no_ray=no_ray, plan_images=plan, gpus=gpus,
+    ))
+    typer.echo(report.table())
+    if json_path:
+        write_report(report, json_path)
+        typer.echo(f"wrote {json_path}")
 
 
 @app.command("demo")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import torch
 
 from labeler.errors import LabelerError
@@ -33,3 +34,13 @@ def resolve_device(spec: str = "auto") -> torch.device:
             f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) are present"
         )
     return device
+
+
+def to_device(array: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """A host array as a tensor on ``device``; on CUDA through pinned memory and a
+    non-blocking copy, so the transfer overlaps the work queued before it."""
+    tensor = torch.from_numpy(np.require(array, requirements=["C", "W"]))
+    device = torch.device(device)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

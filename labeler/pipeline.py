@@ -90,11 +90,12 @@ def run_pipeline(config: RunConfig, todo: pa.Table, *, sam2_size: int, dino_size
 
         proposals = model_stage(
             decoded, Sam2Proposer, config.sam2_actors, sam2=config.sam2, points_per_side=config.points_per_side,
-            points_per_batch=config.points_per_batch, pred_iou_thr=config.pred_iou_thr,
+            points_per_batch=config.points_per_batch, pred_iou_thr=config.pred_iou_thr, dtype=config.dtype,
+            compile=config.compile, prompts=config.prompts, matched_points=config.matched_points, bank=config.bank,
         )
         labels = model_stage(
             proposals, Dinov2Scorer, config.dinov2_actors, bank=config.bank, nms_thr=config.nms_thr,
-            max_dets=config.max_dets, min_score=config.min_score,
+            max_dets=config.max_dets, min_score=config.min_score, dtype=config.dtype, compile=config.compile,
         )
         try:
             labels.write_datasink(LabelShardSink(config.out, config.rows_per_shard, config.storage_options))

@@ -30,9 +30,11 @@ from labeler.io.coco_writer import LabelCounts, write_coco
 from labeler.io.images import DEFAULT_MAX_PIXELS
 from labeler.io.shards import finished_ids, labels_dir, remove_duplicates, remove_temporaries
 from labeler.io.sources import list_source
+from labeler.method.matched_prompts import DEFAULT_MATCHED_POINTS, PROMPT_MODES
 from labeler.method.proposals import DEFAULT_POINTS_PER_BATCH, DEFAULT_POINTS_PER_SIDE, DEFAULT_PRED_IOU_THR
 from labeler.method.scoring import DEFAULT_MAX_DETS, DEFAULT_NMS_THR
 from labeler.models import DEFAULT_SAM2, load_dinov2, load_sam2
+from labeler.models.speedups import DTYPE_CHOICES
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,10 @@ class RunConfig:
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     rows_per_shard: int = 1000
+    dtype: str = "auto"
+    compile: bool = False
+    prompts: str = "grid"
+    matched_points: int = DEFAULT_MATCHED_POINTS
     storage_options: dict[str, Any] | None = field(default=None, repr=False)
 
     def validate(self) -> None:
@@ -79,6 +85,9 @@ class RunConfig:
             (self.gpus_per_actor >= 0, "--gpus-per-actor must be non-negative"),
             (self.rows_per_shard >= 1, "--rows-per-shard must be at least 1"),
             (self.max_pixels >= 1, "--max-pixels must be at least 1"),
+            (self.dtype in DTYPE_CHOICES, f"--dtype must be one of {', '.join(DTYPE_CHOICES)}"),
+            (self.prompts in PROMPT_MODES, f"--prompts must be one of {', '.join(PROMPT_MODES)}"),
+            (self.matched_points >= 1, "--matched-points must be at least 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -98,6 +107,9 @@ class RunConfig:
             "max_dets": self.max_dets,
             "min_score": self.min_score,
             "max_pixels": self.max_pixels,
+            "dtype": self.dtype,
+            "prompts": self.prompts,
+            "matched_points": self.matched_points if self.prompts == "matched" else None,
         }
 
 

@@ -8,67 +8,107 @@ import torch
 
 from labeler.actors.sam2_proposer import payload_from_row
 from labeler.actors.worker_setup import prepare_worker
-from labeler.bank import PrototypeBank, load_bank
-from labeler.io.labels import STATUS_ERROR, STATUS_OK, LabelRows
+from labeler.bank import load_bank
+from labeler.devices import to_device
+from labeler.io.labels import STATUS_ERROR, STATUS_OK, Detections, LabelRows
 from labeler.io.proposal_payload import decode_proposals
-from labeler.io.rle import encode_masks
+from labeler.io.rle import PackedRle, pack_counts, run_lengths
 from labeler.method.scoring import (
     DEFAULT_MAX_DETS,
     DEFAULT_NMS_THR,
+    ScoredProposals,
     boxes_from_masks,
     score_proposals,
     upsample_features,
 )
 from labeler.models import load_dinov2
 from labeler.models.sam2_inference import upsample_logits
+from labeler.models.speedups import Speedups, compile_modules
+
+#: Pixels of final masks upsampled at once (float32), bounding the memory
+#: the last step takes on large images: 2**26 pixels is 256 MB.
+FINAL_MASK_PIXELS_PER_CHUNK = 1 << 26
 
 
-def detections_for_image(
-    logits: torch.Tensor,
+def final_masks(
+    logits: torch.Tensor, image_hw: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, PackedRle]:
+    """Upsample chosen low-res logits to the image, threshold at 0, and measure them.
+
+    Works in chunks of masks on the logits' device; only run boundaries
+    reach the host, where all masks are RLE-encoded at once.
+
+    Returns:
+        ``present`` (``[K]`` bool: the mask kept any pixel), and for the
+        present masks: ``[K', 4]`` xyxy boxes, ``[K']`` areas, packed RLE.
+    """
+    height, width = image_hw
+    step = max(1, FINAL_MASK_PIXELS_PER_CHUNK // (height * width))
+    present, boxes, areas, counts, runs = [], [], [], [], []
+    for start in range(0, logits.shape[0], step):
+        masks = upsample_logits(logits[start : start + step, None], image_hw)[:, 0] > 0
+        nonempty = masks.flatten(1).any(dim=1)
+        masks = masks[nonempty]
+        present.append(nonempty)
+        boxes.append(boxes_from_masks(masks))
+        areas.append(masks.flatten(1).sum(dim=1))
+        chunk_counts, chunk_runs = run_lengths(masks)
+        counts.append(chunk_counts)
+        runs.append(chunk_runs)
+    packed = pack_counts(np.concatenate(counts), np.concatenate(runs), height, width)
+    return torch.cat(present), torch.cat(boxes), torch.cat(areas), packed
+
+
+def choose_detections(
     masks: torch.Tensor,
     iou: torch.Tensor,
     features: torch.Tensor,
-    bank: PrototypeBank,
     class_prototypes: torch.Tensor,
-    image_hw: tuple[int, int],
     nms_thr: float,
     max_dets: int,
     min_score: float,
-) -> list[dict]:
-    """Score one image's proposals and turn the chosen ones into detections.
+) -> ScoredProposals:
+    """METHOD.md section 3 for one image: features onto the mask grid, then
+    classify, NMS, soft-merge and select (:func:`score_proposals`).
 
     Args:
-        logits: ``[P, h, w]`` low-res logits; ``masks`` their binary form.
+        masks: ``[P, h, w]`` boolean low-res masks.
         iou: ``[P]`` SAM2 predicted IoUs.
         features: ``[g, g, D]`` DINOv2 patch features of the image.
-        bank: the bank (for category ids); ``class_prototypes`` on the device.
-        image_hw: original image size.
-
-    Returns:
-        Detection dicts in decreasing score order (the Parquet struct layout).
+        class_prototypes: ``[C, D]`` on the device.
     """
     grid_features = upsample_features(features, tuple(masks.shape[1:]))
-    chosen = score_proposals(
+    return score_proposals(
         masks, iou, grid_features, class_prototypes, nms_thr=nms_thr, max_dets=max_dets, min_score=min_score
     )
+
+
+def detections_from_choice(
+    logits: torch.Tensor, chosen: ScoredProposals, category_ids: np.ndarray, image_hw: tuple[int, int]
+) -> Detections:
+    """The chosen proposals as detections: final masks at ``image_hw`` from the
+    ``[P, h, w]`` low-res logits, boxes, areas, RLE; ``category_ids`` maps the
+    bank's prototype rows to category ids."""
     if chosen.index.numel() == 0:
-        return []
-    final = upsample_logits(logits[chosen.index][:, None], image_hw)[:, 0] > 0
-    present = final.flatten(1).any(dim=1)
-    final, labels, scores = final[present], chosen.labels[present], chosen.scores[present]
-    boxes = boxes_from_masks(final)
-    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).cpu().numpy()
-    areas = final.flatten(1).sum(dim=1).cpu().numpy()
-    rles = encode_masks(final)
-    category_ids = np.asarray(bank.category_ids)[labels.cpu().numpy()]
-    return [
-        {"category_id": int(c), "score": float(s), "bbox": [float(v) for v in b], "area": int(a), "rle": r["counts"]}
-        for c, s, b, a, r in zip(category_ids, scores.cpu().numpy(), xywh, areas, rles)
-    ]
+        return Detections.empty()
+    present, boxes, areas, packed = final_masks(logits[chosen.index], image_hw)
+    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
+    return Detections(
+        category_id=category_ids[chosen.labels[present].cpu().numpy()].astype(np.int64),
+        score=chosen.scores[present].cpu().numpy().astype(np.float32),
+        bbox=xywh.cpu().numpy().astype(np.float32),
+        area=areas.cpu().numpy().astype(np.int64),
+        rle=packed.strings(),
+    )
 
 
 class Dinov2Scorer:
-    """Loads the bank and its encoder once per actor; scores batches of images."""
+    """Loads the bank and its encoder once per actor; scores batches of images.
+
+    Uses the DINOv2 features the SAM2 stage computed (``dino_features``, with
+    ``--prompts matched``) when the batch carries them, else encodes
+    ``dino_pixels`` itself.
+    """
 
     def __init__(
         self,
@@ -77,37 +117,47 @@ class Dinov2Scorer:
         nms_thr: float = DEFAULT_NMS_THR,
         max_dets: int = DEFAULT_MAX_DETS,
         min_score: float = 0.0,
+        dtype: str = "auto",
+        compile: bool = False,
         cpu_threads: int | None = None,
         storage_options: dict | None = None,
     ):
         self.device = prepare_worker(device, cpu_threads, storage_options)
+        self.speedups = Speedups.resolve(dtype, compile, self.device)
         self.bank = load_bank(bank)
         self.encoder = load_dinov2(self.bank.encoder, self.device, self.bank.input_size)
+        if self.speedups.compile:
+            compile_modules(self.encoder.model)
         self.class_prototypes = self.bank.class_prototypes.to(self.device)
+        self.category_ids = np.asarray(self.bank.category_ids, dtype=np.int64)
         self.nms_thr, self.max_dets, self.min_score = nms_thr, max_dets, min_score
+
+    def features(self, batch: dict[str, np.ndarray], ok: np.ndarray) -> torch.Tensor:
+        """``[len(ok), g, g, D]`` float32 DINOv2 features of the ok rows."""
+        if "dino_features" in batch:
+            return to_device(batch["dino_features"][ok], self.device).float()
+        pixels = to_device(batch["dino_pixels"][ok], self.device).permute(0, 3, 1, 2)
+        with self.speedups.autocast(self.device):
+            return self.encoder.patch_features(pixels)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         rows = LabelRows()
         ok = np.flatnonzero(batch["status"] == STATUS_OK)
-        features = None
-        if ok.size:
-            pixels = torch.from_numpy(np.ascontiguousarray(batch["dino_pixels"][ok])).permute(0, 3, 1, 2)
-            features = self.encoder.patch_features(pixels.to(self.device, non_blocking=True))
+        features = self.features(batch, ok) if ok.size else None
         position = {int(index): k for k, index in enumerate(ok)}
         for index in range(len(batch["image_id"])):
             width, height = int(batch["width"][index]), int(batch["height"][index])
             image_id, uri = int(batch["image_id"][index]), str(batch["uri"][index])
+            transfer_bytes = int(batch["transfer_bytes"][index])
             if index not in position:
-                rows.add(image_id, uri, 0, 0, STATUS_ERROR, str(batch["error"][index]), [],
-                         transfer_bytes=int(batch["transfer_bytes"][index]))
+                rows.add(image_id, uri, 0, 0, STATUS_ERROR, str(batch["error"][index]), transfer_bytes=transfer_bytes)
                 continue
             payload = payload_from_row(batch, index)
             masks, logits = decode_proposals(payload, self.device)
             iou = torch.from_numpy(payload.iou).to(self.device)
-            detections = detections_for_image(
-                logits, masks, iou, features[position[index]], self.bank, self.class_prototypes,
-                (height, width), self.nms_thr, self.max_dets, self.min_score,
-            )
+            chosen = choose_detections(masks, iou, features[position[index]], self.class_prototypes,
+                                       self.nms_thr, self.max_dets, self.min_score)
+            detections = detections_from_choice(logits, chosen, self.category_ids, (height, width))
             rows.add(image_id, uri, width, height, STATUS_OK, None, detections,
-                     proposals=payload.count, transfer_bytes=int(batch["transfer_bytes"][index]))
+                     proposals=payload.count, transfer_bytes=transfer_bytes)
         return rows.table()

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from labeler.actors.worker_setup import prepare_worker
+from labeler.bank import load_bank
+from labeler.devices import to_device
 from labeler.io.labels import STATUS_OK
 from labeler.io.proposal_payload import ProposalPayload, encode_proposals
+from labeler.method.matched_prompts import DEFAULT_MATCHED_POINTS, matched_points, prototype_similarity
 from labeler.method.proposals import DEFAULT_POINTS_PER_BATCH, DEFAULT_POINTS_PER_SIDE, DEFAULT_PRED_IOU_THR, point_grid
-from labeler.models import load_sam2
-from labeler.models.sam2_inference import encode_images, grid_proposals, sam2_input
+from labeler.models import load_dinov2, load_sam2
+from labeler.models.sam2_inference import Sam2Features, encode_images, point_proposals, sam2_input
+from labeler.models.speedups import Speedups, compile_modules, compile_sam2
 
 FIXED_ROW_BYTES = 64  # ids, sizes, status and offsets of a row, roughly
 
@@ -17,15 +22,23 @@ FIXED_ROW_BYTES = 64  # ids, sizes, status and offsets of a row, roughly
 def row_nbytes(batch: dict[str, np.ndarray], index: int) -> int:
     """Bytes one row of a SAM2-stage output batch carries to the next stage."""
     total = FIXED_ROW_BYTES + len(str(batch["uri"][index])) + len(str(batch["error"][index]))
-    for column in ("dino_pixels", "rle_lengths", "band_logits", "iou"):
-        total += np.asarray(batch[column][index]).nbytes
+    for column in ("dino_pixels", "dino_features", "rle_lengths", "band_logits", "iou"):
+        if column in batch:
+            total += np.asarray(batch[column][index]).nbytes
     return total + len(batch["rle_blob"][index])
 
 
 class Sam2Proposer:
-    """Encodes a batch of images at once, then decodes each image's grid prompts
-    in batches of ``points_per_batch``. Replaces ``sam2_pixels`` with the
-    proposal payload columns (:mod:`labeler.io.proposal_payload`)."""
+    """Encodes a batch of images at once, then decodes the prompts of all its
+    images in batches of ``points_per_batch``. Replaces ``sam2_pixels`` with
+    the proposal payload columns (:mod:`labeler.io.proposal_payload`).
+
+    With ``prompts="matched"`` it also holds the bank's DINOv2 encoder,
+    prompts only the ``matched_points`` grid points most similar to a class
+    prototype (:mod:`labeler.method.matched_prompts`), and passes the DINOv2
+    features on (``dino_features``, float16) so the scoring stage does not
+    encode the images again.
+    """
 
     def __init__(
         self,
@@ -34,29 +47,68 @@ class Sam2Proposer:
         points_per_side: int = DEFAULT_POINTS_PER_SIDE,
         points_per_batch: int = DEFAULT_POINTS_PER_BATCH,
         pred_iou_thr: float = DEFAULT_PRED_IOU_THR,
+        dtype: str = "auto",
+        compile: bool = False,
+        prompts: str = "grid",
+        matched_points: int = DEFAULT_MATCHED_POINTS,
+        bank: str | None = None,
         cpu_threads: int | None = None,
         storage_options: dict | None = None,
     ):
         self.device = prepare_worker(device, cpu_threads, storage_options)
+        self.speedups = Speedups.resolve(dtype, compile, self.device)
         self.model = load_sam2(sam2, self.device)
+        if self.speedups.compile:
+            compile_sam2(self.model)
         self.grid = point_grid(points_per_side, self.model.image_size).to(self.device)
         self.points_per_batch = points_per_batch
         self.pred_iou_thr = pred_iou_thr
+        self.matched_points = matched_points
+        self.encoder = self.class_prototypes = None
+        if prompts == "matched":
+            loaded = load_bank(bank)
+            self.encoder = load_dinov2(loaded.encoder, self.device, loaded.input_size)
+            if self.speedups.compile:
+                compile_modules(self.encoder.model)
+            self.class_prototypes = loaded.class_prototypes.to(self.device)
 
     @property
     def image_size(self) -> int:
         return int(self.model.image_size)
 
-    def propose(self, resized: np.ndarray) -> list[ProposalPayload]:
-        """Payloads for ``[B, S, S, 3]`` uint8 images."""
-        features = encode_images(self.model, sam2_input(resized, self.device))
-        payloads = []
-        for index in range(resized.shape[0]):
-            logits, iou = grid_proposals(
-                self.model, features.select(index), self.grid, self.points_per_batch, self.pred_iou_thr
+    def prompt_points(self, dino_pixels: np.ndarray | None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Each image's prompt points, and the DINOv2 features when prompts are matched."""
+        if self.encoder is None:
+            return [self.grid] * len(dino_pixels), None
+        pixels = to_device(dino_pixels, self.device).permute(0, 3, 1, 2)
+        with self.speedups.autocast(self.device):
+            features = self.encoder.patch_features(pixels)
+        similarity = prototype_similarity(features, self.class_prototypes)
+        points = matched_points(similarity, self.grid, self.image_size, self.matched_points)
+        return list(points), features
+
+    def encode(self, resized: np.ndarray) -> Sam2Features:
+        """SAM2 image features of ``[B, S, S, 3]`` uint8 images, in one batch."""
+        with self.speedups.autocast(self.device):
+            return encode_images(self.model, sam2_input(resized, self.device))
+
+    def decode(
+        self, features: Sam2Features, points: list[torch.Tensor], pred_iou_thr: float | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Kept proposals (low-res logits, predicted IoUs) of each image's prompt points."""
+        threshold = self.pred_iou_thr if pred_iou_thr is None else pred_iou_thr
+        with self.speedups.autocast(self.device):
+            return point_proposals(
+                self.model, features, points, self.points_per_batch, threshold, fixed_batch=self.speedups.compile
             )
-            payloads.append(encode_proposals(logits, iou))
-        return payloads
+
+    def propose(
+        self, resized: np.ndarray, dino_pixels: np.ndarray
+    ) -> tuple[list[ProposalPayload], torch.Tensor | None]:
+        """Payloads for ``[B, S, S, 3]`` uint8 images (and DINOv2 features if matched)."""
+        points, dino_features = self.prompt_points(dino_pixels)
+        proposals = self.decode(self.encode(resized), points)
+        return [encode_proposals(logits, iou) for logits, iou in proposals], dino_features
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pixels = batch.pop("sam2_pixels")
@@ -64,9 +116,18 @@ class Sam2Proposer:
         size = len(batch["image_id"])
         empty = ProposalPayload(b"", np.zeros(0, np.int32), np.zeros(0, np.float16), np.zeros(0, np.float32), 0, 0)
         payloads = [empty] * size
+        dino_features = None
         if ok.size:
-            for index, payload in zip(ok, self.propose(pixels[ok])):
+            proposed, dino_features = self.propose(pixels[ok], batch["dino_pixels"][ok])
+            for index, payload in zip(ok, proposed):
                 payloads[index] = payload
+        if self.encoder is not None:  # matched prompts: the features replace the pixels downstream
+            grid = self.encoder.grid_size
+            features = np.zeros((size, grid, grid, self.encoder.feature_dim), dtype=np.float16)
+            if dino_features is not None:
+                features[ok] = dino_features.half().cpu().numpy()
+            batch["dino_features"] = features
+            del batch["dino_pixels"]
         batch["rle_blob"] = np.array([p.rle_blob for p in payloads], dtype=object)
         batch["rle_lengths"] = _ragged([p.rle_lengths for p in payloads])
         batch["band_logits"] = _ragged([p.band_logits for p in payloads])

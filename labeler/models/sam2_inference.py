@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from labeler.devices import to_device
 from labeler.method.proposals import best_of_three, keep_proposals
 from labeler.models.dinov2_encoder import normalize_imagenet
 
@@ -37,13 +38,19 @@ class Sam2Features:
             high_res_feats=[level[index : index + 1] for level in self.high_res_feats],
         )
 
+    def take(self, images: torch.Tensor) -> "Sam2Features":
+        """One copy of its image's features per entry of ``images`` (indices into the batch)."""
+        return Sam2Features(
+            image_embed=self.image_embed.index_select(0, images),
+            high_res_feats=[level.index_select(0, images) for level in self.high_res_feats],
+        )
+
 
 def sam2_input(resized: np.ndarray, device: torch.device | str) -> torch.Tensor:
     """Normalise ``[B, S, S, 3]`` uint8 images, already resized to the model's
     square input (:func:`labeler.io.images.resize_square`, bilinear), to a
     ``[B, 3, S, S]`` float batch on ``device``."""
-    batch = torch.from_numpy(np.require(resized, requirements=["C", "W"])).to(device, non_blocking=True)
-    return normalize_imagenet(batch.permute(0, 3, 1, 2))
+    return normalize_imagenet(to_device(resized, device).permute(0, 3, 1, 2))
 
 
 @torch.inference_mode()
@@ -69,11 +76,12 @@ def decode_prompts(
     point_labels: torch.Tensor,
     multimask_output: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode N prompts against ONE image's features.
+    """Decode N prompts against one image's features, or against N images' features.
 
     Args:
         model: the SAM2 model.
-        features: one image's features (batch dimension 1).
+        features: one image's features (batch dimension 1), shared by all
+            prompts; or N entries, one per prompt (:meth:`Sam2Features.take`).
         point_coords: ``[N, P, 2]`` (x, y) in the model's input pixel frame.
             Boxes are two points labelled 2 and 3 (top-left, bottom-right).
         point_labels: ``[N, P]`` labels (1 positive, 0 negative, 2/3 box corners).
@@ -90,7 +98,7 @@ def decode_prompts(
         sparse_prompt_embeddings=sparse,
         dense_prompt_embeddings=dense,
         multimask_output=multimask_output,
-        repeat_image=point_coords.shape[0] > 1,
+        repeat_image=features.image_embed.shape[0] != point_coords.shape[0],
         high_res_features=features.high_res_feats,
     )
     return low_res, iou
@@ -106,37 +114,65 @@ def box_prompts(boxes_xyxy: torch.Tensor, image_hw: tuple[int, int], size: int) 
 
 
 @torch.inference_mode()
-def grid_proposals(
+def point_proposals(
     model: torch.nn.Module,
     features: Sam2Features,
-    grid: torch.Tensor,
+    points: list[torch.Tensor],
     points_per_batch: int,
     pred_iou_thr: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """METHOD.md section 2 for one image: prompt every grid point (one positive
-    point each, in batches), keep the best of the three masks per point and
-    the proposals whose predicted IoU passes ``pred_iou_thr``.
+    fixed_batch: bool = False,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """METHOD.md section 2 for a batch of images: prompt every point (one positive
+    point each), keep the best of the three masks per point and the proposals
+    whose predicted IoU passes ``pred_iou_thr``.
+
+    The prompts of all images are decoded in batches of ``points_per_batch``:
+    a batch within one image shares that image's features (SAM2's own
+    broadcast); a batch spanning images, as with small grids, takes one copy
+    of the features per prompt.
 
     Args:
         model: the SAM2 model.
-        features: one image's encoder features.
-        grid: ``[N, 2]`` prompt points in the input frame.
+        features: the batch's encoder features.
+        points: per image, ``[N_i, 2]`` prompt points in the input frame.
         points_per_batch: prompts decoded together.
         pred_iou_thr: predicted-IoU threshold.
+        fixed_batch: pad the last batch to ``points_per_batch`` prompts, so
+            every decoder call has one shape (for ``torch.compile``).
 
     Returns:
-        ``[P, h, w]`` low-res logits and ``[P]`` predicted IoUs of the kept proposals.
+        Per image, ``[P, h, w]`` float32 low-res logits and ``[P]`` predicted
+        IoUs of the kept proposals, in prompt order.
     """
-    kept_logits, kept_iou = [], []
-    for start in range(0, grid.shape[0], points_per_batch):
-        points = grid[start : start + points_per_batch].to(features.image_embed.device)
-        labels = torch.ones(points.shape[0], 1, dtype=torch.int32, device=points.device)
-        low_res, iou = decode_prompts(model, features, points[:, None, :], labels, multimask_output=True)
-        logits, best_iou = best_of_three(low_res, iou)
+    device = features.image_embed.device
+    sizes = [int(p.shape[0]) for p in points]
+    image_of = np.repeat(np.arange(len(points)), sizes)
+    coords = torch.cat([p.to(device, torch.float32) for p in points]) if points else torch.zeros(0, 2, device=device)
+    kept_logits, kept_iou, kept_image = [], [], []
+    for start in range(0, coords.shape[0], points_per_batch):
+        batch_points = coords[start : start + points_per_batch]
+        batch_images = image_of[start : start + points_per_batch]
+        real = batch_points.shape[0]
+        if fixed_batch and real < points_per_batch:
+            batch_points = torch.cat([batch_points, batch_points[-1:].expand(points_per_batch - real, 2)])
+            batch_images = np.concatenate([batch_images, np.repeat(batch_images[-1:], points_per_batch - real)])
+        if batch_images[0] == batch_images[-1]:
+            batch_features = features.select(int(batch_images[0]))
+        else:
+            batch_features = features.take(torch.from_numpy(batch_images).to(device))
+        labels = torch.ones(batch_points.shape[0], 1, dtype=torch.int32, device=device)
+        low_res, iou = decode_prompts(model, batch_features, batch_points[:, None, :], labels, multimask_output=True)
+        logits, best_iou = best_of_three(low_res[:real], iou[:real])
         keep = keep_proposals(logits, best_iou, pred_iou_thr)
         kept_logits.append(logits[keep].float())
         kept_iou.append(best_iou[keep].float())
-    return torch.cat(kept_logits), torch.cat(kept_iou)
+        kept_image.append(torch.from_numpy(batch_images[:real]).to(device)[keep])
+    if not kept_logits:
+        height, width = model.sam_prompt_encoder.mask_input_size
+        return [(torch.zeros(0, height, width, device=device), torch.zeros(0, device=device)) for _ in points]
+    logits, iou, image = torch.cat(kept_logits), torch.cat(kept_iou), torch.cat(kept_image)
+    per_image = torch.bincount(image, minlength=len(points)).tolist()
+    return list(zip(logits.split(per_image), iou.split(per_image)))
 
 
 def upsample_logits(low_res: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:

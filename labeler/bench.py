@@ -1,0 +1,425 @@
+"""``labeler bench``: throughput of each stage, of the pipeline, and what N images will cost.
+
+The stages are timed in-process on generated images after warm-up batches,
+through the same actor classes and functions ``labeler run`` uses; the
+device is synchronised at every stage boundary, so each stage is timed
+alone (the pipeline overlaps them, and decoding and writing run on other
+CPUs there). The whole pipeline is then timed through Ray unless
+``no_ray``.
+
+Random SAM2 weights decide how many proposals survive the predicted-IoU
+filter, and so how much scoring work follows: ``proposals`` pins that
+count (default :data:`DEFAULT_PINNED_PROPOSALS`) by bypassing the filter
+and keeping exactly that many per image (the highest predicted IoUs,
+repeated if fewer), so timings do not depend on what random weights
+happen to produce. The Ray run is ``labeler run`` itself and is not pinned.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import tempfile
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from labeler.actors.decode import decode_batch
+from labeler.actors.dinov2_scorer import Dinov2Scorer, choose_detections, detections_from_choice
+from labeler.actors.sam2_proposer import Sam2Proposer, payload_from_row
+from labeler.build_bank import build_bank
+from labeler.devices import resolve_device
+from labeler.errors import LabelerError
+from labeler.io.labels import STATUS_OK, LabelRows
+from labeler.io.proposal_payload import decode_proposals, encode_proposals
+from labeler.io.shards import write_shard
+from labeler.method.matched_prompts import DEFAULT_MATCHED_POINTS, PROMPT_MODES
+from labeler.method.proposals import DEFAULT_POINTS_PER_BATCH, DEFAULT_POINTS_PER_SIDE
+from labeler.method.scoring import DEFAULT_MAX_DETS, DEFAULT_NMS_THR
+from labeler.models.speedups import DTYPE_CHOICES
+from labeler.synthetic import generate_dataset
+
+#: Proposals per image pinned by default: with ``pred_iou_thr = 0.4`` nearly
+#: every one of the 1024 grid prompts of a natural image keeps its best mask
+#: (SAM2's multimask IoU predictions are mostly well above 0.4); 800 is our
+#: assumption for that figure, not a measurement with real weights.
+DEFAULT_PINNED_PROPOSALS = 800
+
+#: Dense bf16 tensor-core peak of an H100 SXM (NVIDIA's datasheet, without
+#: sparsity), used for the FLOP floor.
+H100_BF16_FLOPS = 989e12
+
+MODEL_STAGES = ("sam2_encoder", "sam2_decoder", "handoff", "dinov2", "scoring", "masks_rle")
+HOST_STAGES = ("decode", "writing")
+STAGE_TITLES = {
+    "decode": "read + decode + resize (CPU)",
+    "sam2_encoder": "SAM2 image encoder",
+    "sam2_decoder": "SAM2 prompt decoding (+ best-of-3, filter)",
+    "handoff": "proposal hand-off (pack + unpack)",
+    "dinov2": "DINOv2 features",
+    "scoring": "scoring + NMS + soft merging",
+    "masks_rle": "final mask upsampling + boxes + RLE",
+    "writing": "Parquet writing (CPU)",
+}
+
+
+@dataclass
+class BenchConfig:
+    """Everything ``labeler bench`` takes; ``None`` models pick by device."""
+
+    sam2: str | None = None
+    dinov2: str | None = None
+    images: int = 32
+    image_size: tuple[int, int] = (1152, 864)
+    batch_size: int = 8
+    dtype: str = "auto"
+    compile: bool = False
+    points_per_side: int = DEFAULT_POINTS_PER_SIDE
+    points_per_batch: int = DEFAULT_POINTS_PER_BATCH
+    proposals: int = DEFAULT_PINNED_PROPOSALS
+    prompts: str = "grid"
+    matched_points: int = DEFAULT_MATCHED_POINTS
+    warmup_batches: int = 1
+    device: str = "auto"
+    no_ray: bool = False
+    plan_images: int | None = None
+    gpus: int = 1
+
+    def validate(self) -> None:
+        checks = [
+            (self.images >= 1, "--images must be at least 1"),
+            (min(self.image_size) >= 16, "--image-size must be at least 16x16"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.dtype in DTYPE_CHOICES, f"--dtype must be one of {', '.join(DTYPE_CHOICES)}"),
+            (self.points_per_side >= 1, "--points-per-side must be at least 1"),
+            (self.points_per_batch >= 1, "--points-per-batch must be at least 1"),
+            (self.proposals >= 0, "--proposals must be 0 (not pinned) or more"),
+            (self.prompts in PROMPT_MODES, f"--prompts must be one of {', '.join(PROMPT_MODES)}"),
+            (self.matched_points >= 1, "--matched-points must be at least 1"),
+            (self.warmup_batches >= 0, "--warmup must be 0 or more"),
+            (self.plan_images is None or self.plan_images >= 1, "--plan must be at least 1 image"),
+            (self.gpus >= 1, "--gpus must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise LabelerError(message)
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """``WxH`` to ``(width, height)``."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise LabelerError(f"--image-size: expected WxH (e.g. 1152x864), got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def default_models(device: torch.device) -> tuple[str, str]:
+    """The real sizes (random weights) on a GPU, the tiny test models on the CPU."""
+    return ("random:l", "random:large") if device.type == "cuda" else ("random:tiny", "random:tiny")
+
+
+@dataclass
+class Plan:
+    """GPU-hours and wall time of labelling ``images`` on ``gpus`` devices like this one."""
+
+    images: int
+    gpus: int
+    images_per_second_per_gpu: float
+    gpu_hours: float
+    wall_hours: float
+
+
+def make_plan(images: int, gpus: int, images_per_second: float) -> Plan:
+    """Scale the measured per-device rate to ``images`` on ``gpus`` devices."""
+    gpu_hours = images / images_per_second / 3600 if images_per_second > 0 else math.inf
+    return Plan(images, gpus, images_per_second, gpu_hours, gpu_hours / gpus)
+
+
+@dataclass
+class BenchReport:
+    """What ``labeler bench`` measured; ``stages`` are milliseconds per image."""
+
+    device: str
+    versions: dict[str, str]
+    settings: dict[str, Any]
+    images_timed: int
+    stages: dict[str, float]
+    proposals_per_image: float
+    detections_per_image: float
+    peak_gpu_memory_mb: float | None
+    flops_per_image: dict[str, float]
+    pipeline: dict[str, float] | None = None
+    plan: Plan | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def model_ms_per_image(self) -> float:
+        """The model actors' work per image: every stage but decoding and writing."""
+        return sum(self.stages[name] for name in MODEL_STAGES)
+
+    @property
+    def model_images_per_second(self) -> float:
+        return 1000.0 / self.model_ms_per_image if self.model_ms_per_image > 0 else 0.0
+
+    @property
+    def flop_floor_ms(self) -> float:
+        """Milliseconds per image an H100 would need at its bf16 peak for the counted FLOPs."""
+        return sum(self.flops_per_image.values()) / H100_BF16_FLOPS * 1000.0
+
+    def to_json(self) -> dict[str, Any]:
+        document = asdict(self)
+        document["model_ms_per_image"] = round(self.model_ms_per_image, 3)
+        document["model_images_per_second"] = round(self.model_images_per_second, 3)
+        document["h100_flop_floor_ms_per_image"] = round(self.flop_floor_ms, 3)
+        return document
+
+    def table(self) -> str:
+        lines = [f"device: {self.device}", "settings: " + ", ".join(f"{k}={v}" for k, v in self.settings.items()),
+                 f"images timed: {self.images_timed} (after warm-up)", "",
+                 f"{'stage':<48}{'ms/img':>10}{'img/s':>10}"]
+        for name, title in STAGE_TITLES.items():
+            ms = self.stages[name]
+            lines.append(f"{title:<48}{ms:>10.2f}{(1000 / ms if ms > 0 else 0):>10.2f}")
+        lines.append(f"{'model stages (all but decode, writing)':<48}{self.model_ms_per_image:>10.2f}"
+                     f"{self.model_images_per_second:>10.2f}")
+        lines += ["", f"proposals scored per image: {self.proposals_per_image:.0f}; "
+                  f"detections per image: {self.detections_per_image:.1f}"]
+        memory = "n/a (CPU)" if self.peak_gpu_memory_mb is None else f"{self.peak_gpu_memory_mb:.0f} MB"
+        lines.append(f"peak GPU memory: {memory}")
+        gflops = {k: v / 1e9 for k, v in self.flops_per_image.items()}
+        lines.append("GFLOPs per image: " + ", ".join(f"{k} {v:.1f}" for k, v in gflops.items())
+                     + f"; total {sum(gflops.values()):.1f} -> H100 bf16 floor {self.flop_floor_ms:.2f} ms/img")
+        if self.pipeline:
+            lines.append(f"pipeline (labeler run through Ray, start-up included): {self.pipeline['images']:.0f} images "
+                         f"in {self.pipeline['wall_seconds']:.1f} s = {self.pipeline['images_per_second']:.2f} img/s")
+        if self.plan:
+            plan = self.plan
+            lines.append(f"plan: {plan.images:,} images at {plan.images_per_second_per_gpu:.2f} img/s per device: "
+                         f"{plan.gpu_hours:,.1f} device-hours, {plan.wall_hours:,.1f} h wall on {plan.gpus}")
+        lines += [f"note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+class StageClock:
+    """Wall time per named stage, with the device synchronised at both ends."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self._sync()
+        started = time.perf_counter()
+        yield
+        self._sync()
+        self.seconds[name] += time.perf_counter() - started
+
+
+def pin_proposals(logits: torch.Tensor, iou: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exactly ``count`` proposals: the highest predicted IoUs, cycled if there are fewer."""
+    if logits.shape[0] == 0 or count == 0:
+        return logits[:0], iou[:0]
+    order = torch.argsort(iou, descending=True, stable=True)
+    chosen = order[torch.arange(count, device=order.device) % order.numel()]
+    return logits[chosen], iou[chosen]
+
+
+def prompts_per_image(config: BenchConfig) -> int:
+    """SAM2 prompts per image: the grid, or the matched points."""
+    grid = config.points_per_side**2
+    return min(config.matched_points, grid) if config.prompts == "matched" else grid
+
+
+def pinned_count(config: BenchConfig) -> int:
+    """Proposals per image to pin: ``config.proposals`` for the full grid, the
+    same surviving fraction of the prompts for matched prompts (0: not pinned)."""
+    return round(config.proposals * prompts_per_image(config) / config.points_per_side**2)
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("labeler", "torch", "torchvision", "transformers", "sam2", "ray"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _generate(folder: Path, config: BenchConfig, dinov2: str, sam2: str, device: torch.device) -> tuple[Path, Path]:
+    """Target images (JPEG) and a bank built from generated references."""
+    targets = generate_dataset(folder / "targets", config.images, seed=1, image_size=config.image_size,
+                               objects_per_image=(2, 6), image_format="jpg")
+    references = generate_dataset(folder / "references", 8, seed=0)
+    bank = build_bank(str(references), str(references.parent / "images"), dinov2=dinov2, sam2=sam2,
+                      shots=None, seed=0, device=str(device))
+    bank_path = folder / "bank.safetensors"
+    bank.save(str(bank_path))
+    return targets.parent / "images", bank_path
+
+
+def _batches(images_dir: Path, batch_size: int) -> list[dict[str, np.ndarray]]:
+    uris = sorted(str(p) for p in images_dir.rglob("*.jpg"))
+    return [
+        {"image_id": np.arange(start, start + len(uris[start : start + batch_size]), dtype=np.int64),
+         "uri": np.array(uris[start : start + batch_size], dtype=object)}
+        for start in range(0, len(uris), batch_size)
+    ]
+
+
+def _count_flops(proposer: Sam2Proposer, scorer: Dinov2Scorer, decoded: dict, prompts_per_image: int) -> dict:
+    """FLOPs of one image through each network (torch's FLOP counter; matmuls and convolutions).
+
+    The decoder is counted on one batch of prompts and scaled to the image's prompt count.
+    """
+    counts = {}
+    with FlopCounterMode(display=False) as counter:
+        features = proposer.encode(decoded["sam2_pixels"][:1])
+    counts["sam2_encoder"] = counter.get_total_flops()
+    batch = min(proposer.points_per_batch, prompts_per_image)
+    with FlopCounterMode(display=False) as counter:
+        proposer.decode(features, [proposer.grid[:batch]], pred_iou_thr=-1.0)
+    counts["sam2_decoder"] = counter.get_total_flops() * prompts_per_image / batch
+    with FlopCounterMode(display=False) as counter:
+        scorer.features({"dino_pixels": decoded["dino_pixels"][:1]}, np.array([0]))
+    counts["dinov2"] = counter.get_total_flops()
+    return counts
+
+
+def _time_batch(
+    clock: StageClock, batch: dict, config: BenchConfig, proposer: Sam2Proposer, scorer: Dinov2Scorer,
+    sizes: dict[str, int], out: str,
+) -> tuple[int, int]:
+    """Run one batch through every stage; returns (proposals, detections) summed over its images."""
+    with clock.stage("decode"):
+        decoded = decode_batch(batch, **sizes)
+    ok = np.flatnonzero(decoded["status"] == STATUS_OK)
+    with clock.stage("dinov2"):
+        points, dino_features = proposer.prompt_points(decoded["dino_pixels"][ok])
+        features = dino_features if dino_features is not None else scorer.features(decoded, ok)
+    with clock.stage("sam2_encoder"):
+        sam2_features = proposer.encode(decoded["sam2_pixels"][ok])
+    with clock.stage("sam2_decoder"):
+        pinned = pinned_count(config)
+        proposals = proposer.decode(sam2_features, points, pred_iou_thr=-1.0 if pinned else None)
+        if pinned:
+            proposals = [pin_proposals(logits, iou, pinned) for logits, iou in proposals]
+    with clock.stage("handoff"):
+        unpacked = []
+        for logits, iou in proposals:
+            payload = encode_proposals(logits, iou)
+            row = {"rle_blob": [payload.rle_blob], "rle_lengths": [payload.rle_lengths],
+                   "band_logits": [payload.band_logits], "iou": [payload.iou],
+                   "lowres_height": [payload.height], "lowres_width": [payload.width]}
+            masks, received = decode_proposals(payload_from_row(row, 0), scorer.device)
+            unpacked.append((masks, received, torch.from_numpy(payload.iou).to(scorer.device)))
+    choices = []
+    with clock.stage("scoring"):
+        for k, (masks, _, iou) in enumerate(unpacked):
+            choices.append(choose_detections(masks, iou, features[k].float(), scorer.class_prototypes,
+                                             scorer.nms_thr, scorer.max_dets, scorer.min_score))
+    rows = LabelRows()
+    detections_total = 0
+    with clock.stage("masks_rle"):
+        for k, index in enumerate(ok):
+            hw = (int(decoded["height"][index]), int(decoded["width"][index]))
+            detections = detections_from_choice(unpacked[k][1], choices[k], scorer.category_ids, hw)
+            detections_total += len(detections)
+            rows.add(int(decoded["image_id"][index]), str(decoded["uri"][index]), hw[1], hw[0], STATUS_OK, None,
+                     detections, proposals=int(unpacked[k][0].shape[0]))
+    with clock.stage("writing"):
+        write_shard(out, rows.table())
+    return sum(int(m.shape[0]) for m, _, _ in unpacked), detections_total
+
+
+def _pipeline(config: BenchConfig, sam2: str, images_dir: Path, bank_path: Path, out: Path) -> dict[str, float]:
+    from labeler.run import RunConfig, run_labeling
+
+    summary = run_labeling(RunConfig(
+        bank=str(bank_path), images=str(images_dir), out=str(out), sam2=sam2, points_per_side=config.points_per_side,
+        points_per_batch=config.points_per_batch, batch_size=config.batch_size, dtype=config.dtype,
+        compile=config.compile, prompts=config.prompts, matched_points=config.matched_points, overwrite=True,
+    ))
+    return {"images": float(summary.images_processed), "wall_seconds": summary.wall_seconds,
+            "images_per_second": summary.images_per_second}
+
+
+def run_bench(config: BenchConfig, work_dir: str | None = None) -> BenchReport:
+    """Generate data, time every stage after warm-up, then the Ray pipeline; see the module doc."""
+    config.validate()
+    device = resolve_device(config.device)
+    sam2, dinov2 = default_models(device)
+    sam2, dinov2 = config.sam2 or sam2, config.dinov2 or dinov2
+    with tempfile.TemporaryDirectory(prefix="labeler-bench-", dir=work_dir) as folder:
+        images_dir, bank_path = _generate(Path(folder), config, dinov2, sam2, device)
+        proposer = Sam2Proposer(
+            sam2, device=str(device), points_per_side=config.points_per_side,
+            points_per_batch=config.points_per_batch, dtype=config.dtype, compile=config.compile,
+            prompts=config.prompts, matched_points=config.matched_points, bank=str(bank_path),
+        )
+        scorer = Dinov2Scorer(str(bank_path), device=str(device), nms_thr=DEFAULT_NMS_THR,
+                              max_dets=DEFAULT_MAX_DETS, dtype=config.dtype, compile=config.compile)
+        sizes = {"sam2_size": proposer.image_size, "dino_size": scorer.encoder.input_size}
+        batches = _batches(images_dir, config.batch_size)
+        warmup = [batches[i % len(batches)] for i in range(config.warmup_batches)]
+        out = str(Path(folder) / "bench-out")
+        for batch in warmup:
+            _time_batch(StageClock(device), batch, config, proposer, scorer, sizes, out)
+        flops = _count_flops(proposer, scorer, decode_batch(batches[0], **sizes), prompts_per_image(config))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        clock = StageClock(device)
+        proposals = detections = 0
+        for batch in batches:
+            batch_proposals, batch_detections = _time_batch(clock, batch, config, proposer, scorer, sizes, out)
+            proposals += batch_proposals
+            detections += batch_detections
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        stages = {name: clock.seconds[name] * 1000.0 / config.images for name in STAGE_TITLES}
+        pipeline = None
+        if not config.no_ray:
+            pipeline = _pipeline(config, sam2, images_dir, bank_path, Path(folder) / "run-out")
+    settings = {
+        "sam2": sam2, "dinov2": dinov2, "image_size": "x".join(map(str, config.image_size)),
+        "batch_size": config.batch_size, "dtype": proposer.speedups.dtype, "compile": config.compile,
+        "points_per_side": config.points_per_side, "points_per_batch": config.points_per_batch,
+        "prompts": config.prompts if config.prompts == "grid" else f"matched ({config.matched_points} points)",
+        "proposals": f"pinned at {pinned_count(config)}" if config.proposals else "not pinned",
+    }
+    report = BenchReport(
+        device=_device_name(device), versions=_versions(), settings=settings, images_timed=config.images,
+        stages=stages, proposals_per_image=proposals / config.images, detections_per_image=detections / config.images,
+        peak_gpu_memory_mb=peak, flops_per_image=flops, pipeline=pipeline,
+    )
+    if config.plan_images:
+        report.plan = make_plan(config.plan_images, config.gpus, report.model_images_per_second)
+    if device.type == "cpu":
+        report.notes.append("CPU run: 'per device' rates are per CPU machine, not per GPU")
+    return report
+
+
+def write_report(report: BenchReport, path: str) -> None:
+    """Save the report as JSON (path or URI)."""
+    from labeler.io import storage
+
+    storage.write_bytes_atomic(path, json.dumps(report.to_json(), indent=2).encode())

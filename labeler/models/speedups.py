@@ -1,0 +1,65 @@
+"""The fast path's switches, in one place: precision and ``torch.compile``.
+
+Attention already runs through PyTorch's scaled-dot-product attention in
+both models (SAM2's own modules call it; DINOv2 is loaded with
+transformers' ``sdpa`` implementation), so flash/memory-efficient kernels
+are picked by PyTorch wherever the dtype and device allow.
+
+* ``dtype``: ``fp32`` runs the plain path; ``bf16`` / ``fp16`` run the models
+  under ``torch.autocast``; ``auto`` is ``bf16`` on CUDA and ``fp32`` on the
+  CPU. Everything after the networks (best-of-three, NMS, merging, mask
+  upsampling) runs in float32 whatever the dtype.
+* ``compile``: ``torch.compile`` on SAM2's image encoder and mask decoder and
+  on the DINOv2 network, with static shapes; prompt batches are then padded
+  to one size so a run compiles each network once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from labeler.errors import LabelerError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_CHOICES = ("auto", *DTYPES)
+
+
+@dataclass(frozen=True)
+class Speedups:
+    """Resolved fast-path settings for one device."""
+
+    dtype: str = "fp32"
+    compile: bool = False
+
+    @classmethod
+    def resolve(cls, dtype: str, compile: bool, device: torch.device) -> "Speedups":
+        """Check ``dtype`` (``auto``, ``fp32``, ``bf16``, ``fp16``) and fix ``auto`` for ``device``."""
+        if dtype not in DTYPE_CHOICES:
+            raise LabelerError(f"--dtype: expected one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}")
+        if dtype == "auto":
+            dtype = "bf16" if device.type == "cuda" else "fp32"
+        return cls(dtype=dtype, compile=compile)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """The context the networks run under: nothing for fp32, autocast otherwise."""
+        if self.dtype == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.torch_dtype)
+
+
+def compile_modules(*modules: torch.nn.Module) -> None:
+    """``torch.compile`` each module in place, for static shapes."""
+    for module in modules:
+        module.compile(dynamic=False)
+
+
+def compile_sam2(model: torch.nn.Module) -> None:
+    """Compile SAM2's image encoder and mask decoder (the prompt encoder is a few table lookups)."""
+    compile_modules(model.image_encoder, model.sam_mask_decoder)
