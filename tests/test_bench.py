@@ -1,0 +1,83 @@
+"""labeler bench: pinned proposal counts, plan arithmetic, and the command end to end."""
+
+import json
+
+import pytest
+import torch
+
+from labeler.bench import (
+    MODEL_STAGES,
+    STAGE_TITLES,
+    BenchConfig,
+    make_plan,
+    parse_image_size,
+    pin_proposals,
+    pinned_count,
+)
+from labeler.errors import LabelerError
+
+
+def test_pinning_keeps_the_best_and_cycles_when_short():
+    logits = torch.arange(3.0)[:, None, None].expand(3, 2, 2)
+    iou = torch.tensor([0.2, 0.9, 0.5])
+    kept_logits, kept_iou = pin_proposals(logits, iou, 5)
+    assert kept_iou.tolist() == pytest.approx([0.9, 0.5, 0.2, 0.9, 0.5])
+    assert kept_logits[:, 0, 0].tolist() == [1.0, 2.0, 0.0, 1.0, 2.0]
+    assert pin_proposals(logits, iou, 2)[1].tolist() == pytest.approx([0.9, 0.5])
+    assert pin_proposals(logits[:0], iou[:0], 4)[0].shape[0] == 0
+
+
+def test_matched_prompts_pin_the_same_surviving_fraction():
+    assert pinned_count(BenchConfig(proposals=800)) == 800
+    assert pinned_count(BenchConfig(proposals=800, prompts="matched", matched_points=256)) == 200
+    assert pinned_count(BenchConfig(proposals=0)) == 0
+
+
+def test_plan_arithmetic():
+    plan = make_plan(1_000_000, 8, 20.0)
+    assert plan.gpu_hours == pytest.approx(1_000_000 / 20 / 3600)
+    assert plan.wall_hours == pytest.approx(plan.gpu_hours / 8)
+
+
+def test_image_size_and_settings_are_checked():
+    assert parse_image_size("1152x864") == (1152, 864)
+    with pytest.raises(LabelerError, match="--image-size"):
+        parse_image_size("1152")
+    with pytest.raises(LabelerError, match="--dtype"):
+        BenchConfig(dtype="int8").validate()
+
+
+def bench_args(tmp_path, *extra):
+    return ["bench", "--images", "4", "--image-size", "320x256", "--batch-size", "2", "--points-per-side", "4",
+            "--proposals", "12", "--device", "cpu", "--json", str(tmp_path / "bench.json"), *extra]
+
+
+def test_bench_without_ray_times_every_stage(run_cli, tmp_path):
+    result = run_cli(*bench_args(tmp_path, "--no-ray", "--plan", "1000", "--gpus", "2"))
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert set(report["stages"]) == set(STAGE_TITLES)
+    assert all(report["stages"][name] > 0 for name in MODEL_STAGES)
+    assert report["proposals_per_image"] == 12  # pinned, whatever the random weights keep
+    assert report["model_ms_per_image"] == pytest.approx(sum(report["stages"][n] for n in MODEL_STAGES), abs=1e-2)
+    assert report["pipeline"] is None
+    assert report["plan"]["images"] == 1000 and report["plan"]["gpus"] == 2
+    assert report["plan"]["gpu_hours"] == pytest.approx(1000 / report["model_images_per_second"] / 3600, rel=1e-3)
+    assert all(report["flops_per_image"][name] > 0 for name in ("sam2_encoder", "sam2_decoder", "dinov2"))
+    assert "model stages" in result.stdout and "plan: 1,000 images" in result.stdout
+
+
+def test_bench_matched_prompts(run_cli, tmp_path):
+    result = run_cli(*bench_args(tmp_path, "--no-ray", "--prompts", "matched", "--matched-points", "8"))
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["proposals_per_image"] == 6  # 12 of 16 grid points -> 6 of 8 matched points
+    assert report["settings"]["prompts"] == "matched (8 points)"
+
+
+def test_bench_through_ray_runs_the_pipeline(run_cli, tmp_path):
+    result = run_cli(*bench_args(tmp_path, "--proposals", "0"))
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["pipeline"]["images"] == 4 and report["pipeline"]["images_per_second"] > 0
+    assert report["settings"]["proposals"] == "not pinned"

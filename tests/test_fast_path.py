@@ -1,0 +1,123 @@
+"""Every fast path against the plain fp32 path, on the same generated images.
+
+Exact paths (same arithmetic, other batching or layout) must give the same
+labels; reduced precision and compilation are held to stated tolerances.
+"""
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+
+from labeler.actors import dinov2_scorer
+from labeler.actors.decode import decode_batch
+from labeler.actors.dinov2_scorer import Dinov2Scorer
+from labeler.actors.sam2_proposer import Sam2Proposer
+from labeler.build_bank import build_bank
+from labeler.models.sam2_inference import point_proposals
+from labeler.synthetic import generate_dataset
+
+TINY = "random:tiny"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fast-path")
+    references = generate_dataset(folder / "refs", 6, seed=0)
+    targets = generate_dataset(folder / "targets", 4, seed=1, image_format="jpg", subfolders=False)
+    bank = build_bank(str(references), str(references.parent / "images"), dinov2=TINY, sam2=TINY,
+                      shots=None, seed=0, device="cpu")
+    bank_path = str(folder / "bank.safetensors")
+    bank.save(bank_path)
+    uris = sorted(str(p) for p in (targets.parent / "images").glob("*.jpg"))
+    batch = {"image_id": np.arange(len(uris)), "uri": np.array(uris, dtype=object)}
+    decoded = decode_batch(batch, sam2_size=256, dino_size=bank.input_size)
+    return bank_path, decoded
+
+
+def label(setup, **settings) -> list[dict]:
+    bank_path, decoded = setup
+    scorer_settings = {k: settings[k] for k in ("dtype", "compile") if k in settings}
+    proposer = Sam2Proposer(TINY, device="cpu", points_per_side=8, bank=bank_path, **settings)
+    scorer = Dinov2Scorer(bank_path, device="cpu", **scorer_settings)
+    return scorer(proposer(dict(decoded))).to_pylist()
+
+
+def masks_iou(first: dict, second: dict, row: dict) -> float:
+    size = [row["height"], row["width"]]
+    a, b = ({"size": size, "counts": d["rle"].encode()} for d in (first, second))
+    return float(mask_utils.iou([a], [b], [0])[0, 0])
+
+
+def assert_equivalent(plain: list[dict], fast: list[dict], min_iou: float, max_score_diff: float) -> None:
+    """Same images, same number of detections; each plain detection has a fast one
+    with the same label, mask IoU >= min_iou and a score within max_score_diff."""
+    for row, other in zip(plain, fast):
+        assert (row["image_id"], row["status"], row["proposals"]) == (other["image_id"], other["status"],
+                                                                       other["proposals"])
+        assert len(row["detections"]) == len(other["detections"])
+        for detection in row["detections"]:
+            best = max(other["detections"], key=lambda d: masks_iou(detection, d, row))
+            assert best["category_id"] == detection["category_id"]
+            assert masks_iou(detection, best, row) >= min_iou
+            assert abs(best["score"] - detection["score"]) <= max_score_diff
+
+
+@pytest.fixture(scope="module")
+def plain(setup):
+    return label(setup, dtype="fp32")
+
+
+def test_plain_path_finds_something(plain):
+    assert all(row["status"] == "ok" and row["proposals"] > 0 for row in plain)
+    assert sum(len(row["detections"]) for row in plain) > 0
+
+
+def test_prompts_of_several_images_in_one_batch_equal_one_image_at_a_time(setup):
+    """48-prompt batches span the two 64-point images; 64-prompt batches never do.
+    With fixed batches the last one is padded. Same logits to float32 rounding."""
+    _, decoded = setup
+    proposer = Sam2Proposer(TINY, device="cpu", points_per_side=8)
+    features = proposer.encode(decoded["sam2_pixels"][:2])
+    points = [proposer.grid, proposer.grid]
+    results = [
+        point_proposals(proposer.model, features, points, points_per_batch, 0.4, fixed_batch=fixed)
+        for points_per_batch, fixed in ((64, False), (48, False), (48, True))
+    ]
+    for other in results[1:]:
+        for (logits, iou), (other_logits, other_iou) in zip(results[0], other):
+            assert logits.shape == other_logits.shape and logits.shape[0] > 0
+            assert torch.allclose(logits, other_logits, atol=1e-4)
+            assert torch.allclose(iou, other_iou, atol=1e-5)
+
+
+def test_final_masks_in_chunks_equal_one_chunk(setup, plain, monkeypatch):
+    monkeypatch.setattr(dinov2_scorer, "FINAL_MASK_PIXELS_PER_CHUNK", 1)  # one mask per chunk
+    assert label(setup, dtype="fp32") == plain
+
+
+def test_matched_prompts_at_every_grid_point_equal_the_grid(setup, plain):
+    """All 64 points matched: the same prompts, so the same proposals and masks; the
+    DINOv2 features then travel as float16, so scores agree to 1e-3."""
+    matched = label(setup, dtype="fp32", prompts="matched", matched_points=64)
+    assert_equivalent(plain, matched, min_iou=1.0, max_score_diff=1e-3)
+
+
+def test_matched_prompts_decode_fewer_points(setup):
+    matched = label(setup, dtype="fp32", prompts="matched", matched_points=16)
+    assert all(0 < row["proposals"] <= 16 for row in matched)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_reduced_precision_matches_fp32(setup, plain, dtype):
+    """Tolerance: same labels, mask IoU >= 0.85, scores within 0.1. Random tiny
+    weights give salt-and-pepper masks, the worst case for IoU (every pixel is
+    near an edge); measured worst here: IoU 0.89 and 0.07 (fp16)."""
+    assert_equivalent(plain, label(setup, dtype=dtype), min_iou=0.85, max_score_diff=0.1)
+
+
+def test_compiled_models_match_eager(setup, plain):
+    """torch.compile (inductor on the CPU here) reorders float32 arithmetic only:
+    the same labels and masks, scores within 1e-4."""
+    torch._dynamo.reset()
+    assert_equivalent(plain, label(setup, dtype="fp32", compile=True), min_iou=1.0, max_score_diff=1e-4)
