@@ -92,7 +92,7 @@ def test_prompts_of_several_images_in_one_batch_equal_one_image_at_a_time(setup)
 
 
 def test_final_masks_in_chunks_equal_one_chunk(setup, plain, monkeypatch):
-    monkeypatch.setattr(dinov2_scorer, "FINAL_MASK_PIXELS_PER_CHUNK", 1)  # one mask per chunk
+    monkeypatch.setitem(dinov2_scorer.FINAL_MASK_PIXELS_PER_CHUNK, "cpu", 1)  # one mask per chunk
     assert label(setup, dtype="fp32") == plain
 
 

@@ -58,6 +58,8 @@ class PackedRle:
 def run_lengths(masks: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """COCO (column-major, starting with a run of zeros) run lengths of ``[K, H, W]`` masks.
 
+    Computed on the masks' device; only the run lengths reach the host.
+
     Returns:
         ``counts`` (int64, every mask's run lengths back to back) and
         ``per_mask`` (int64 ``[K]``, how many runs each mask has).
@@ -65,24 +67,23 @@ def run_lengths(masks: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     count, height, width = masks.shape
     pixels = height * width
     flat = masks.bool().transpose(1, 2).reshape(count, pixels)
-    changes = (flat[:, 1:] != flat[:, :-1]).nonzero().cpu().numpy()
-    first_on = flat[:, 0].cpu().numpy()
-    mask_of_change, position = changes[:, 0], changes[:, 1] + 1
-    # Every mask's run edges: 0, its change positions, then `pixels`; sorted by
-    # (mask, position) through one key, since 0 < change positions < pixels.
-    masks_index = np.arange(count)
-    owner = np.concatenate((masks_index, mask_of_change, masks_index))
-    edges = np.concatenate((np.zeros(count, np.int64), position, np.full(count, pixels, np.int64)))
-    order = np.argsort(owner * (pixels + 1) + edges, kind="stable")
-    owner, edges = owner[order], edges[order]
-    same_mask = owner[1:] == owner[:-1]
-    counts = np.diff(edges)[same_mask]
-    per_mask = np.bincount(owner[1:][same_mask], minlength=count).astype(np.int64)
-    # COCO counts start with a run of zeros: a mask whose first pixel is on
-    # begins with a zero-length run.
-    starts = np.concatenate(([0], np.cumsum(per_mask)[:-1]))
-    counts = np.insert(counts, starts[first_on], 0)
-    return counts.astype(np.int64), per_mask + first_on
+    # nonzero lists the changes ordered by (mask, position).
+    mask_of_change, position = (flat[:, 1:] != flat[:, :-1]).nonzero(as_tuple=True)
+    changes = torch.bincount(mask_of_change, minlength=count)
+    # Each mask's run edges, back to back: 0, a second 0 when its first pixel is
+    # on (COCO counts start with a run of zeros, here of length 0), its change
+    # positions, then `pixels`. Run lengths are the differences within a mask.
+    extra = flat[:, 0].long() + 2
+    ends = torch.cumsum(changes + extra, dim=0) - 1
+    edges = torch.zeros(int(ends[-1]) + 1 if count else 0, dtype=torch.int64, device=masks.device)
+    edges[ends] = pixels
+    change_index = torch.arange(position.numel(), device=masks.device)
+    edges[change_index + (torch.cumsum(extra, dim=0) - 1)[mask_of_change]] = position + 1
+    within_mask = torch.ones(max(edges.numel() - 1, 0), dtype=torch.bool, device=masks.device)
+    within_mask[ends[:-1]] = False
+    counts = torch.diff(edges)[within_mask]
+    per_mask = changes + extra - 1
+    return counts.cpu().numpy(), per_mask.cpu().numpy()
 
 
 def pack_counts(counts: np.ndarray, per_mask: np.ndarray, height: int, width: int) -> PackedRle:
