@@ -8,17 +8,30 @@ CPUs there). The whole pipeline is then timed through Ray unless
 ``no_ray``.
 
 Random SAM2 weights decide how many proposals survive the predicted-IoU
-filter, and so how much scoring work follows: ``proposals`` pins that
-count (default :data:`DEFAULT_PINNED_PROPOSALS`) by bypassing the filter
-and keeping exactly that many per image (the highest predicted IoUs,
-repeated if fewer), so timings do not depend on what random weights
-happen to produce. The Ray run is ``labeler run`` itself and is not pinned.
+filter, and what they look like: salt-and-pepper masks with runs of one or
+two pixels, which no trained SAM2 produces and which make the hand-off and
+RLE stages several times dearer than real masks do. ``proposals`` pins both
+(default :data:`DEFAULT_PINNED_PROPOSALS` per image): after the decoder is
+timed on every prompt, each image gets exactly that many proposals, with
+the highest predicted IoUs (repeated if fewer) and SAM2-like masks from
+:func:`labeler.synthetic.proposal_logits`, so timings after SAM2 do not
+depend on what random weights happen to produce. The Ray run is
+``labeler run`` itself and is not pinned.
+
+Host work: up to :data:`PROFILED_BATCHES` more batches run under
+``torch.profiler``, and each stage's time is split into time inside torch
+operators (the tensor work, which a GPU takes over, leaving a launch of a
+few microseconds per operator) and the rest (Python, numpy, PIL, Arrow:
+host CPU work whatever the device). On the CPU the rest also holds the
+release of large CPU tensors (tens of ms per 400 MB), which a GPU's caching
+allocator does not pay, so CPU figures are an upper bound.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import tempfile
 import time
@@ -27,10 +40,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode
 
 from labeler.actors.decode import decode_batch
@@ -46,7 +60,7 @@ from labeler.method.matched_prompts import DEFAULT_MATCHED_POINTS, PROMPT_MODES
 from labeler.method.proposals import DEFAULT_POINTS_PER_BATCH, DEFAULT_POINTS_PER_SIDE
 from labeler.method.scoring import DEFAULT_MAX_DETS, DEFAULT_NMS_THR
 from labeler.models.speedups import DTYPE_CHOICES
-from labeler.synthetic import generate_dataset
+from labeler.synthetic import generate_dataset, proposal_logits
 
 #: Proposals per image pinned by default: with ``pred_iou_thr = 0.4`` nearly
 #: every one of the 1024 grid prompts of a natural image keeps its best mask
@@ -54,12 +68,17 @@ from labeler.synthetic import generate_dataset
 #: assumption for that figure, not a measurement with real weights.
 DEFAULT_PINNED_PROPOSALS = 800
 
+#: Name prefix of the profiler ranges that mark the stages.
+STAGE_RANGE = "labeler.bench:"
+#: Batches run again under the profiler for the host/torch split.
+PROFILED_BATCHES = 2
+
 #: Dense bf16 tensor-core peak of an H100 SXM (NVIDIA's datasheet, without
 #: sparsity), used for the FLOP floor.
 H100_BF16_FLOPS = 989e12
 
 MODEL_STAGES = ("sam2_encoder", "sam2_decoder", "handoff", "dinov2", "scoring", "masks_rle")
-HOST_STAGES = ("decode", "writing")
+NETWORK_STAGES = ("sam2_encoder", "sam2_decoder", "dinov2")
 STAGE_TITLES = {
     "decode": "read + decode + resize (CPU)",
     "sam2_encoder": "SAM2 image encoder",
@@ -146,7 +165,12 @@ def make_plan(images: int, gpus: int, images_per_second: float) -> Plan:
 
 @dataclass
 class BenchReport:
-    """What ``labeler bench`` measured; ``stages`` are milliseconds per image."""
+    """What ``labeler bench`` measured.
+
+    ``stages`` are milliseconds per image; ``host`` has, per stage and image,
+    the milliseconds outside torch operators (``host_ms``) and the top-level
+    torch operators called (``operators``), from the profiled batches.
+    """
 
     device: str
     versions: dict[str, str]
@@ -157,6 +181,7 @@ class BenchReport:
     detections_per_image: float
     peak_gpu_memory_mb: float | None
     flops_per_image: dict[str, float]
+    host: dict[str, dict[str, float]] = field(default_factory=dict)
     pipeline: dict[str, float] | None = None
     plan: Plan | None = None
     notes: list[str] = field(default_factory=list)
@@ -171,6 +196,12 @@ class BenchReport:
         return 1000.0 / self.model_ms_per_image if self.model_ms_per_image > 0 else 0.0
 
     @property
+    def host_ms_outside_networks(self) -> float:
+        """Host CPU work per image outside the networks: every stage but the three
+        network stages, less its time inside torch operators."""
+        return sum(split["host_ms"] for name, split in self.host.items() if name not in NETWORK_STAGES)
+
+    @property
     def flop_floor_ms(self) -> float:
         """Milliseconds per image an H100 would need at its bf16 peak for the counted FLOPs."""
         return sum(self.flops_per_image.values()) / H100_BF16_FLOPS * 1000.0
@@ -179,18 +210,22 @@ class BenchReport:
         document = asdict(self)
         document["model_ms_per_image"] = round(self.model_ms_per_image, 3)
         document["model_images_per_second"] = round(self.model_images_per_second, 3)
+        document["host_ms_outside_networks"] = round(self.host_ms_outside_networks, 3)
         document["h100_flop_floor_ms_per_image"] = round(self.flop_floor_ms, 3)
         return document
 
     def table(self) -> str:
         lines = [f"device: {self.device}", "settings: " + ", ".join(f"{k}={v}" for k, v in self.settings.items()),
                  f"images timed: {self.images_timed} (after warm-up)", "",
-                 f"{'stage':<48}{'ms/img':>10}{'img/s':>10}"]
+                 f"{'stage':<48}{'ms/img':>10}{'img/s':>10}{'host ms/img':>13}{'torch ops/img':>15}"]
         for name, title in STAGE_TITLES.items():
-            ms = self.stages[name]
-            lines.append(f"{title:<48}{ms:>10.2f}{(1000 / ms if ms > 0 else 0):>10.2f}")
+            ms, split = self.stages[name], self.host.get(name, {"host_ms": 0.0, "operators": 0.0})
+            lines.append(f"{title:<48}{ms:>10.2f}{(1000 / ms if ms > 0 else 0):>10.2f}"
+                         f"{split['host_ms']:>13.2f}{split['operators']:>15.0f}")
         lines.append(f"{'model stages (all but decode, writing)':<48}{self.model_ms_per_image:>10.2f}"
                      f"{self.model_images_per_second:>10.2f}")
+        lines.append(f"host CPU work outside the networks (outside torch operators): "
+                     f"{self.host_ms_outside_networks:.2f} ms/img at {self.settings['image_size']}")
         lines += ["", f"proposals scored per image: {self.proposals_per_image:.0f}; "
                   f"detections per image: {self.detections_per_image:.1f}"]
         memory = "n/a (CPU)" if self.peak_gpu_memory_mb is None else f"{self.peak_gpu_memory_mb:.0f} MB"
@@ -222,20 +257,68 @@ class StageClock:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        """Time the block as stage ``name`` (also a profiler range, see :func:`host_split`)."""
         self._sync()
         started = time.perf_counter()
-        yield
-        self._sync()
+        with record_function(STAGE_RANGE + name):
+            yield
+            self._sync()
         self.seconds[name] += time.perf_counter() - started
 
 
-def pin_proposals(logits: torch.Tensor, iou: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exactly ``count`` proposals: the highest predicted IoUs, cycled if there are fewer."""
+@dataclass
+class HostSplit:
+    """One stage's time split by the profiler, summed over the profiled images."""
+
+    wall_ms: float = 0.0
+    torch_ms: float = 0.0  # inside torch operators
+    operators: int = 0  # top-level torch operators called
+
+    @property
+    def host_ms(self) -> float:
+        """Time outside torch operators: Python, numpy, PIL, Arrow."""
+        return max(0.0, self.wall_ms - self.torch_ms)
+
+
+def _operator_time(event) -> tuple[float, int]:
+    """Microseconds in, and count of, the top-level torch operators under a profiler range."""
+    total, count = 0.0, 0
+    for child in event.cpu_children:
+        if child.is_user_annotation:
+            inner, inner_count = _operator_time(child)
+            total, count = total + inner, count + inner_count
+        else:
+            total, count = total + child.cpu_time_total, count + 1
+    return total, count
+
+
+def host_split(run: Callable[[], object]) -> dict[str, HostSplit]:
+    """Run ``run`` under the CPU profiler; split each :class:`StageClock` stage it times."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # the profiler's own start/stop chatter
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        run()
+    splits: dict[str, HostSplit] = defaultdict(HostSplit)
+    for event in profiler.events():
+        if event.is_user_annotation and event.name.startswith(STAGE_RANGE):
+            split = splits[event.name[len(STAGE_RANGE):]]
+            inside, count = _operator_time(event)
+            split.wall_ms += event.cpu_time_total / 1000.0
+            split.torch_ms += inside / 1000.0
+            split.operators += count
+    return splits
+
+
+def pin_proposals(
+    logits: torch.Tensor, iou: torch.Tensor, count: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exactly ``count`` proposals in place of the decoder's: the highest predicted
+    IoUs (cycled if there are fewer) with SAM2-like masks of the same low-res
+    size (:func:`labeler.synthetic.proposal_logits` with ``seed``)."""
     if logits.shape[0] == 0 or count == 0:
         return logits[:0], iou[:0]
     order = torch.argsort(iou, descending=True, stable=True)
     chosen = order[torch.arange(count, device=order.device) % order.numel()]
-    return logits[chosen], iou[chosen]
+    return proposal_logits(count, tuple(logits.shape[1:]), seed, device=logits.device), iou[chosen]
 
 
 def prompts_per_image(config: BenchConfig) -> int:
@@ -319,11 +402,12 @@ def _time_batch(
         features = dino_features if dino_features is not None else scorer.features(decoded, ok)
     with clock.stage("sam2_encoder"):
         sam2_features = proposer.encode(decoded["sam2_pixels"][ok])
+    pinned = pinned_count(config)
     with clock.stage("sam2_decoder"):
-        pinned = pinned_count(config)
         proposals = proposer.decode(sam2_features, points, pred_iou_thr=-1.0 if pinned else None)
-        if pinned:
-            proposals = [pin_proposals(logits, iou, pinned) for logits, iou in proposals]
+    if pinned:
+        proposals = [pin_proposals(logits, iou, pinned, seed=int(image_id))
+                     for (logits, iou), image_id in zip(proposals, decoded["image_id"][ok])]
     with clock.stage("handoff"):
         unpacked = []
         for logits, iou in proposals:
@@ -396,6 +480,12 @@ def run_bench(config: BenchConfig, work_dir: str | None = None) -> BenchReport:
             detections += batch_detections
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         stages = {name: clock.seconds[name] * 1000.0 / config.images for name in STAGE_TITLES}
+        profiled = batches[:PROFILED_BATCHES]
+        splits = host_split(lambda: [_time_batch(StageClock(device), batch, config, proposer, scorer, sizes, out)
+                                     for batch in profiled])
+        per_image = 1.0 / sum(len(batch["image_id"]) for batch in profiled)
+        host = {name: {"host_ms": splits[name].host_ms * per_image, "operators": splits[name].operators * per_image}
+                for name in STAGE_TITLES}
         pipeline = None
         if not config.no_ray:
             pipeline = _pipeline(config, sam2, images_dir, bank_path, Path(folder) / "run-out")
@@ -409,7 +499,7 @@ def run_bench(config: BenchConfig, work_dir: str | None = None) -> BenchReport:
     report = BenchReport(
         device=_device_name(device), versions=_versions(), settings=settings, images_timed=config.images,
         stages=stages, proposals_per_image=proposals / config.images, detections_per_image=detections / config.images,
-        peak_gpu_memory_mb=peak, flops_per_image=flops, pipeline=pipeline,
+        peak_gpu_memory_mb=peak, flops_per_image=flops, host=host, pipeline=pipeline,
     )
     if config.plan_images:
         report.plan = make_plan(config.plan_images, config.gpus, report.model_images_per_second)

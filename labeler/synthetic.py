@@ -5,6 +5,10 @@ colour and texture) on varied backgrounds; classes come in shuffled cycles,
 so any four consecutive instances cover all four default classes. Category ids are deliberately not
 contiguous. Segmentations can be written as polygons, compressed RLE,
 uncompressed RLE, boxes only, or a mix of all four.
+
+:func:`proposal_logits` makes low-res mask logits shaped like SAM2's
+automatic proposals, for timing the stages after SAM2 when the SAM2
+weights are random (see ``labeler bench``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
@@ -182,3 +187,50 @@ def generate_dataset(
     path = out / annotation_file
     path.write_text(json.dumps(document))
     return path
+
+
+def proposal_logits(
+    count: int, size: tuple[int, int], seed: int, *, regions: int = 48, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """``[count, h, w]`` low-res mask logits shaped like SAM2's grid proposals.
+
+    SAM2 prompted at a grid of points returns smooth, mostly convex masks of
+    objects, parts and background regions, with many near-duplicates (several
+    points fall on each object). So: ``regions`` wobbly ellipses with sizes
+    log-uniform from 2 % to 35 % of the grid side, as logits equal to twice
+    the signed distance to the outline in low-res pixels, clamped to SAM2's
+    +/-32 (the sign changes over about one pixel, as with SAM2); each
+    proposal is one region shifted by a few pixels and scaled by about 10 %
+    (nearest-neighbour resampling, edges replicated). None is empty.
+    Deterministic in ``seed``.
+    """
+    height, width = size
+    side = float(min(height, width))
+    generator = torch.Generator().manual_seed(seed)
+
+    def uniform(shape: tuple[int, ...], low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(shape, generator=generator)
+
+    centre = torch.stack([uniform((regions,), 0, width), uniform((regions,), 0, height)], dim=1)
+    radius = torch.exp(uniform((regions,), math.log(max(0.02 * side, 2.0)), math.log(0.35 * side)))
+    aspect, angle, phase = uniform((regions,), 0.5, 2.0), uniform((regions,), 0, math.pi), uniform((regions, 2), 0, 6.3)
+    ys = torch.arange(height, dtype=torch.float32)[:, None] + 0.5
+    xs = torch.arange(width, dtype=torch.float32)[None, :] + 0.5
+    dx, dy = xs - centre[:, 0, None, None], ys - centre[:, 1, None, None]
+    cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
+    u = (dx * cos + dy * sin) / aspect.sqrt()[:, None, None]
+    v = (-dx * sin + dy * cos) * aspect.sqrt()[:, None, None]
+    theta = torch.atan2(v, u)
+    wobble = 1.0 + 0.12 * torch.sin(3 * theta + phase[:, 0, None, None]) + 0.06 * torch.sin(5 * theta + phase[:, 1, None, None])
+    base = ((radius[:, None, None] * wobble - torch.sqrt(u * u + v * v)) * 2.0).clamp(-32.0, 32.0).to(device)
+
+    drawn = count + count // 4 + 8  # more than asked, so that dropping empty ones still leaves `count`
+    pick = torch.randint(regions, (drawn,), generator=generator)
+    shift = torch.randn(drawn, 2, generator=generator) * 0.02 * side
+    scale = (1.0 + 0.1 * torch.randn(drawn, generator=generator)).clamp(0.7, 1.3)
+    source_x = centre[pick, 0, None] + (xs[0] - centre[pick, 0, None] - shift[:, 0, None]) / scale[:, None]
+    source_y = centre[pick, 1, None] + (ys[:, 0] - centre[pick, 1, None] - shift[:, 1, None]) / scale[:, None]
+    column = source_x.floor().long().clamp(0, width - 1).to(device)
+    row = source_y.floor().long().clamp(0, height - 1).to(device)
+    logits = base[pick.to(device)[:, None, None], row[:, :, None], column[:, None, :]]
+    return logits[(logits > 0).flatten(1).any(dim=1)][:count]

@@ -1,6 +1,7 @@
-"""labeler bench: pinned proposal counts, plan arithmetic, and the command end to end."""
+"""labeler bench: pinned proposals, the host/torch split, plan arithmetic, and the command end to end."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -9,22 +10,59 @@ from labeler.bench import (
     MODEL_STAGES,
     STAGE_TITLES,
     BenchConfig,
+    StageClock,
+    host_split,
     make_plan,
     parse_image_size,
     pin_proposals,
     pinned_count,
 )
 from labeler.errors import LabelerError
+from labeler.io.rle import run_lengths
+from labeler.synthetic import proposal_logits
 
 
-def test_pinning_keeps_the_best_and_cycles_when_short():
-    logits = torch.arange(3.0)[:, None, None].expand(3, 2, 2)
+def test_pinning_keeps_the_best_ious_cycled_with_sam2_like_masks():
+    logits = torch.randn(3, 16, 20)
     iou = torch.tensor([0.2, 0.9, 0.5])
-    kept_logits, kept_iou = pin_proposals(logits, iou, 5)
+    kept_logits, kept_iou = pin_proposals(logits, iou, 5, seed=3)
     assert kept_iou.tolist() == pytest.approx([0.9, 0.5, 0.2, 0.9, 0.5])
-    assert kept_logits[:, 0, 0].tolist() == [1.0, 2.0, 0.0, 1.0, 2.0]
-    assert pin_proposals(logits, iou, 2)[1].tolist() == pytest.approx([0.9, 0.5])
-    assert pin_proposals(logits[:0], iou[:0], 4)[0].shape[0] == 0
+    assert torch.equal(kept_logits, proposal_logits(5, (16, 20), seed=3))
+    assert pin_proposals(logits, iou, 2, seed=3)[1].tolist() == pytest.approx([0.9, 0.5])
+    assert pin_proposals(logits[:0], iou[:0], 4, seed=3)[0].shape[0] == 0
+
+
+@pytest.mark.parametrize("size", [(64, 64), (256, 256), (48, 80)])
+def test_synthetic_proposals_are_smooth_non_empty_and_deterministic(size):
+    logits = proposal_logits(300, size, seed=1)
+    masks = logits > 0
+    assert logits.shape == (300, *size) and logits.abs().max() <= 32
+    assert masks.flatten(1).any(dim=1).all()
+    assert torch.equal(logits, proposal_logits(300, size, seed=1))
+    assert not torch.equal(logits, proposal_logits(300, size, seed=2))
+    # Smooth blobs: a few runs per column crossed, far fewer than salt-and-pepper masks have.
+    _, runs = run_lengths(masks)
+    _, noise_runs = run_lengths(torch.rand(300, *size) > 0.5)
+    assert runs.mean() < 4 * size[1] and runs.mean() < noise_runs.mean() / 8
+
+
+def test_host_split_separates_torch_operators_from_the_rest():
+    clock = StageClock(torch.device("cpu"))
+
+    def work():
+        with clock.stage("mixed"):
+            x = torch.ones(4)  # aten::ones
+            y = x + 1  # aten::add
+            time.sleep(0.05)
+            torch.mm(torch.rand(300, 300), torch.rand(300, 300))  # rand, rand, mm
+        with clock.stage("torch_only"):
+            y.sum()
+
+    splits = host_split(work)
+    assert splits["mixed"].operators == 5 and splits["torch_only"].operators == 1
+    assert splits["mixed"].host_ms >= 50 and splits["mixed"].torch_ms > 0
+    assert splits["mixed"].wall_ms == pytest.approx(splits["mixed"].host_ms + splits["mixed"].torch_ms)
+    assert splits["torch_only"].host_ms < 5
 
 
 def test_matched_prompts_pin_the_same_surviving_fraction():
@@ -64,7 +102,13 @@ def test_bench_without_ray_times_every_stage(run_cli, tmp_path):
     assert report["plan"]["images"] == 1000 and report["plan"]["gpus"] == 2
     assert report["plan"]["gpu_hours"] == pytest.approx(1000 / report["model_images_per_second"] / 3600, rel=1e-3)
     assert all(report["flops_per_image"][name] > 0 for name in ("sam2_encoder", "sam2_decoder", "dinov2"))
+    assert set(report["host"]) == set(STAGE_TITLES)
+    assert report["host"]["sam2_decoder"]["operators"] > 0 and report["host"]["decode"]["operators"] == 0
+    outside = sum(split["host_ms"] for name, split in report["host"].items()
+                  if name not in ("sam2_encoder", "sam2_decoder", "dinov2"))
+    assert report["host_ms_outside_networks"] == pytest.approx(outside, abs=1e-2) and outside > 0
     assert "model stages" in result.stdout and "plan: 1,000 images" in result.stdout
+    assert "host CPU work outside the networks" in result.stdout
 
 
 def test_bench_matched_prompts(run_cli, tmp_path):
