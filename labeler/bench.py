@@ -371,10 +371,17 @@ def _batches(images_dir: Path, batch_size: int) -> list[dict[str, np.ndarray]]:
 
 
 def _count_flops(proposer: Sam2Proposer, scorer: Dinov2Scorer, decoded: dict, prompts_per_image: int) -> dict:
-    """FLOPs of one image through each network (torch's FLOP counter; matmuls and convolutions).
+    """FLOPs of one image through each network (torch's FLOP counter; matmuls, convolutions, attention).
 
-    The decoder is counted on one batch of prompts and scaled to the image's prompt count.
+    The decoder is counted on one batch of prompts and scaled to the image's
+    prompt count. Compiled networks are counted through their eager code, so
+    counting does not compile them again for these shapes.
     """
+    with torch.compiler.set_stance("force_eager"):
+        return _count_eager_flops(proposer, scorer, decoded, prompts_per_image)
+
+
+def _count_eager_flops(proposer: Sam2Proposer, scorer: Dinov2Scorer, decoded: dict, prompts_per_image: int) -> dict:
     counts = {}
     with FlopCounterMode(display=False) as counter:
         features = proposer.encode(decoded["sam2_pixels"][:1])
@@ -382,7 +389,8 @@ def _count_flops(proposer: Sam2Proposer, scorer: Dinov2Scorer, decoded: dict, pr
     batch = min(proposer.points_per_batch, prompts_per_image)
     with FlopCounterMode(display=False) as counter:
         proposer.decode(features, [proposer.grid[:batch]], pred_iou_thr=-1.0)
-    counts["sam2_decoder"] = counter.get_total_flops() * prompts_per_image / batch
+    decoded_prompts = proposer.points_per_batch if proposer.speedups.compile else batch  # compiled: padded batch
+    counts["sam2_decoder"] = counter.get_total_flops() * prompts_per_image / decoded_prompts
     with FlopCounterMode(display=False) as counter:
         scorer.features({"dino_pixels": decoded["dino_pixels"][:1]}, np.array([0]))
     counts["dinov2"] = counter.get_total_flops()

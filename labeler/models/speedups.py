@@ -11,7 +11,8 @@ are picked by PyTorch wherever the dtype and device allow.
   upsampling) runs in float32 whatever the dtype.
 * ``compile``: ``torch.compile`` on SAM2's image encoder and mask decoder and
   on the DINOv2 network, with static shapes; prompt batches are then padded
-  to one size so a run compiles each network once.
+  to one size, so the decoder compiles once and the encoders once per
+  image-batch size seen (the last batch of a block can be smaller).
 """
 
 from __future__ import annotations
@@ -61,5 +62,15 @@ def compile_modules(*modules: torch.nn.Module) -> None:
 
 
 def compile_sam2(model: torch.nn.Module) -> None:
-    """Compile SAM2's image encoder and mask decoder (the prompt encoder is a few table lookups)."""
+    """Compile SAM2's image encoder and mask decoder (the prompt encoder is a few table lookups).
+
+    SAM2's sine position encoding fills a table cache on its first call, a
+    side effect that would make the compiled encoder recompile on its
+    second call (sam2 warms that cache itself only on CUDA at 1024 pixels).
+    One eager pass at the model's input size fills it first.
+    """
+    size = int(model.image_size)
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        model.image_encoder(torch.zeros(1, 3, size, size, device=device))
     compile_modules(model.image_encoder, model.sam_mask_decoder)
