@@ -45,7 +45,6 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
-from torch.utils.flop_counter import FlopCounterMode
 
 from labeler.actors.decode import decode_batch
 from labeler.actors.dinov2_scorer import Dinov2Scorer, choose_detections, detections_from_choice
@@ -59,7 +58,9 @@ from labeler.io.shards import write_shard
 from labeler.method.matched_prompts import DEFAULT_MATCHED_POINTS, PROMPT_MODES
 from labeler.method.proposals import DEFAULT_POINTS_PER_BATCH, DEFAULT_POINTS_PER_SIDE
 from labeler.method.scoring import DEFAULT_MAX_DETS, DEFAULT_NMS_THR
+from labeler.models.sam2_inference import Sam2Features
 from labeler.models.speedups import DTYPE_CHOICES
+from labeler.models.work_count import count_work
 from labeler.synthetic import generate_dataset, proposal_logits
 
 #: Proposals per image pinned by default: with ``pred_iou_thr = 0.4`` nearly
@@ -73,9 +74,10 @@ STAGE_RANGE = "labeler.bench:"
 #: Batches run again under the profiler for the host/torch split.
 PROFILED_BATCHES = 2
 
-#: Dense bf16 tensor-core peak of an H100 SXM (NVIDIA's datasheet, without
-#: sparsity), used for the FLOP floor.
+#: Dense bf16 tensor-core peak and HBM3 bandwidth of an H100 SXM (NVIDIA's
+#: datasheet, without sparsity), for the floors of the counted work.
 H100_BF16_FLOPS = 989e12
+H100_MEMORY_BYTES_PER_S = 3.35e12
 
 MODEL_STAGES = ("sam2_encoder", "sam2_decoder", "handoff", "dinov2", "scoring", "masks_rle")
 NETWORK_STAGES = ("sam2_encoder", "sam2_decoder", "dinov2")
@@ -181,6 +183,7 @@ class BenchReport:
     detections_per_image: float
     peak_gpu_memory_mb: float | None
     flops_per_image: dict[str, float]
+    bytes_written_per_image: dict[str, float]
     host: dict[str, dict[str, float]] = field(default_factory=dict)
     pipeline: dict[str, float] | None = None
     plan: Plan | None = None
@@ -206,12 +209,19 @@ class BenchReport:
         """Milliseconds per image an H100 would need at its bf16 peak for the counted FLOPs."""
         return sum(self.flops_per_image.values()) / H100_BF16_FLOPS * 1000.0
 
+    @property
+    def bandwidth_floor_ms(self) -> float:
+        """Milliseconds per image an H100's memory needs to write the counted bytes and
+        read them back once, as the networks ran here (eager, in this run's dtype)."""
+        return 2 * sum(self.bytes_written_per_image.values()) / H100_MEMORY_BYTES_PER_S * 1000.0
+
     def to_json(self) -> dict[str, Any]:
         document = asdict(self)
         document["model_ms_per_image"] = round(self.model_ms_per_image, 3)
         document["model_images_per_second"] = round(self.model_images_per_second, 3)
         document["host_ms_outside_networks"] = round(self.host_ms_outside_networks, 3)
         document["h100_flop_floor_ms_per_image"] = round(self.flop_floor_ms, 3)
+        document["h100_bandwidth_floor_ms_per_image"] = round(self.bandwidth_floor_ms, 3)
         return document
 
     def table(self) -> str:
@@ -233,6 +243,10 @@ class BenchReport:
         gflops = {k: v / 1e9 for k, v in self.flops_per_image.items()}
         lines.append("GFLOPs per image: " + ", ".join(f"{k} {v:.1f}" for k, v in gflops.items())
                      + f"; total {sum(gflops.values()):.1f} -> H100 bf16 floor {self.flop_floor_ms:.2f} ms/img")
+        gbytes = {k: v / 1e9 for k, v in self.bytes_written_per_image.items()}
+        lines.append(f"GB written per image (eager, {self.settings['dtype']}): "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in gbytes.items())
+                     + f"; total {sum(gbytes.values()):.2f} -> H100 bandwidth floor {self.bandwidth_floor_ms:.2f} ms/img")
         if self.pipeline:
             lines.append(f"pipeline (labeler run through Ray, start-up included): {self.pipeline['images']:.0f} images "
                          f"in {self.pipeline['wall_seconds']:.1f} s = {self.pipeline['images_per_second']:.2f} img/s")
@@ -370,31 +384,22 @@ def _batches(images_dir: Path, batch_size: int) -> list[dict[str, np.ndarray]]:
     ]
 
 
-def _count_flops(proposer: Sam2Proposer, scorer: Dinov2Scorer, decoded: dict, prompts_per_image: int) -> dict:
-    """FLOPs of one image through each network (torch's FLOP counter; matmuls, convolutions, attention).
+def _count_work(proposer: Sam2Proposer, scorer: Dinov2Scorer, decoded: dict, prompts_per_image: int) -> dict:
+    """Work of one image through each network (:func:`labeler.models.work_count.count_work`).
 
     The decoder is counted on one batch of prompts and scaled to the image's
-    prompt count. Compiled networks are counted through their eager code, so
-    counting does not compile them again for these shapes.
+    prompt count (compiled runs pad each batch to ``points_per_batch``).
     """
-    with torch.compiler.set_stance("force_eager"):
-        return _count_eager_flops(proposer, scorer, decoded, prompts_per_image)
-
-
-def _count_eager_flops(proposer: Sam2Proposer, scorer: Dinov2Scorer, decoded: dict, prompts_per_image: int) -> dict:
-    counts = {}
-    with FlopCounterMode(display=False) as counter:
-        features = proposer.encode(decoded["sam2_pixels"][:1])
-    counts["sam2_encoder"] = counter.get_total_flops()
+    work = {}
+    features: list[Sam2Features] = []
+    work["sam2_encoder"] = count_work(lambda: features.append(proposer.encode(decoded["sam2_pixels"][:1])))
     batch = min(proposer.points_per_batch, prompts_per_image)
-    with FlopCounterMode(display=False) as counter:
-        proposer.decode(features, [proposer.grid[:batch]], pred_iou_thr=-1.0)
-    decoded_prompts = proposer.points_per_batch if proposer.speedups.compile else batch  # compiled: padded batch
-    counts["sam2_decoder"] = counter.get_total_flops() * prompts_per_image / decoded_prompts
-    with FlopCounterMode(display=False) as counter:
-        scorer.features({"dino_pixels": decoded["dino_pixels"][:1]}, np.array([0]))
-    counts["dinov2"] = counter.get_total_flops()
-    return counts
+    decoded_prompts = proposer.points_per_batch if proposer.speedups.compile else batch
+    work["sam2_decoder"] = count_work(
+        lambda: proposer.decode(features[0], [proposer.grid[:batch]], pred_iou_thr=-1.0)
+    ).scaled(prompts_per_image / decoded_prompts)
+    work["dinov2"] = count_work(lambda: scorer.features({"dino_pixels": decoded["dino_pixels"][:1]}, np.array([0])))
+    return work
 
 
 def _time_batch(
@@ -444,6 +449,14 @@ def _time_batch(
     return sum(int(m.shape[0]) for m, _, _ in unpacked), detections_total
 
 
+def _require_ray() -> None:
+    """Fail before any timing where Ray is missing (the GPU machines lent here have none)."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise LabelerError("Ray is not installed here: add --no-ray to time the stages without the pipeline") from None
+
+
 def _pipeline(config: BenchConfig, sam2: str, images_dir: Path, bank_path: Path, out: Path) -> dict[str, float]:
     from labeler.run import RunConfig, run_labeling
 
@@ -459,6 +472,8 @@ def _pipeline(config: BenchConfig, sam2: str, images_dir: Path, bank_path: Path,
 def run_bench(config: BenchConfig, work_dir: str | None = None) -> BenchReport:
     """Generate data, time every stage after warm-up, then the Ray pipeline; see the module doc."""
     config.validate()
+    if not config.no_ray:
+        _require_ray()
     device = resolve_device(config.device)
     sam2, dinov2 = default_models(device)
     sam2, dinov2 = config.sam2 or sam2, config.dinov2 or dinov2
@@ -477,7 +492,7 @@ def run_bench(config: BenchConfig, work_dir: str | None = None) -> BenchReport:
         out = str(Path(folder) / "bench-out")
         for batch in warmup:
             _time_batch(StageClock(device), batch, config, proposer, scorer, sizes, out)
-        flops = _count_flops(proposer, scorer, decode_batch(batches[0], **sizes), prompts_per_image(config))
+        work = _count_work(proposer, scorer, decode_batch(batches[0], **sizes), prompts_per_image(config))
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         clock = StageClock(device)
@@ -507,7 +522,8 @@ def run_bench(config: BenchConfig, work_dir: str | None = None) -> BenchReport:
     report = BenchReport(
         device=_device_name(device), versions=_versions(), settings=settings, images_timed=config.images,
         stages=stages, proposals_per_image=proposals / config.images, detections_per_image=detections / config.images,
-        peak_gpu_memory_mb=peak, flops_per_image=flops, host=host, pipeline=pipeline,
+        peak_gpu_memory_mb=peak, flops_per_image={name: w.flops for name, w in work.items()},
+        bytes_written_per_image={name: w.bytes_written for name, w in work.items()}, host=host, pipeline=pipeline,
     )
     if config.plan_images:
         report.plan = make_plan(config.plan_images, config.gpus, report.model_images_per_second)
