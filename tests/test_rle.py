@@ -72,3 +72,14 @@ def test_columnar_detections_make_the_same_table_as_dicts():
     ]
     assert tables[1].column("detections").to_pylist()[1] == []
     assert isinstance(packed.strings(), pa.StringArray)
+
+
+@pytest.mark.parametrize("masks", [
+    np.zeros((2, 3, 4), bool),  # one run each: no delta-coded values at all
+    np.ones((1, 3, 4), bool),  # a zero-length first run, then one run
+    np.array([[[0, 1], [0, 0]]], bool),  # three runs: one odd-chain value
+])
+def test_masks_with_few_runs(masks):
+    packed = pack_masks(torch.from_numpy(masks))
+    assert packed.strings().to_pylist() == reference_strings(masks)
+    assert torch.equal(unpack_masks(packed), torch.from_numpy(masks))

@@ -127,19 +127,19 @@ def unpack_counts(packed: PackedRle) -> tuple[np.ndarray, np.ndarray]:
     per_mask = np.diff(np.concatenate(([0], np.cumsum(last)[char_end - 1])))
     starts = np.concatenate(([0], np.cumsum(per_mask)[:-1]))
     index = np.arange(values.size) - np.repeat(starts, per_mask)
-    # Undo the delta coding: counts[i] = values[i] + counts[i - 2] for i > 2, i.e.
-    # a running sum along each mask's chain of odd positions and of even positions >= 2.
+    # Undo the delta coding: counts[i] = values[i] + counts[i - 2] for i > 2, i.e. a
+    # running sum along each mask's chain of odd positions and of even positions >= 2.
+    # Each chain's positions, picked in order, come mask by mask: a segmented cumsum.
     mask_of_value = np.repeat(np.arange(per_mask.size), per_mask)
-    chain = mask_of_value * 3 + np.where(index == 0, 0, 1 + index % 2)
-    order = np.argsort(chain, kind="stable")
-    ordered = values[order]
-    sums = np.cumsum(ordered)
-    chain_sorted = chain[order]
-    chain_start = np.concatenate(([True], chain_sorted[1:] != chain_sorted[:-1]))
-    start_of = np.maximum.accumulate(np.where(chain_start, np.arange(sums.size), 0))
-    sums -= (sums - ordered)[start_of]
-    counts = np.empty_like(values)
-    counts[order] = sums
+    counts = values.copy()
+    for chain in (index % 2 == 1, (index % 2 == 0) & (index > 0)):
+        positions = np.flatnonzero(chain)
+        chained = values[positions]
+        sums = np.cumsum(chained)
+        owner = mask_of_value[positions]
+        first = np.concatenate(([True], owner[1:] != owner[:-1]))
+        start_of = np.maximum.accumulate(np.where(first, np.arange(sums.size), 0))
+        counts[positions] = sums - (sums - chained)[start_of]
     return counts, per_mask
 
 
