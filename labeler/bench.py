@@ -18,33 +18,24 @@ the highest predicted IoUs (repeated if fewer) and SAM2-like masks from
 depend on what random weights happen to produce. The Ray run is
 ``labeler run`` itself and is not pinned.
 
-Host work: up to :data:`PROFILED_BATCHES` more batches run under
-``torch.profiler``, and each stage's time is split into time inside torch
-operators (the tensor work, which a GPU takes over, leaving a launch of a
-few microseconds per operator) and the rest (Python, numpy, PIL, Arrow:
-host CPU work whatever the device). On the CPU the rest also holds the
-release of large CPU tensors (tens of ms per 400 MB), which a GPU's caching
-allocator does not pay, so CPU figures are an upper bound.
+Host work: up to :data:`PROFILED_BATCHES` more batches run under the
+profiler, and each stage's time is split into time inside torch operators
+and the rest (:mod:`labeler.stage_timing`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import tempfile
-import time
-from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
-from torch.profiler import ProfilerActivity, profile, record_function
 
 from labeler.actors.decode import decode_batch
 from labeler.actors.dinov2_scorer import Dinov2Scorer, choose_detections, detections_from_choice
@@ -61,6 +52,7 @@ from labeler.method.scoring import DEFAULT_MAX_DETS, DEFAULT_NMS_THR
 from labeler.models.sam2_inference import Sam2Features
 from labeler.models.speedups import DTYPE_CHOICES
 from labeler.models.work_count import count_work
+from labeler.stage_timing import StageClock, host_split
 from labeler.synthetic import generate_dataset, proposal_logits
 
 #: Proposals per image pinned by default: with ``pred_iou_thr = 0.4`` nearly
@@ -69,8 +61,6 @@ from labeler.synthetic import generate_dataset, proposal_logits
 #: assumption for that figure, not a measurement with real weights.
 DEFAULT_PINNED_PROPOSALS = 800
 
-#: Name prefix of the profiler ranges that mark the stages.
-STAGE_RANGE = "labeler.bench:"
 #: Batches run again under the profiler for the host/torch split.
 PROFILED_BATCHES = 2
 
@@ -256,70 +246,6 @@ class BenchReport:
                          f"{plan.gpu_hours:,.1f} device-hours, {plan.wall_hours:,.1f} h wall on {plan.gpus}")
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
-
-
-class StageClock:
-    """Wall time per named stage, with the device synchronised at both ends."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.seconds: dict[str, float] = defaultdict(float)
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        """Time the block as stage ``name`` (also a profiler range, see :func:`host_split`)."""
-        self._sync()
-        started = time.perf_counter()
-        with record_function(STAGE_RANGE + name):
-            yield
-            self._sync()
-        self.seconds[name] += time.perf_counter() - started
-
-
-@dataclass
-class HostSplit:
-    """One stage's time split by the profiler, summed over the profiled images."""
-
-    wall_ms: float = 0.0
-    torch_ms: float = 0.0  # inside torch operators
-    operators: int = 0  # top-level torch operators called
-
-    @property
-    def host_ms(self) -> float:
-        """Time outside torch operators: Python, numpy, PIL, Arrow."""
-        return max(0.0, self.wall_ms - self.torch_ms)
-
-
-def _operator_time(event) -> tuple[float, int]:
-    """Microseconds in, and count of, the top-level torch operators under a profiler range."""
-    total, count = 0.0, 0
-    for child in event.cpu_children:
-        if child.is_user_annotation:
-            inner, inner_count = _operator_time(child)
-            total, count = total + inner, count + inner_count
-        else:
-            total, count = total + child.cpu_time_total, count + 1
-    return total, count
-
-
-def host_split(run: Callable[[], object]) -> dict[str, HostSplit]:
-    """Run ``run`` under the CPU profiler; split each :class:`StageClock` stage it times."""
-    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # the profiler's own start/stop chatter
-    with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        run()
-    splits: dict[str, HostSplit] = defaultdict(HostSplit)
-    for event in profiler.events():
-        if event.is_user_annotation and event.name.startswith(STAGE_RANGE):
-            split = splits[event.name[len(STAGE_RANGE):]]
-            inside, count = _operator_time(event)
-            split.wall_ms += event.cpu_time_total / 1000.0
-            split.torch_ms += inside / 1000.0
-            split.operators += count
-    return splits
 
 
 def pin_proposals(

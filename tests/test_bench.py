@@ -1,9 +1,8 @@
-"""labeler bench: pinned proposals, the host/torch split, plan arithmetic, and the command end to end."""
+"""labeler bench: pinned proposals, plan arithmetic, and the command end to end."""
 
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -12,8 +11,6 @@ from labeler.bench import (
     MODEL_STAGES,
     STAGE_TITLES,
     BenchConfig,
-    StageClock,
-    host_split,
     make_plan,
     parse_image_size,
     pin_proposals,
@@ -46,25 +43,6 @@ def test_synthetic_proposals_are_smooth_non_empty_and_deterministic(size):
     _, runs = run_lengths(masks)
     _, noise_runs = run_lengths(torch.rand(300, *size) > 0.5)
     assert runs.mean() < 4 * size[1] and runs.mean() < noise_runs.mean() / 8
-
-
-def test_host_split_separates_torch_operators_from_the_rest():
-    clock = StageClock(torch.device("cpu"))
-
-    def work():
-        with clock.stage("mixed"):
-            x = torch.ones(4)  # aten::ones
-            y = x + 1  # aten::add
-            time.sleep(0.05)
-            torch.mm(torch.rand(300, 300), torch.rand(300, 300))  # rand, rand, mm
-        with clock.stage("torch_only"):
-            y.sum()
-
-    splits = host_split(work)
-    assert splits["mixed"].operators == 5 and splits["torch_only"].operators == 1
-    assert splits["mixed"].host_ms >= 50 and splits["mixed"].torch_ms > 0
-    assert splits["mixed"].wall_ms == pytest.approx(splits["mixed"].host_ms + splits["mixed"].torch_ms)
-    assert splits["torch_only"].host_ms < 5
 
 
 def test_matched_prompts_pin_the_same_surviving_fraction():
