@@ -213,7 +213,7 @@ def proposal_logits(
 
     centre = torch.stack([uniform((regions,), 0, width), uniform((regions,), 0, height)], dim=1)
     radius = torch.exp(uniform((regions,), math.log(max(0.02 * side, 2.0)), math.log(0.35 * side)))
-    aspect, angle, phase = uniform((regions,), 0.5, 2.0), uniform((regions,), 0, math.pi), uniform((regions, 2), 0, 6.3)
+    aspect, angle, phase = uniform((regions,), 0.5, 2.0), uniform((regions,), 0, math.pi), uniform((regions, 2), 0, 2 * math.pi)
     ys = torch.arange(height, dtype=torch.float32)[:, None] + 0.5
     xs = torch.arange(width, dtype=torch.float32)[None, :] + 0.5
     dx, dy = xs - centre[:, 0, None, None], ys - centre[:, 1, None, None]
@@ -224,7 +224,7 @@ def proposal_logits(
     wobble = 1.0 + 0.12 * torch.sin(3 * theta + phase[:, 0, None, None]) + 0.06 * torch.sin(5 * theta + phase[:, 1, None, None])
     base = ((radius[:, None, None] * wobble - torch.sqrt(u * u + v * v)) * 2.0).clamp(-32.0, 32.0).to(device)
 
-    drawn = count + count // 4 + 8  # more than asked, so that dropping empty ones still leaves `count`
+    drawn = count + count // 4 + 8  # more than asked: dropping empty ones still leaves `count`, or cycles
     pick = torch.randint(regions, (drawn,), generator=generator)
     shift = torch.randn(drawn, 2, generator=generator) * 0.02 * side
     scale = (1.0 + 0.1 * torch.randn(drawn, generator=generator)).clamp(0.7, 1.3)
@@ -233,4 +233,5 @@ def proposal_logits(
     column = source_x.floor().long().clamp(0, width - 1).to(device)
     row = source_y.floor().long().clamp(0, height - 1).to(device)
     logits = base[pick.to(device)[:, None, None], row[:, :, None], column[:, None, :]]
-    return logits[(logits > 0).flatten(1).any(dim=1)][:count]
+    non_empty = logits[(logits > 0).flatten(1).any(dim=1)]
+    return non_empty[torch.arange(count, device=non_empty.device) % max(non_empty.shape[0], 1)]
