@@ -3,6 +3,7 @@ multi-node run on this machine that loses a worker node mid-run."""
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jsonschema
@@ -18,6 +19,7 @@ from labeler.synthetic import generate_dataset
 from .conftest import BackgroundRun
 
 REPO = Path(__file__).resolve().parents[1]
+STORE = 300 * 1024**2  # bytes of object store per node
 
 
 def _validated(config):
@@ -56,39 +58,44 @@ def test_jobs_entry_points_run_locally(tmp_path):
 
 
 @pytest.fixture
-def three_node_cluster():
-    """A head and two worker nodes on this machine, small object stores (300 MB)."""
+def two_node_cluster():
+    """A head and a worker node on this machine with room for the four model actors
+    and the tasks around them, small object stores (300 MB)."""
     import ray
     from ray.cluster_utils import Cluster
 
-    store = 300 * 1024**2
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": store})
-    workers = [cluster.add_node(num_cpus=2, object_store_memory=store) for _ in range(2)]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "object_store_memory": STORE})
+    cluster.add_node(num_cpus=3, object_store_memory=STORE)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
-    yield cluster, workers
+    yield cluster
     ray.shutdown()
     cluster.shutdown()
 
 
-def _worker_with_fewest_model_actors(workers):
-    """A worker node other than the driver's, preferring one without model actors.
-
-    Losing a node that hosts a model actor can leave Ray Data waiting for
-    that actor's lost outputs (seen once in several runs, docs/RELIABILITY.md);
-    this test covers losing a node that runs read, decode and write tasks.
-    """
-    import ray
+def _model_actors_alive() -> int:
     from ray._private.state import actors  # the GCS actor table; the dashboard is not running
 
-    driver_node = ray.get_runtime_context().get_node_id()
-    alive = [a for a in actors().values() if a["State"] == "ALIVE" and "MapWorker" in a["ActorClassName"]]
-    candidates = [w for w in workers if w.node_id != driver_node]
-    return min(candidates, key=lambda w: sum(a["Address"]["NodeID"] == w.node_id for a in alive))
+    return sum(a["State"] == "ALIVE" and "MapWorker" in a["ActorClassName"] for a in actors().values())
 
 
-def test_run_survives_losing_a_worker_node(tmp_path, three_node_cluster):
-    cluster, workers = three_node_cluster
+def _wait_until_busy(node, job: BackgroundRun, timeout: float = 300) -> None:
+    """Block until a task holds a CPU on ``node``; fail if the run ended first."""
+    from ray._private.state import available_resources_per_node, total_resources_per_node
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and job.thread.is_alive():
+        free = available_resources_per_node().get(node.node_id, {}).get("CPU")
+        if free is not None and free < total_resources_per_node()[node.node_id]["CPU"]:
+            return
+        time.sleep(0.05)
+    pytest.fail("no task ran on the added node before the run ended: give it more work")
+
+
+def test_run_survives_losing_a_worker_node(tmp_path, two_node_cluster):
+    """A node joins once the model actors are placed, takes read, decode and write
+    tasks, and is lost while one of them runs: the job finishes, each image once."""
+    cluster = two_node_cluster
     refs = generate_dataset(tmp_path / "refs", 4, seed=1)
     from labeler.build_bank import build_bank
 
@@ -100,7 +107,11 @@ def test_run_survives_losing_a_worker_node(tmp_path, three_node_cluster):
                        batch_size=2, rows_per_shard=4, sam2_actors=2, dinov2_actors=2)
     job = BackgroundRun(config)
     job.wait_for_first_shard()
-    cluster.remove_node(_worker_with_fewest_model_actors(workers), allow_graceful=False)
+    assert _model_actors_alive() == 4  # a fixed pool: none of them will be placed on the node added next
+    victim = cluster.add_node(num_cpus=2, object_store_memory=STORE)
+    cluster.wait_for_nodes()
+    _wait_until_busy(victim, job)
+    cluster.remove_node(victim, allow_graceful=False)
     summary = job.finish()
     ids = [i for shard in list_shards(str(out)) for i in pq.read_table(shard).column("image_id").to_pylist()]
     assert sorted(ids) == sorted(list_source(str(images)).table.column("image_id").to_pylist())
