@@ -118,13 +118,14 @@ def test_unreadable_file_is_an_error_row():
         secret = folder / "secret.jpg"
         secret.write_bytes(encoded(photo(), "JPEG"))
         secret.chmod(0o000)
-        script = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r}); "
-                  "from labeler.actors.decode import decode_one; "
-                  f"print(decode_one({str(secret)!r}, 64, 28, 1000).error)")
-        result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
-                                 script], capture_output=True, text=True)
-        if result.returncode and "Permission denied" in result.stderr and "python" in result.stderr.lower():
-            pytest.skip("the interpreter is not readable by another user here")
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c"]
+        path_setup = f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r}); "
+        importable = subprocess.run([*as_nobody, path_setup + "import labeler.actors.decode"], capture_output=True)
+        if importable.returncode:
+            pytest.skip("the interpreter or this checkout is not readable by user 'nobody' here")
+        script = path_setup + ("from labeler.actors.decode import decode_one; "
+                               f"print(decode_one({str(secret)!r}, 64, 28, 1000).error)")
+        result = subprocess.run([*as_nobody, script], capture_output=True, text=True)
         assert result.stdout.strip() == "read failed: permission denied", result.stderr[-1000:]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
