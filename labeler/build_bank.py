@@ -8,6 +8,7 @@ instance prototypes, and their normalised means as class prototypes.
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,12 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from labeler.bank import PrototypeBank
+from labeler.bank import MAX_CONTEXT_RATIO, PrototypeBank
 from labeler.devices import resolve_device
 from labeler.errors import LabelerError
 from labeler.io import storage
 from labeler.io.coco import CocoAnnotation, CocoDataset, CocoImage, read_coco
-from labeler.io.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, resize_square
+from labeler.io.images import DEFAULT_MAX_PIXELS, ImageDecodeError, read_image, resize_square
 from labeler.io.masks import box_to_mask, segmentation_to_mask
 from labeler.method.crops import DEFAULT_CONTEXT_RATIO, context_crop_box, crop_reference
 from labeler.method.prototypes import EmptyWeightsError, class_prototypes, instance_prototypes
@@ -85,9 +86,11 @@ def _image_hw(dataset: CocoDataset, image: CocoImage) -> tuple[int, int]:
 def _read_reference_image(dataset: CocoDataset, image: CocoImage, images_root: str, max_pixels: int) -> np.ndarray:
     uri = storage.join_under(images_root, image.file_name, what=f"{dataset.source}: image {image.id}")
     try:
-        pixels = decode_image(storage.read_bytes(uri), max_pixels=max_pixels)
+        pixels = read_image(uri, max_pixels=max_pixels)
     except ImageDecodeError as error:
         raise LabelerError(f"{uri}: {error}") from None
+    except (*storage.PERMANENT_ERRORS, storage.ReadRefusedError) as error:
+        raise LabelerError(f"{uri}: {storage.describe_read_error(error)}") from None
     height, width = pixels.shape[:2]
     if (image.width, image.height) not in {(None, None), (width, height)}:
         raise LabelerError(
@@ -218,8 +221,10 @@ def build_bank(
     Raises:
         LabelerError: any problem with the inputs, naming the file and item.
     """
-    if context_ratio < 0:
-        raise LabelerError(f"--context-ratio must be non-negative, got {context_ratio}")
+    if not (math.isfinite(context_ratio) and 0 <= context_ratio <= MAX_CONTEXT_RATIO):
+        raise LabelerError(f"--context-ratio must be in [0, {MAX_CONTEXT_RATIO:g}], got {context_ratio}")
+    if batch_size < 1:
+        raise LabelerError(f"--batch-size must be at least 1, got {batch_size}")
     dataset = read_coco(refs)
     if not dataset.categories:
         raise LabelerError(f"{refs}: no categories")

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 from labeler.errors import LabelerError  # noqa: E402
 from labeler.io import storage  # noqa: E402
 from labeler.io.coco import Category  # noqa: E402
-from labeler.io.images import decode_image  # noqa: E402
+from labeler.io.images import read_image  # noqa: E402
 from labeler.io.labels import STATUS_OK  # noqa: E402
 from labeler.io.masks import segmentation_to_mask  # noqa: E402
 from labeler.io.rle import decode_masks  # noqa: E402
@@ -133,6 +133,8 @@ def visualize(pred: str, out_dir: str, *, n: int = 32, min_score: float = 0.5, g
     """
     if n < 1:
         raise LabelerError("--n must be at least 1")
+    if not 0.0 <= min_score <= 1.0:
+        raise LabelerError("--min-score must be in [0, 1]")
     categories = run_categories(pred)
     names = {c.id: c.name for c in categories}
     colours = category_colours(categories)
@@ -163,7 +165,7 @@ def visualize(pred: str, out_dir: str, *, n: int = 32, min_score: float = 0.5, g
     for row in iter_label_rows(pred):
         if row["image_id"] not in chosen:
             continue
-        pixels = decode_image(storage.read_bytes(row["uri"]))
+        pixels = read_image(row["uri"])
         overlays = _prediction_overlays(row, names, min_score)
         picture = _titled(draw_overlays(pixels, overlays, colours), f"prediction (score >= {min_score})")
         if gt_annotations is not None:

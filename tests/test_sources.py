@@ -65,3 +65,16 @@ def test_missing_source(tmp_path):
         list_source(str(tmp_path / "nope"))
     with pytest.raises(LabelerError, match="--image-root applies to COCO JSON sources only"):
         list_source(str(tmp_path), image_root="x")
+
+
+def test_relative_roots_and_list_entries_become_absolute(tmp_path, monkeypatch):
+    """Stored URIs must name the image wherever the labels are read from (issue 12, defect 11)."""
+    (tmp_path / "data" / "imgs").mkdir(parents=True)
+    (tmp_path / "data" / "imgs" / "a.jpg").write_bytes(b"1")
+    (tmp_path / "data" / "list.txt").write_text("imgs/a.jpg\n../elsewhere/b.png\ns3://bucket/c.jpg\n")
+    write_json(tmp_path / "data" / "gt.json", {"images": [{"id": 3, "file_name": "a.jpg"}], "categories": []})
+    monkeypatch.chdir(tmp_path)
+    assert list(rows(list_source("data/imgs"))) == [str(tmp_path / "data" / "imgs" / "a.jpg")]
+    assert list(rows(list_source("data/gt.json", image_root="data/imgs"))) == [str(tmp_path / "data/imgs/a.jpg")]
+    assert list(rows(list_source("data/list.txt"))) == [  # relative to the list, as COCO file_names are
+        str(tmp_path / "data" / "imgs" / "a.jpg"), str(tmp_path / "elsewhere" / "b.png"), "s3://bucket/c.jpg"]

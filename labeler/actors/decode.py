@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from labeler.io import storage
-from labeler.io.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, resize_square
+from labeler.io.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError, read_image, resize_square
 from labeler.io.labels import STATUS_ERROR, STATUS_OK
+from labeler.io.timed_map import map_with_deadline
 
 IO_THREADS = 8
+#: Seconds one image may take to be read and decoded (retries included) before it is an error row.
+DEFAULT_READ_TIMEOUT = 300.0
 
 
 @dataclass
@@ -24,25 +26,31 @@ class DecodedImage:
     dino_pixels: np.ndarray
 
 
-def decode_one(uri: str, sam2_size: int, dino_size: int, max_pixels: int) -> DecodedImage:
-    """Read and decode one image; any failure becomes an error result, never an exception."""
+def _error(reason: str, sam2_size: int, dino_size: int) -> DecodedImage:
     blank_sam2 = np.zeros((sam2_size, sam2_size, 3), dtype=np.uint8)
     blank_dino = np.zeros((dino_size, dino_size, 3), dtype=np.uint8)
+    return DecodedImage(STATUS_ERROR, reason, 0, 0, blank_sam2, blank_dino)
+
+
+def decode_one(
+    uri: str, sam2_size: int, dino_size: int, max_pixels: int, max_bytes: int = DEFAULT_MAX_BYTES
+) -> DecodedImage:
+    """Read and decode one image; any failure becomes an error result, never an exception."""
     try:
-        data = storage.read_bytes_retrying(uri)
-    except Exception as error:  # noqa: BLE001 - every failure is this image's error row
-        reason = f"read failed: {storage.describe_read_error(error)}"
-        return DecodedImage(STATUS_ERROR, reason, 0, 0, blank_sam2, blank_dino)
-    try:
-        pixels = decode_image(data, max_pixels=max_pixels)
+        pixels = read_image(uri, max_pixels=max_pixels, max_bytes=max_bytes)
     except ImageDecodeError as error:
-        return DecodedImage(STATUS_ERROR, f"decode failed: {error}", 0, 0, blank_sam2, blank_dino)
-    height, width = pixels.shape[:2]
-    return DecodedImage(
-        STATUS_OK, None, width, height,
-        resize_square(pixels, sam2_size, "bilinear"),
-        resize_square(pixels, dino_size, "bicubic"),
-    )
+        return _error(f"decode failed: {error}", sam2_size, dino_size)
+    except Exception as error:  # noqa: BLE001 - every failure is this image's error row
+        return _error(f"read failed: {storage.describe_read_error(error)}", sam2_size, dino_size)
+    try:
+        height, width = pixels.shape[:2]
+        return DecodedImage(
+            STATUS_OK, None, width, height,
+            resize_square(pixels, sam2_size, "bilinear"),
+            resize_square(pixels, dino_size, "bicubic"),
+        )
+    except Exception as error:  # noqa: BLE001 - out of memory on a huge image, ...
+        return _error(f"decode failed: resizing: {type(error).__name__}: {error}", sam2_size, dino_size)
 
 
 def decode_batch(
@@ -51,19 +59,27 @@ def decode_batch(
     sam2_size: int,
     dino_size: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
     storage_options: dict | None = None,
 ) -> dict[str, np.ndarray]:
     """Ray Data ``map_batches`` function: ``image_id, uri`` -> decoded columns.
 
     Adds ``width``, ``height``, ``status``, ``error``, ``sam2_pixels``
     (``[B, S, S, 3]`` uint8, bilinear) and ``dino_pixels`` (``[B, G, G, 3]``
-    uint8, bicubic). Reads run on a few threads to overlap storage latency;
-    ``storage_options`` are applied in this worker first (:func:`storage.configure`).
+    uint8, bicubic). Reads run on a few threads to overlap storage latency,
+    each image within ``read_timeout`` seconds; ``storage_options`` are
+    applied in this worker first (:func:`storage.configure`).
     """
     storage.configure(storage_options)
     uris = [str(u) for u in batch["uri"]]
-    with ThreadPoolExecutor(max_workers=min(IO_THREADS, max(1, len(uris)))) as pool:
-        results = list(pool.map(lambda u: decode_one(u, sam2_size, dino_size, max_pixels), uris))
+    results = map_with_deadline(
+        lambda uri: decode_one(uri, sam2_size, dino_size, max_pixels, max_bytes),
+        uris,
+        threads=IO_THREADS,
+        timeout=read_timeout,
+        on_timeout=lambda uri: _error(f"read failed: timed out after {read_timeout:g} s", sam2_size, dino_size),
+    )
     return {
         "image_id": np.asarray(batch["image_id"], dtype=np.int64),
         "uri": np.asarray(uris, dtype=object),

@@ -5,6 +5,11 @@ Folder and list sources get ids derived from the image's path (relative to
 the folder) or URI: stable across reruns, and unchanged when other images
 are added. COCO sources keep their own ids, so outputs can be evaluated
 against them.
+
+Local paths are made absolute when listed, so the labels name each image
+wherever they are read from: a folder or ``--image-root`` relative to the
+working folder, a relative line of a ``.txt`` list or a COCO ``file_name``
+relative to the file that holds it.
 """
 
 from __future__ import annotations
@@ -21,10 +26,10 @@ import pyarrow as pa
 from labeler.errors import LabelerError
 from labeler.io import storage
 from labeler.io.coco import read_coco
+from labeler.io.images import image_extensions
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 ID_BITS = 53  # ids stay exact in JSON readers that use doubles
 
 
@@ -52,7 +57,12 @@ def _with_protocol(fs: Any, path: str, source: str) -> str:
 
 
 def _is_image_name(name: str) -> bool:
-    return posixpath.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    return posixpath.splitext(name)[1].lower() in image_extensions()
+
+
+def absolute(uri: str) -> str:
+    """A local path made absolute (``file://`` dropped); other URIs as they are."""
+    return os.path.abspath(uri.removeprefix("file://")) if storage.is_local(uri) else uri
 
 
 def _local_image_paths(root: str) -> list[str]:
@@ -69,6 +79,7 @@ def _local_image_paths(root: str) -> list[str]:
 
 
 def _folder(source: str) -> SourceListing:
+    source = absolute(source)
     fs, root = storage.filesystem(source)
     if not fs.isdir(root):
         raise LabelerError(f"{source}: not a folder, prefix, .txt list or COCO .json")
@@ -85,12 +96,15 @@ def _folder(source: str) -> SourceListing:
 
 def _uri_list(source: str) -> SourceListing:
     text = storage.read_bytes(source).decode("utf-8", errors="replace")
+    folder = posixpath.dirname(source) if not storage.is_local(source) else os.path.dirname(absolute(source))
     uris: list[str] = []
     seen: set[str] = set()
     for line in text.splitlines():
         uri = line.strip()
         if not uri or uri.startswith("#"):
             continue
+        if "://" not in uri and not os.path.isabs(uri):
+            uri = f"{folder}/{uri}" if not storage.is_local(source) else os.path.normpath(os.path.join(folder, uri))
         if uri in seen:
             log.warning("%s: %s is listed more than once; labelled once", source, uri)
             continue
@@ -101,7 +115,9 @@ def _uri_list(source: str) -> SourceListing:
 
 def _coco(source: str, image_root: str | None) -> SourceListing:
     dataset = read_coco(source)
-    root = image_root or (posixpath.dirname(source) if "://" in source else os.path.dirname(os.path.abspath(source)))
+    root = absolute(image_root) if image_root else (
+        posixpath.dirname(source) if not storage.is_local(source) else os.path.dirname(absolute(source))
+    )
     ids, uris = [], []
     for image in sorted(dataset.images.values(), key=lambda i: i.id):
         ids.append(image.id)

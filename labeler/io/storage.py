@@ -11,14 +11,16 @@ every Ray worker. They are fsspec's own per-protocol defaults
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
 import re
-import shutil
+import stat
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -71,6 +73,10 @@ def exists(uri: str) -> bool:
     return fs.exists(path)
 
 
+class ReadRefusedError(Exception):
+    """A file labeler will not read: not a regular file, too large, or failing a header check."""
+
+
 #: Errors a retry cannot fix, and how they read in one line.
 PERMANENT_ERRORS = {
     FileNotFoundError: "no such file",
@@ -80,34 +86,81 @@ PERMANENT_ERRORS = {
 }
 
 
-def describe_read_error(error: Exception) -> str:
+def describe_read_error(error: BaseException) -> str:
     """A one-line reason for a failed read."""
+    if isinstance(error, ReadRefusedError):
+        return str(error)
     return PERMANENT_ERRORS.get(type(error)) or f"{type(error).__name__}: {error}"
 
 
-def read_bytes(uri: str) -> bytes:
-    """Read a whole file (transient errors retried); a permanent failure is a
+def _unreachable_errors() -> tuple[type[BaseException], ...]:
+    """Errors of a store that cannot be reached at all; its client has retried them already."""
+    try:
+        from botocore.exceptions import EndpointConnectionError, NoCredentialsError
+    except ImportError:
+        return ()
+    return EndpointConnectionError, NoCredentialsError
+
+
+def storage_errors() -> tuple[type[BaseException], ...]:
+    """What storage clients raise for failures of the storage itself (not bugs):
+    OS errors and the object-store clients' own error types."""
+    errors: list[type[BaseException]] = [OSError]
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        errors += [BotoCoreError, ClientError]
+    except ImportError:
+        pass
+    try:
+        from aiohttp import ClientError as HttpClientError
+
+        errors.append(HttpClientError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def describe_storage_error(error: BaseException) -> str:
+    """A one-line description of a storage failure."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+#: Size limit of the files read whole besides images (datasets, banks, checkpoints).
+MAX_FILE_BYTES = 1 << 36
+
+
+def read_bytes(uri: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """Read a whole regular file (transient errors retried); a permanent failure is a
     :class:`LabelerError` naming the file."""
     try:
-        return read_bytes_retrying(uri)
-    except tuple(PERMANENT_ERRORS) as error:
+        return read_bytes_retrying(uri, max_bytes=max_bytes)
+    except (*PERMANENT_ERRORS, ReadRefusedError) as error:
         raise LabelerError(f"{uri}: {describe_read_error(error)}") from None
 
 
-def read_bytes_retrying(uri: str, attempts: int = 5, first_delay: float = 0.2) -> bytes:
+def read_bytes_retrying(
+    uri: str,
+    attempts: int = 5,
+    first_delay: float = 0.2,
+    *,
+    max_bytes: int = MAX_FILE_BYTES,
+    check_header: Callable[[bytes], None] | None = None,
+) -> bytes:
     """Read a whole file, retrying transient failures (5xx, throttling, timeouts,
     dropped connections) with exponential backoff; permanent ones raise at once.
 
-    This sits on top of botocore's own retries for ``s3://``, for errors that
-    outlast them. Local files are read once: their errors do not pass.
+    The read is bounded (:func:`read_bounded`). This sits on top of botocore's
+    own retries for ``s3://``, for errors that outlast them.
+    Local files are read once: their errors do not pass.
     """
     attempts = 1 if is_local(uri) else attempts
     for attempt in range(attempts):
         try:
-            fs, path = filesystem(uri)
-            with fs.open(path, "rb") as handle:
-                return handle.read()
-        except tuple(PERMANENT_ERRORS):
+            return read_bounded(uri, max_bytes, check_header)
+        except (*PERMANENT_ERRORS, ReadRefusedError, *_unreachable_errors()):
             raise
         except Exception:  # noqa: BLE001 - anything else may be transient
             if attempt == attempts - 1:
@@ -116,23 +169,102 @@ def read_bytes_retrying(uri: str, attempts: int = 5, first_delay: float = 0.2) -
     raise AssertionError("unreachable")
 
 
-def write_bytes_atomic(uri: str, data: bytes) -> None:
-    """Write ``data`` to ``uri`` so that readers never see a half-written file.
+#: Bytes read first, for a header check, before the rest of a file.
+HEADER_BYTES = 64
 
-    Locally the bytes go to a temporary sibling that is renamed into place;
-    object stores publish an object only when its upload completes.
+
+def read_bounded(uri: str, max_bytes: int, check_header: Callable[[bytes], None] | None = None) -> bytes:
+    """Read a regular file of at most ``max_bytes``, checking its header before the rest.
+
+    A local path is opened without blocking and checked on the open handle, so
+    a FIFO, socket or device named like an image is refused instead of read
+    (a FIFO would block forever); a size above ``max_bytes`` is refused before
+    any byte is read (on object stores from the listed size), and a file that
+    grows while it is read is refused too. ``check_header`` gets the first
+    :data:`HEADER_BYTES` and raises to refuse the file before the rest is read.
+
+    Raises:
+        ReadRefusedError: not a regular file, or too large.
+        FileNotFoundError, PermissionError, IsADirectoryError: as the store reports them.
+    """
+    if is_local(uri):
+        path = uri.removeprefix("file://")
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            status = os.fstat(descriptor)
+            if stat.S_ISDIR(status.st_mode):
+                raise IsADirectoryError(path)
+            if not stat.S_ISREG(status.st_mode):
+                raise ReadRefusedError("not a regular file (a FIFO, socket or device)")
+            os.set_blocking(descriptor, True)
+            handle = os.fdopen(descriptor, "rb")
+        except BaseException:
+            os.close(descriptor)
+            raise
+        size = status.st_size
+    else:
+        fs, path = filesystem(uri)
+        info = fs.info(path)
+        if info.get("type") == "directory":
+            raise IsADirectoryError(path)
+        size = int(info["size"]) if info.get("size") is not None else None
+        handle = fs.open(path, "rb")
+    with handle:
+        if size is not None:
+            _check_size(size, max_bytes)
+        if check_header is not None:
+            check_header(handle.read(HEADER_BYTES))
+            handle.seek(0)
+        data = handle.read(size + 1) if size is not None else _read_up_to(handle, max_bytes + 1)
+    _check_size(len(data), max_bytes)
+    if size is not None and len(data) > size:
+        raise ReadRefusedError("the file grew while it was read")
+    return data
+
+
+def _check_size(size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise ReadRefusedError(f"{size} bytes is more than the read limit of {max_bytes} bytes")
+
+
+def _read_up_to(handle: Any, limit: int, chunk: int = 1 << 24) -> bytes:
+    """Read until the end or ``limit`` bytes, without allocating ``limit`` up front."""
+    parts, total = [], 0
+    while total < limit:
+        part = handle.read(min(chunk, limit - total))
+        if not part:
+            break
+        parts.append(part)
+        total += len(part)
+    return b"".join(parts)
+
+
+@contextlib.contextmanager
+def open_atomic(uri: str) -> Iterator[BinaryIO]:
+    """A binary handle whose content appears at ``uri`` whole, when the block exits
+    without an exception, and not at all otherwise.
+
+    Locally the bytes go to a temporary sibling ``<name>.tmp-<hex>``, synced and
+    renamed into place (a kill leaves only the temporary, which the next run
+    deletes); object stores publish an object only when its upload completes,
+    and a failed upload is discarded.
     """
     fs, path = filesystem(uri)
-    parent = posixpath.dirname(path) if not is_local(uri) else os.path.dirname(path)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
     if not is_local(uri):
-        fs.pipe_file(path, data)
+        handle = fs.open(path, "wb")
+        try:
+            yield handle
+        except BaseException:
+            handle.discard()
+            raise
+        handle.close()
         return
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     try:
         with open(tmp, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -141,20 +273,45 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
             os.remove(tmp)
 
 
-def put_file_atomic(local_path: str, uri: str) -> None:
-    """Publish a local file at ``uri`` so that readers never see it half-written."""
-    fs, path = filesystem(uri)
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    """Write ``data`` to ``uri`` so that readers never see a half-written file (:func:`open_atomic`)."""
     if not is_local(uri):
-        fs.put_file(local_path, path)
+        fs, path = filesystem(uri)
+        fs.pipe_file(path, data)  # one PUT: published whole or not at all
         return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    staged = f"{path}.tmp-{uuid.uuid4().hex}"
-    try:
-        shutil.copyfile(local_path, staged)
-        os.replace(staged, path)
-    finally:
-        if os.path.exists(staged):
-            os.remove(staged)
+    with open_atomic(uri) as handle:
+        handle.write(data)
+
+
+def _check_writable(path: str, option: str, uri: str) -> None:
+    """``path`` exists as a writable folder or could be created as one."""
+    ancestor = os.path.abspath(path)
+    while not os.path.lexists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise LabelerError(f"{option} {uri}: {ancestor} is a file, not a folder")
+    if os.statvfs(ancestor).f_flag & os.ST_RDONLY:
+        raise LabelerError(f"{option} {uri}: {ancestor} is on a Read-only file system")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise LabelerError(f"{option} {uri}: no permission to write in {ancestor}")
+
+
+def check_output_folder(uri: str, option: str = "--out") -> None:
+    """Refuse, before any work, an output folder that is an existing file or cannot be created."""
+    fs, path = filesystem(uri)
+    if fs.isfile(path):
+        raise LabelerError(f"{option} {uri} is a file; pass a folder")
+    if is_local(uri):
+        _check_writable(path, option, uri)
+
+
+def check_output_file(uri: str, option: str = "--out") -> None:
+    """Refuse, before any work, an output file that is an existing folder or whose folder cannot be made."""
+    fs, path = filesystem(uri)
+    if fs.isdir(path):
+        raise LabelerError(f"{option} {uri} is a folder; pass a file name")
+    if is_local(uri):
+        _check_writable(os.path.dirname(os.path.abspath(path)), option, uri)
 
 
 def join_under(root: str, relative: str, *, what: str) -> str:
