@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -84,6 +83,7 @@ def write_coco(
     target: str | None = None,
     min_score: float = 0.0,
     with_scores: bool = True,
+    out_id: str | None = None,
 ) -> LabelCounts:
     """Write a COCO file (``OUT/coco.json`` by default) from the shards, one
     shard in memory at a time.
@@ -91,20 +91,22 @@ def write_coco(
     Images with status ``ok`` are listed (``file_name`` is the image URI);
     error images are only in the Parquet shards and ``run.json`` counts.
     Detections scoring below ``min_score`` are left out; ``with_scores=False``
-    writes a training set rather than results. The file is staged locally and
-    published atomically.
+    writes a training set rather than results. ``out_id`` marks the file as the
+    run folder's own (labeler may replace it). The file is streamed and
+    published atomically (:func:`storage.open_atomic`).
     """
     counts = LabelCounts()
-    with tempfile.TemporaryDirectory(prefix="labeler-coco-") as folder:
-        local = os.path.join(folder, "coco.json")
-        with open(local, "w") as handle:
-            description = "labeler predictions" if with_scores else f"labeler labels, score >= {min_score}"
-            handle.write(json.dumps({"description": description}).join(['{"info": ', ',\n"categories": ']))
-            handle.write(json.dumps([{"id": c.id, "name": c.name} for c in categories]))
-            handle.write(',\n"images": ')
-            _write_array(handle, _image_entries(out, counts))
-            handle.write(',\n"annotations": ')
-            _write_array(handle, _annotation_entries(out, counts, min_score, with_scores))
-            handle.write("}\n")
-        storage.put_file_atomic(local, target or out.rstrip("/") + "/coco.json")
+    info = {"description": "labeler predictions" if with_scores else f"labeler labels, score >= {min_score}"}
+    if out_id:
+        info["labeler_out"] = out_id
+    with storage.open_atomic(target or out.rstrip("/") + "/coco.json") as binary:
+        handle = io.TextIOWrapper(binary, encoding="utf-8")
+        handle.write(json.dumps(info).join(['{"info": ', ',\n"categories": ']))
+        handle.write(json.dumps([{"id": c.id, "name": c.name} for c in categories], ensure_ascii=False))
+        handle.write(',\n"images": ')
+        _write_array(handle, _image_entries(out, counts))
+        handle.write(',\n"annotations": ')
+        _write_array(handle, _annotation_entries(out, counts, min_score, with_scores))
+        handle.write("}\n")
+        handle.detach()  # flushes; the atomic writer closes the file
     return counts
