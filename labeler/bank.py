@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+import math
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
+from safetensors import SafetensorError
+from safetensors.torch import load, save
 
 from labeler import __version__
 from labeler.errors import BankError
@@ -32,6 +32,12 @@ from labeler.io.coco import Category
 
 FORMAT_MARKER = "labeler-prototype-bank"
 FORMAT_VERSION = 1
+#: Encoder input sides a bank may record (DINOv2 patches are 14 px; 518 is the default).
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 14, 2048
+MAX_CONTEXT_RATIO = 10.0
+INT64_RANGE = range(-(1 << 63), 1 << 63)
+#: A safetensors header larger than this is not a bank's.
+MAX_HEADER_BYTES = 100 << 20
 
 
 @dataclass
@@ -85,19 +91,32 @@ class PrototypeBank:
         """``[C, C]`` cosine similarity between class prototypes."""
         return self.class_prototypes @ self.class_prototypes.T
 
-    def validate(self, where: str = "bank") -> None:
-        """Check shapes, dtypes and cross-references; raise :class:`BankError`."""
+    def validate(self) -> None:
+        """Check shapes, ranges and cross-references; raise :class:`BankError` saying what is wrong."""
         classes, instances = self.class_prototypes, self.instance_prototypes
         if classes.dim() != 2 or instances.dim() != 2 or classes.shape[1] != instances.shape[1]:
-            raise BankError(f"{where}: prototype shapes {tuple(classes.shape)} and {tuple(instances.shape)} disagree")
+            raise BankError(f"prototype shapes {tuple(classes.shape)} and {tuple(instances.shape)} disagree")
         if classes.shape[0] != len(self.categories) or classes.shape[0] == 0:
-            raise BankError(f"{where}: {classes.shape[0]} class prototypes for {len(self.categories)} categories")
+            raise BankError(f"{classes.shape[0]} class prototypes for {len(self.categories)} categories")
         if self.instance_class.shape != (instances.shape[0],) or len(self.annotation_ids) != instances.shape[0]:
-            raise BankError(f"{where}: instance rows, classes and annotation ids disagree in number")
+            raise BankError("instance rows, classes and annotation ids disagree in number")
         if instances.shape[0] and (self.instance_class.min() < 0 or self.instance_class.max() >= classes.shape[0]):
-            raise BankError(f"{where}: instance class index out of range")
+            raise BankError("instance class index out of range")
         if not torch.isfinite(classes).all() or not torch.isfinite(instances).all():
-            raise BankError(f"{where}: prototypes hold NaN or infinite values")
+            raise BankError("prototypes hold NaN or infinite values")
+        ids = [category.id for category in self.categories]
+        if any(isinstance(i, bool) or not isinstance(i, int) or i not in INT64_RANGE for i in ids):
+            raise BankError(f"category ids must be 64-bit integers, got {ids[:5]}")
+        if len(set(ids)) != len(ids):
+            raise BankError("duplicate category ids")
+        if any(isinstance(a, bool) or not isinstance(a, int) or a not in INT64_RANGE for a in self.annotation_ids):
+            raise BankError("annotation ids must be 64-bit integers")
+        if not (isinstance(self.input_size, int) and MIN_INPUT_SIZE <= self.input_size <= MAX_INPUT_SIZE):
+            raise BankError(f"input_size {self.input_size!r} is not in [{MIN_INPUT_SIZE}, {MAX_INPUT_SIZE}]")
+        if not (math.isfinite(self.context_ratio) and 0.0 <= self.context_ratio <= MAX_CONTEXT_RATIO):
+            raise BankError(f"context_ratio {self.context_ratio!r} is not in [0, {MAX_CONTEXT_RATIO:g}]")
+        if not self.encoder:
+            raise BankError("no encoder spec")
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         return {
@@ -142,54 +161,103 @@ class PrototypeBank:
         storage.write_bytes_atomic(uri, self.to_bytes())
 
 
-def load_bank(uri: str) -> PrototypeBank:
-    """Load and validate a bank from a path or fsspec URI.
+def _safetensors_metadata(data: bytes, where: str) -> dict[str, str]:
+    """The ``__metadata__`` of safetensors bytes: an 8-byte little-endian header
+    length, then that many bytes of JSON (the format's specification)."""
+    if len(data) < 8:
+        raise BankError(f"{where}: not a readable safetensors file (only {len(data)} bytes)")
+    (length,) = struct.unpack("<Q", data[:8])
+    if length > min(MAX_HEADER_BYTES, len(data) - 8):
+        raise BankError(f"{where}: not a readable safetensors file (header of {length} bytes)")
+    try:
+        header = json.loads(data[8 : 8 + length])
+    except (UnicodeDecodeError, ValueError):
+        raise BankError(f"{where}: not a readable safetensors file (header is not JSON)") from None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def bank_from_bytes(data: bytes, where: str = "bank") -> PrototypeBank:
+    """Parse and validate bank file bytes; ``where`` names them in errors.
 
     Raises:
         BankError: not a safetensors file, not a bank, truncated or corrupt
-            (content hash mismatch), or written by a newer format version.
+            (content hash mismatch), metadata out of range, or written by a
+            newer format version.
     """
-    data = storage.read_bytes(uri)
-    with tempfile.TemporaryDirectory(prefix="labeler-bank-") as folder:
-        local = os.path.join(folder, "bank.safetensors")
-        with open(local, "wb") as handle:
-            handle.write(data)
-        try:
-            with safe_open(local, framework="pt") as reader:
-                metadata = reader.metadata() or {}
-                names = set(reader.keys())
-                tensors = {name: reader.get_tensor(name) for name in names}
-        except (SafetensorError, OSError, ValueError) as error:
-            raise BankError(f"{uri}: not a readable safetensors file ({error})") from None
+    metadata = _safetensors_metadata(data, where)
+    try:
+        tensors = load(data)
+    except (SafetensorError, ValueError, RuntimeError) as error:
+        raise BankError(f"{where}: not a readable safetensors file ({error})") from None
+    names = set(tensors)
     if metadata.get("format") != FORMAT_MARKER:
-        raise BankError(f"{uri}: a safetensors file, but not a labeler prototype bank")
+        raise BankError(f"{where}: a safetensors file, but not a labeler prototype bank")
     try:
         version = int(metadata.get("format_version", ""))
     except ValueError:
-        raise BankError(f"{uri}: bad format_version {metadata.get('format_version')!r}") from None
+        raise BankError(f"{where}: bad format_version {metadata.get('format_version')!r}") from None
     if version > FORMAT_VERSION:
-        raise BankError(f"{uri}: bank format {version} is newer than this labeler reads ({FORMAT_VERSION}); upgrade labeler")
+        raise BankError(f"{where}: bank format {version} is newer than this labeler reads ({FORMAT_VERSION}); upgrade labeler")
     required = {"class_prototypes", "instance_prototypes", "instance_class"}
     if not required <= names:
-        raise BankError(f"{uri}: missing tensors {sorted(required - names)}")
+        raise BankError(f"{where}: missing tensors {sorted(required - names)}")
     try:
         description = json.loads(metadata["bank"])
         bank = PrototypeBank(
             class_prototypes=tensors["class_prototypes"],
             instance_prototypes=tensors["instance_prototypes"],
             instance_class=tensors["instance_class"],
-            categories=[Category(id=int(c["id"]), name=str(c["name"])) for c in description["categories"]],
+            categories=[Category(id=_integer(c["id"]), name=str(c["name"])) for c in description["categories"]],
             encoder=str(description["encoder"]),
-            input_size=int(description["input_size"]),
+            input_size=_integer(description["input_size"]),
             context_ratio=float(description["context_ratio"]),
-            annotation_ids=[int(a) for a in description["annotation_ids"]],
+            annotation_ids=[_integer(a) for a in description["annotation_ids"]],
             sampling=description.get("sampling"),
             labeler_version=str(description["labeler_version"]),
         )
     except BankError as error:
-        raise BankError(f"{uri}: {error}") from None
+        raise BankError(f"{where}: {error}") from None
     except (KeyError, TypeError, ValueError) as error:
-        raise BankError(f"{uri}: malformed bank metadata ({type(error).__name__}: {error})") from None
+        raise BankError(f"{where}: malformed bank metadata ({type(error).__name__}: {error})") from None
     if bank.content_hash != description.get("content_hash"):
-        raise BankError(f"{uri}: content hash mismatch: the file is corrupt or was edited")
+        raise BankError(f"{where}: content hash mismatch: the file is corrupt or was edited")
     return bank
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r:.40}")
+    return value
+
+
+def load_bank(uri: str) -> PrototypeBank:
+    """Load and validate a bank from a path or fsspec URI (:func:`bank_from_bytes`)."""
+    return bank_from_bytes(storage.read_bytes(uri), uri)
+
+
+@dataclass(frozen=True)
+class BankFile:
+    """A bank file's bytes and the content hash checked when it was read.
+
+    This is what model actors get: the very bytes the run validated, never a
+    path to read again, so a bank rebuilt in place during a run cannot reach
+    them (and workers need no access to the bank's path).
+    """
+
+    data: bytes = field(repr=False)
+    content_hash: str
+    source: str
+
+    @classmethod
+    def read(cls, uri: str) -> BankFile:
+        """Read and validate the bank at ``uri`` (:func:`bank_from_bytes`)."""
+        data = storage.read_bytes(uri)
+        return cls(data, bank_from_bytes(data, uri).content_hash, uri)
+
+    def load(self) -> PrototypeBank:
+        """The bank; it must still be the one whose hash was checked."""
+        bank = bank_from_bytes(self.data, self.source)
+        if bank.content_hash != self.content_hash:
+            raise BankError(f"{self.source}: content hash {bank.content_hash[:12]} is not the checked {self.content_hash[:12]}")
+        return bank

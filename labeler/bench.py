@@ -40,6 +40,7 @@ import torch
 from labeler.actors.decode import decode_batch
 from labeler.actors.dinov2_scorer import Dinov2Scorer, choose_detections, detections_from_choice
 from labeler.actors.sam2_proposer import Sam2Proposer, payload_from_row
+from labeler.bank import BankFile
 from labeler.build_bank import build_bank
 from labeler.devices import resolve_device
 from labeler.errors import LabelerError
@@ -405,12 +406,13 @@ def run_bench(config: BenchConfig, work_dir: str | None = None) -> BenchReport:
     sam2, dinov2 = config.sam2 or sam2, config.dinov2 or dinov2
     with tempfile.TemporaryDirectory(prefix="labeler-bench-", dir=work_dir) as folder:
         images_dir, bank_path = _generate(Path(folder), config, dinov2, sam2, device)
+        bank = BankFile.read(str(bank_path))
         proposer = Sam2Proposer(
             sam2, device=str(device), points_per_side=config.points_per_side,
             points_per_batch=config.points_per_batch, dtype=config.dtype, compile=config.compile,
-            prompts=config.prompts, matched_points=config.matched_points, bank=str(bank_path),
+            prompts=config.prompts, matched_points=config.matched_points, bank=bank,
         )
-        scorer = Dinov2Scorer(str(bank_path), device=str(device), nms_thr=DEFAULT_NMS_THR,
+        scorer = Dinov2Scorer(bank, device=str(device), nms_thr=DEFAULT_NMS_THR,
                               max_dets=DEFAULT_MAX_DETS, dtype=config.dtype, compile=config.compile)
         sizes = {"sam2_size": proposer.image_size, "dino_size": scorer.encoder.input_size}
         batches = _batches(images_dir, config.batch_size)

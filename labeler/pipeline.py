@@ -13,6 +13,7 @@ from labeler.actors.decode import decode_batch
 from labeler.actors.dinov2_scorer import Dinov2Scorer
 from labeler.actors.sam2_proposer import Sam2Proposer
 from labeler.actors.writer import LabelShardSink
+from labeler.bank import BankFile
 
 if TYPE_CHECKING:
     from labeler.run import RunConfig
@@ -58,8 +59,11 @@ def _block_rows(config: RunConfig) -> int:
     return max(config.batch_size * 2, 8)
 
 
-def run_pipeline(config: RunConfig, todo: pa.Table, *, sam2_size: int, dino_size: int) -> None:
-    """Run read -> SAM2 -> DINOv2 -> write over the ``(image_id, uri)`` rows in ``todo``."""
+def run_pipeline(config: RunConfig, todo: pa.Table, bank: BankFile, *, sam2_size: int, dino_size: int) -> None:
+    """Run read -> SAM2 -> DINOv2 -> write over the ``(image_id, uri)`` rows in ``todo``.
+
+    The model actors get ``bank``'s bytes, the very bank whose hash the run checked.
+    """
     started_here = _connect(config.address, config.sam2_actors + config.dinov2_actors)
     try:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0 and config.gpus_per_actor > 0
@@ -75,6 +79,7 @@ def run_pipeline(config: RunConfig, todo: pa.Table, *, sam2_size: int, dino_size
             batch_size=config.batch_size,
             num_cpus=DECODE_CPUS,
             fn_kwargs=dict(sam2_size=sam2_size, dino_size=dino_size, max_pixels=config.max_pixels,
+                           max_bytes=config.max_bytes, read_timeout=config.read_timeout,
                            storage_options=config.storage_options),
         )
         def model_stage(dataset: ray.data.Dataset, actor: type, actors: int, **settings) -> ray.data.Dataset:
@@ -91,10 +96,11 @@ def run_pipeline(config: RunConfig, todo: pa.Table, *, sam2_size: int, dino_size
         proposals = model_stage(
             decoded, Sam2Proposer, config.sam2_actors, sam2=config.sam2, points_per_side=config.points_per_side,
             points_per_batch=config.points_per_batch, pred_iou_thr=config.pred_iou_thr, dtype=config.dtype,
-            compile=config.compile, prompts=config.prompts, matched_points=config.matched_points, bank=config.bank,
+            compile=config.compile, prompts=config.prompts, matched_points=config.matched_points,
+            bank=bank if config.prompts == "matched" else None,
         )
         labels = model_stage(
-            proposals, Dinov2Scorer, config.dinov2_actors, bank=config.bank, nms_thr=config.nms_thr,
+            proposals, Dinov2Scorer, config.dinov2_actors, bank=bank, nms_thr=config.nms_thr,
             max_dets=config.max_dets, min_score=config.min_score, dtype=config.dtype, compile=config.compile,
         )
         try:

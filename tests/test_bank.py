@@ -145,3 +145,46 @@ def test_pickle_disguised_as_a_bank_is_refused_without_running(tmp_path, monkeyp
     with pytest.raises(BankError, match="not a readable safetensors file"):
         load_bank(str(path))
     assert not (tmp_path / "BANK_PAYLOAD_RAN").exists()
+
+
+def bank_bytes_with(monkeypatch, **metadata) -> bytes:
+    """A bank file whose metadata is out of range but whose content hash matches it,
+    as a tampering tool that recomputes the hash would write it."""
+    monkeypatch.setattr(PrototypeBank, "validate", lambda self: None)
+    bank = make_bank()
+    for key, value in metadata.items():
+        setattr(bank, key, value)
+    bank.content_hash = bank._compute_hash()
+    data = bank.to_bytes()
+    monkeypatch.undo()
+    return data
+
+
+@pytest.mark.parametrize("metadata, message", [
+    ({"input_size": 0}, r"input_size 0 is not in \[14, 2048\]"),
+    ({"input_size": 7}, r"input_size 7 is not in \[14, 2048\]"),
+    ({"input_size": 10**6}, r"input_size 1000000 is not in \[14, 2048\]"),
+    ({"categories": [Category(2**70, "boat"), Category(9, "bird")]}, "category ids must be 64-bit integers"),
+    ({"categories": [Category(9, "boat"), Category(9, "bird")]}, "duplicate category ids"),
+    ({"context_ratio": float("nan")}, "context_ratio nan is not in"),
+    ({"annotation_ids": [11, 12, -2**64]}, "annotation ids must be 64-bit integers"),
+    ({"encoder": ""}, "no encoder spec"),
+])
+def test_out_of_range_metadata_behind_a_valid_hash_is_refused_on_load(tmp_path, monkeypatch, metadata, message):
+    path = tmp_path / "tampered.safetensors"
+    path.write_bytes(bank_bytes_with(monkeypatch, **metadata))
+    with pytest.raises(BankError, match=f"tampered.safetensors: {message}"):
+        load_bank(str(path))
+
+
+def test_a_bank_file_loads_only_with_the_hash_the_run_checked(tmp_path):
+    from labeler.bank import BankFile
+
+    path = tmp_path / "b.safetensors"
+    make_bank().save(str(path))
+    checked = BankFile.read(str(path))
+    assert checked.load().content_hash == checked.content_hash == make_bank().content_hash
+    other = make_bank(F.normalize(torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), dim=1))
+    swapped = BankFile(other.to_bytes(), checked.content_hash, checked.source)
+    with pytest.raises(BankError, match="is not the checked"):
+        swapped.load()

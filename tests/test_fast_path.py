@@ -13,6 +13,7 @@ from labeler.actors import dinov2_scorer
 from labeler.actors.decode import decode_batch
 from labeler.actors.dinov2_scorer import Dinov2Scorer
 from labeler.actors.sam2_proposer import Sam2Proposer
+from labeler.bank import BankFile
 from labeler.build_bank import build_bank
 from labeler.models.sam2_inference import point_proposals
 from labeler.synthetic import generate_dataset
@@ -38,8 +39,9 @@ def setup(tmp_path_factory):
 def stages(setup, **settings) -> tuple[Sam2Proposer, Dinov2Scorer]:
     bank_path, _ = setup
     scorer_settings = {k: settings[k] for k in ("dtype", "compile") if k in settings}
-    proposer = Sam2Proposer(TINY, device="cpu", points_per_side=8, bank=bank_path, **settings)
-    return proposer, Dinov2Scorer(bank_path, device="cpu", **scorer_settings)
+    bank = BankFile.read(bank_path)
+    proposer = Sam2Proposer(TINY, device="cpu", points_per_side=8, bank=bank, **settings)
+    return proposer, Dinov2Scorer(bank, device="cpu", **scorer_settings)
 
 
 def label(setup, **settings) -> list[dict]:

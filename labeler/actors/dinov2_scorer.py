@@ -8,7 +8,7 @@ import torch
 
 from labeler.actors.sam2_proposer import payload_from_row
 from labeler.actors.worker_setup import prepare_worker
-from labeler.bank import load_bank
+from labeler.bank import BankFile
 from labeler.devices import to_device
 from labeler.io.labels import STATUS_ERROR, STATUS_OK, Detections, LabelRows
 from labeler.io.proposal_payload import decode_proposals
@@ -117,7 +117,7 @@ class Dinov2Scorer:
 
     def __init__(
         self,
-        bank: str,
+        bank: BankFile,
         device: str = "auto",
         nms_thr: float = DEFAULT_NMS_THR,
         max_dets: int = DEFAULT_MAX_DETS,
@@ -129,7 +129,7 @@ class Dinov2Scorer:
     ):
         self.device = prepare_worker(device, cpu_threads, storage_options)
         self.speedups = Speedups.resolve(dtype, compile, self.device)
-        self.bank = load_bank(bank)
+        self.bank = bank.load()
         self.encoder = load_dinov2(self.bank.encoder, self.device, self.bank.input_size)
         if self.speedups.compile:
             compile_modules(self.encoder.model)

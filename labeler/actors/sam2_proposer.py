@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from labeler.actors.worker_setup import prepare_worker
-from labeler.bank import load_bank
+from labeler.bank import BankFile
 from labeler.devices import to_device
 from labeler.io.labels import STATUS_OK
 from labeler.io.proposal_payload import ProposalPayload, encode_proposals
@@ -51,7 +51,7 @@ class Sam2Proposer:
         compile: bool = False,
         prompts: str = "grid",
         matched_points: int = DEFAULT_MATCHED_POINTS,
-        bank: str | None = None,
+        bank: BankFile | None = None,
         cpu_threads: int | None = None,
         storage_options: dict | None = None,
     ):
@@ -66,7 +66,7 @@ class Sam2Proposer:
         self.matched_points = matched_points
         self.encoder = self.class_prototypes = None
         if prompts == "matched":
-            loaded = load_bank(bank)
+            loaded = bank.load()
             self.encoder = load_dinov2(loaded.encoder, self.device, loaded.input_size)
             if self.speedups.compile:
                 compile_modules(self.encoder.model)
