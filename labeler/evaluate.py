@@ -11,6 +11,7 @@ import contextlib
 import copy
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,8 @@ from pycocotools.cocoeval import COCOeval
 
 from labeler.errors import LabelerError
 from labeler.io import storage
+from labeler.io.coco import CocoAnnotation, CocoDataset, check_bbox, check_segmentation, parse_coco
+from labeler.io.masks import segmentation_to_mask
 
 #: Names of ``COCOeval.stats`` entries reported, with their positions.
 METRICS = {"AP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5, "AR@100": 8}
@@ -72,12 +75,58 @@ def _read_json(uri: str) -> Any:
 
 
 def load_predictions(pred: str) -> dict[str, Any]:
-    """A run's ``coco.json``, given the run folder or the file itself."""
+    """A run's ``coco.json``, given the run folder or the file itself; every
+    detection is checked (ids, a finite score, a box and an RLE or polygon mask)."""
     uri = pred if pred.lower().endswith(".json") else pred.rstrip("/") + "/coco.json"
     document = _read_json(uri)
     if not isinstance(document, dict) or not isinstance(document.get("annotations"), list):
-        raise LabelerError(f"{uri}: not a labeler coco.json (no 'annotations' list)")
+        raise LabelerError(f"{uri}: not a COCO predictions file (no 'annotations' list)")
+    for position, detection in enumerate(document["annotations"]):
+        where = f"{uri}: annotations[{position}]"
+        for key in ("image_id", "category_id"):
+            if not isinstance(detection, dict) or isinstance(detection.get(key), bool) \
+                    or not isinstance(detection.get(key), int):
+                raise LabelerError(f"{where}: '{key}' must be an integer")
+        score = detection.get("score")
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+            raise LabelerError(f"{where}: 'score' must be a finite number, got {score!r:.40}")
+        check_bbox(detection.get("bbox"), where)
+        if detection.get("segmentation") is not None:
+            check_segmentation(detection["segmentation"], where)
     return document
+
+
+def load_ground_truth(gt_path: str) -> tuple[dict[str, Any], list[str]]:
+    """The ground-truth document, checked field by field (:func:`parse_coco`), as pycocotools takes it.
+
+    A missing ``area`` is the mask's (or the box's) area and a missing
+    ``iscrowd`` is 0, as COCO defines them. Returns the document and notes
+    on what was filled in or cannot be evaluated.
+    """
+    document = _read_json(gt_path)
+    dataset = parse_coco(document, gt_path)
+    notes = []
+    annotations = []
+    for raw, annotation in zip(document.get("annotations", []), dataset.annotations):
+        entry = dict(raw, bbox=list(annotation.bbox), iscrowd=int(annotation.iscrowd))
+        if annotation.area is None:
+            entry["area"] = _area(dataset, annotation, gt_path)
+        annotations.append(entry)
+    filled = sum(annotation.area is None for annotation in dataset.annotations)
+    if filled:
+        notes.append(f"{filled} ground-truth annotations had no 'area'; their mask (or box) area was used")
+    return dict(document, annotations=annotations), notes
+
+
+def _area(dataset: CocoDataset, annotation: CocoAnnotation, source: str) -> float:
+    if annotation.segmentation is None:
+        return annotation.bbox[2] * annotation.bbox[3]
+    image = dataset.images[annotation.image_id]
+    if not (image.width and image.height):
+        raise LabelerError(f"{source}: image {image.id} needs 'width' and 'height' to measure annotation "
+                           f"{annotation.id}'s area")
+    where = f"{source}: annotation {annotation.id}"
+    return float(segmentation_to_mask(annotation.segmentation, image.height, image.width, where=where).sum())
 
 
 def select_categories(gt: COCO, wanted: str | None) -> list[int]:
@@ -107,6 +156,20 @@ def _results(gt: COCO, annotations: list[dict]) -> COCO:
     return empty
 
 
+def _segm_blocker(gt_document: dict[str, Any], predictions: list[dict]) -> str | None:
+    """Why masks cannot be compared, or None: box-only ground truth or predictions, or
+    polygons on images without a size."""
+    sized = {i["id"] for i in gt_document["images"] if i.get("width") and i.get("height")}
+    for annotation in gt_document["annotations"]:
+        if not annotation.get("segmentation"):
+            return f"ground-truth annotation {annotation['id']} has no segmentation (box only)"
+        if isinstance(annotation["segmentation"], list) and annotation["image_id"] not in sized:
+            return f"ground-truth image {annotation['image_id']} has polygons but no width and height"
+    if any(not p.get("segmentation") for p in predictions):
+        return "some predictions have no segmentation (box only)"
+    return None
+
+
 def _per_class_ap(evaluator: COCOeval) -> list[float]:
     precision = evaluator.eval["precision"][:, :, :, 0, -1]  # all areas, maxDets=100
     values = []
@@ -122,7 +185,7 @@ def evaluate(pred: str, gt_path: str, categories: str | None = None) -> EvalRepo
     Raises:
         LabelerError: unreadable files, or categories not in the ground truth.
     """
-    gt_document = _read_json(gt_path)
+    gt_document, notes = load_ground_truth(gt_path)
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
         gt.dataset = gt_document
@@ -132,7 +195,6 @@ def evaluate(pred: str, gt_path: str, categories: str | None = None) -> EvalRepo
     predicted_images = {image["id"] for image in predictions.get("images", [])}
     predicted_images |= {a["image_id"] for a in predictions["annotations"]}
     evaluated = sorted(gt_images & predicted_images)
-    notes = []
     gt_categories = set(gt.getCatIds())
     unknown = sorted({a["category_id"] for a in predictions["annotations"]} - gt_categories)
     if unknown:
@@ -145,7 +207,12 @@ def evaluate(pred: str, gt_path: str, categories: str | None = None) -> EvalRepo
     metrics: dict[str, dict[str, float]] = {}
     per_class: dict[str, dict[str, float]] = {}
     names = [c["name"] for c in gt.loadCats(category_ids)]
-    for iou_type in IOU_TYPES:
+    iou_types = list(IOU_TYPES)
+    unmasked = _segm_blocker(gt_document, kept)
+    if unmasked:
+        iou_types.remove("segm")
+        notes.append(f"segm not evaluated: {unmasked}")
+    for iou_type in iou_types:
         with contextlib.redirect_stdout(io.StringIO()):
             detections = _results(gt, kept)
             evaluator = COCOeval(gt, detections, iou_type)

@@ -8,36 +8,47 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from labeler.errors import LabelerError
+from labeler.io.coco import check_segmentation
+from labeler.io.rle import PackedRle, unpack_counts
+
+
+def _checked_rle(segmentation: dict, height: int, width: int, where: str) -> dict:
+    """A pycocotools RLE whose run lengths cover exactly ``height * width`` pixels.
+
+    pycocotools decodes without bounds checks: counts that sum past the image
+    write past its buffer.
+    """
+    counts = segmentation["counts"]
+    if isinstance(counts, list):
+        total, rle = sum(counts), mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        try:
+            blob = counts.encode("ascii")
+            values, _ = unpack_counts(PackedRle(blob, np.array([len(blob)], np.int32), height, width))
+        except (UnicodeEncodeError, ValueError, IndexError):
+            raise LabelerError(f"{where}: RLE 'counts' is not a COCO compressed string") from None
+        if (values < 0).any():
+            raise LabelerError(f"{where}: RLE 'counts' decodes to negative run lengths")
+        total, rle = int(values.sum()), {"size": [height, width], "counts": blob}
+    if total != height * width:
+        raise LabelerError(f"{where}: RLE runs cover {total} pixels, not the image's {height}x{width}")
+    return rle
 
 
 def segmentation_to_mask(segmentation: Any, height: int, width: int, *, where: str) -> np.ndarray:
     """Decode a COCO segmentation to an ``[H, W]`` uint8 mask.
 
     Accepts polygons (a list of flat coordinate lists), uncompressed RLE
-    (``counts`` a list) and compressed RLE (``counts`` a string). An RLE whose
-    size disagrees with the image is an error naming ``where``.
+    (``counts`` a list) and compressed RLE (``counts`` a string), checked first
+    (:func:`labeler.io.coco.check_segmentation`, and run lengths covering the
+    image exactly). Any problem is a :class:`LabelerError` naming ``where``.
     """
+    check_segmentation(segmentation, where, (height, width))
     try:
         if isinstance(segmentation, list):
-            polygons = [p for p in segmentation if isinstance(p, list) and len(p) >= 6]
-            if not polygons:
-                raise LabelerError(f"{where}: polygon segmentation has no polygon with at least 3 points")
-            rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
-        elif isinstance(segmentation, dict):
-            size = segmentation.get("size")
-            counts = segmentation.get("counts")
-            if not (isinstance(size, list) and len(size) == 2) or counts is None:
-                raise LabelerError(f"{where}: RLE needs 'size' [h, w] and 'counts'")
-            if list(size) != [height, width]:
-                raise LabelerError(f"{where}: RLE size {size} differs from the image size [{height}, {width}]")
-            if isinstance(counts, list):
-                rle = mask_utils.frPyObjects(segmentation, height, width)
-            elif isinstance(counts, str):
-                rle = {"size": size, "counts": counts.encode("ascii")}
-            else:
-                raise LabelerError(f"{where}: RLE 'counts' must be a list or a string")
+            rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
         else:
-            raise LabelerError(f"{where}: unsupported segmentation type {type(segmentation).__name__}")
+            rle = _checked_rle(segmentation, height, width, where)
         return mask_utils.decode(rle).astype(np.uint8)
     except LabelerError:
         raise
