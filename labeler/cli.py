@@ -43,6 +43,18 @@ def _storage(text: Optional[str]) -> Optional[dict]:
     return options
 
 
+def _output_file(uri: str, option: str = "--out") -> None:
+    from labeler.io.storage import check_output_file
+
+    check_output_file(uri, option)
+
+
+def _output_folder(uri: str, option: str = "--out") -> None:
+    from labeler.io.storage import check_output_folder
+
+    check_output_folder(uri, option)
+
+
 @app.callback()
 def _global_options(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
@@ -74,6 +86,7 @@ def build_bank_command(
 ) -> None:
     """Turn reference images and their COCO annotations into one prototype-bank file."""
     _storage(storage_options)
+    _output_file(out)
     from labeler.bank_info import describe_bank
     from labeler.build_bank import build_bank
 
@@ -95,6 +108,8 @@ def bank_info_command(
 ) -> None:
     """Print a bank's classes, shots per class and class-to-class prototype similarity."""
     _storage(storage_options)
+    if plot:
+        _output_file(plot, "--plot")
     from labeler.bank import load_bank
     from labeler.bank_info import describe_bank, plot_similarity
 
@@ -123,8 +138,14 @@ def run_command(
     dinov2_actors: int = typer.Option(1, "--dinov2-actors", help="DINOv2 scoring actors."),
     gpus_per_actor: float = typer.Option(1.0, "--gpus-per-actor", help="GPUs per model actor (fractions allowed)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS or local)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous run in OUT."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a previous labeler run in OUT (only labeler's own files are removed)."
+    ),
     max_pixels: int = typer.Option(100_000_000, "--max-pixels", help="Refuse images with more pixels (error row)."),
+    max_bytes: int = typer.Option(1 << 30, "--max-bytes", help="Refuse image files larger than this (error row)."),
+    read_timeout: float = typer.Option(
+        300.0, "--read-timeout", help="Seconds to read and decode one image before it is an error row."
+    ),
     rows_per_shard: int = typer.Option(1000, "--rows-per-shard", help="Images per Parquet shard."),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     compile: bool = typer.Option(False, "--compile", help=COMPILE_HELP),
@@ -141,6 +162,7 @@ def run_command(
         points_per_batch=points_per_batch, pred_iou_thr=pred_iou_thr, nms_thr=nms_thr, max_dets=max_dets,
         min_score=min_score, batch_size=batch_size, sam2_actors=sam2_actors, dinov2_actors=dinov2_actors,
         gpus_per_actor=gpus_per_actor, address=address, overwrite=overwrite, max_pixels=max_pixels,
+        max_bytes=max_bytes, read_timeout=read_timeout,
         rows_per_shard=rows_per_shard, dtype=dtype, compile=compile, prompts=prompts,
         matched_points=matched_points, storage_options=options,
     ))
@@ -164,6 +186,8 @@ def eval_command(
 ) -> None:
     """COCO AP of a run against ground truth (bbox and segm, per class)."""
     _storage(storage_options)
+    if out:
+        _output_file(out)
     import json
 
     from labeler.evaluate import evaluate
@@ -188,6 +212,7 @@ def visualize_command(
 ) -> None:
     """Overlay pictures of sampled images, a contact sheet and a summary plot."""
     _storage(storage_options)
+    _output_folder(out)
     from labeler.visualize import visualize
 
     result = visualize(pred, out, n=n, min_score=min_score, gt=gt, seed=seed)
@@ -204,6 +229,7 @@ def export_command(
 ) -> None:
     """Turn a run's labels into a training set: COCO, YOLO segmentation or semantic maps."""
     _storage(storage_options)
+    _output_folder(out)
     from labeler.export import export
 
     result = export(pred, fmt, out, min_score)
@@ -236,6 +262,8 @@ def bench_command(
     gpus: int = typer.Option(1, "--gpus", help="... on this many GPUs."),
 ) -> None:
     """Time every stage on generated images, the Ray pipeline, and plan GPU-hours for N images."""
+    if json_path:
+        _output_file(json_path, "--json")
     from labeler.bench import BenchConfig, parse_image_size, run_bench, write_report
 
     report = run_bench(BenchConfig(
@@ -256,6 +284,7 @@ def demo_command(
     device: str = typer.Option("cpu", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Run the flow offline on generated images with random tiny models."""
+    _output_folder(out)
     from labeler.demo import run_demo
 
     result = run_demo(out, device=device)
@@ -280,11 +309,23 @@ def demo_command(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point; ``argv`` defaults to the process arguments."""
+    """Console entry point; ``argv`` defaults to the process arguments.
+
+    User errors and failures of the storage (a full disk, an unreachable
+    endpoint) print one line and exit with status 2; ``--debug`` shows them
+    with their traceback.
+    """
+    from labeler.io.storage import describe_storage_error, storage_errors
+
     try:
         app(args=argv)
     except LabelerError as error:
         if _state["debug"]:
             raise
         typer.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except storage_errors() as error:
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: storage: {describe_storage_error(error)}", err=True)
         sys.exit(2)

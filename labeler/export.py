@@ -26,6 +26,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import yaml
 from PIL import Image, ImageDraw
 
 from labeler.errors import LabelerError
@@ -118,10 +119,12 @@ def export_yolo(pred: str, folder: Path, categories: list[Category], min_score: 
         (folder / "labels" / f"{Path(name).stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
         images += 1
         instances += len(lines)
-    names = "\n".join(f"  {position}: {json.dumps(c.name)}" for position, c in enumerate(categories))
+    data = {"path": str(folder.resolve()), "train": "images", "val": "images",
+            "names": {position: c.name for position, c in enumerate(categories)}}
     (folder / "data.yaml").write_text(
         f"# labeler export (min score {min_score}); Ultralytics segmentation dataset\n"
-        f"path: {folder.resolve()}\ntrain: images\nval: images\nnames:\n{names}\n"
+        + yaml.safe_dump(data, allow_unicode=True, sort_keys=False),
+        encoding="utf-8",
     )
     return ExportResult(folder, images, instances)
 

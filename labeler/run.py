@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import math
 import platform
 import resource
 import time
@@ -23,12 +23,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from labeler import __version__
-from labeler.bank import PrototypeBank, load_bank
+from labeler.actors.decode import DEFAULT_READ_TIMEOUT
+from labeler.bank import BankFile, PrototypeBank
 from labeler.errors import LabelerError
-from labeler.io import storage
+from labeler.io import out_folder, storage
 from labeler.io.coco_writer import LabelCounts, write_coco
-from labeler.io.images import DEFAULT_MAX_PIXELS
-from labeler.io.shards import finished_ids, labels_dir, remove_duplicates, remove_temporaries
+from labeler.io.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from labeler.io.out_lock import OutputLock
+from labeler.io.shards import finished_ids, labels_dir, reconcile, set_aside_unreadable
 from labeler.io.sources import list_source
 from labeler.method.matched_prompts import DEFAULT_MATCHED_POINTS, PROMPT_MODES
 from labeler.method.proposals import DEFAULT_POINTS_PER_BATCH, DEFAULT_POINTS_PER_SIDE, DEFAULT_PRED_IOU_THR
@@ -37,11 +39,6 @@ from labeler.models import DEFAULT_SAM2, load_dinov2, load_sam2
 from labeler.models.speedups import DTYPE_CHOICES
 
 log = logging.getLogger(__name__)
-
-STATE_DIR = "_state"
-SETTINGS_FILE = "settings.json"
-OUR_ENTRIES = ("labels", "coco.json", "run.json", STATE_DIR)
-
 
 @dataclass
 class RunConfig:
@@ -65,6 +62,8 @@ class RunConfig:
     address: str | None = None
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+    read_timeout: float = DEFAULT_READ_TIMEOUT
     rows_per_shard: int = 1000
     dtype: str = "auto"
     compile: bool = False
@@ -85,6 +84,8 @@ class RunConfig:
             (self.gpus_per_actor >= 0, "--gpus-per-actor must be non-negative"),
             (self.rows_per_shard >= 1, "--rows-per-shard must be at least 1"),
             (self.max_pixels >= 1, "--max-pixels must be at least 1"),
+            (self.max_bytes >= 1, "--max-bytes must be at least 1"),
+            (math.isfinite(self.read_timeout) and self.read_timeout > 0, "--read-timeout must be a positive number"),
             (self.dtype in DTYPE_CHOICES, f"--dtype must be one of {', '.join(DTYPE_CHOICES)}"),
             (self.prompts in PROMPT_MODES, f"--prompts must be one of {', '.join(PROMPT_MODES)}"),
             (self.matched_points >= 1, "--matched-points must be at least 1"),
@@ -122,41 +123,13 @@ class RunSummary:
     images_skipped: int
     images_processed: int
     duplicates_removed: int
+    rows_not_listed: int
     counts: LabelCounts
     wall_seconds: float
 
     @property
     def images_per_second(self) -> float:
         return self.images_processed / self.wall_seconds if self.wall_seconds > 0 else 0.0
-
-
-def _join(out: str, name: str) -> str:
-    return out.rstrip("/") + "/" + name
-
-
-def prepare_output(out: str, settings: dict[str, Any], overwrite: bool) -> None:
-    """Check OUT against the settings of the run it may hold; clear it with ``overwrite``.
-
-    Raises:
-        LabelerError: OUT holds a run with other settings, or foreign files.
-    """
-    fs, root = storage.filesystem(out)
-    state_uri = _join(out, f"{STATE_DIR}/{SETTINGS_FILE}")
-    entries = [os.path.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)] if fs.exists(root) else []
-    if overwrite:
-        for name in OUR_ENTRIES:
-            path = _join(root, name)
-            if fs.exists(path):
-                fs.rm(path, recursive=True)
-    elif storage.exists(state_uri):
-        previous = json.loads(storage.read_bytes(state_uri))
-        changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
-        if changed:
-            details = ", ".join(f"{k}: {previous.get(k)!r} -> {settings.get(k)!r}" for k in changed[:4])
-            raise LabelerError(f"{out} holds a run with other settings ({details}); pass --overwrite or use another --out")
-    elif entries:
-        raise LabelerError(f"{out} is not empty and holds no labeler run; use an empty folder (or --overwrite)")
-    storage.write_bytes_atomic(state_uri, json.dumps(settings, indent=2, sort_keys=True).encode())
 
 
 def _package_versions() -> dict[str, str]:
@@ -181,6 +154,11 @@ def _preflight(config: RunConfig, bank: PrototypeBank) -> int:
             f"{config.bank}: prototypes are {bank.feature_dim}-d but its encoder {bank.encoder} gives "
             f"{encoder.feature_dim}-d features: the bank was built with another encoder"
         )
+    if bank.input_size % encoder.patch_size:
+        raise LabelerError(
+            f"{config.bank}: input_size {bank.input_size} is not a multiple of the encoder's "
+            f"{encoder.patch_size}-pixel patches"
+        )
     return int(sam2.image_size)
 
 
@@ -197,32 +175,40 @@ def run_labeling(config: RunConfig) -> RunSummary:
 
     Raises:
         LabelerError: bad settings, an unusable bank or model, an unreadable
-            source, or an OUT that holds something else. Unreadable images
-            are not errors of the run: they become error rows.
+            source, an OUT that holds something else or that another run is
+            using. Unreadable images are not errors of the run: they become
+            error rows.
     """
     started = time.monotonic()
     config.validate()
     storage.configure(config.storage_options)
-    bank = load_bank(config.bank)
+    storage.check_output_folder(config.out)
+    bank_file = BankFile.read(config.bank)
+    bank = bank_file.load()
+    out_folder.check_not_foreign(config.out)
     sam2_size = _preflight(config, bank)
     listing = list_source(config.images, config.image_root)
     settings = config.settings(bank)
     try:
-        prepare_output(config.out, settings, config.overwrite)
-        remove_temporaries(config.out)
-        todo, skipped = _todo(listing.table, config.out)
-        log.info("%d images listed, %d already labelled, %d to do", len(listing), skipped, todo.num_rows)
-        if todo.num_rows:
-            from labeler.pipeline import run_pipeline
+        with OutputLock(config.out) as lock:
+            out_folder.remove_temporaries(config.out)
+            out_id = out_folder.prepare(config.out, settings, config.overwrite)
+            set_aside_unreadable(config.out)
+            todo, skipped = _todo(listing.table, config.out)
+            log.info("%d images listed, %d already labelled, %d to do", len(listing), skipped, todo.num_rows)
+            if todo.num_rows:
+                from labeler.pipeline import run_pipeline
 
-            run_pipeline(config, todo, sam2_size=sam2_size, dino_size=bank.input_size)
-        duplicates = remove_duplicates(config.out)
-        counts = write_coco(config.out, bank.categories)
-        summary = RunSummary(
-            out=config.out, images_listed=len(listing), images_skipped=skipped, images_processed=todo.num_rows,
-            duplicates_removed=duplicates, counts=counts, wall_seconds=time.monotonic() - started,
-        )
-        _write_manifest(config, bank, settings, summary)
+                run_pipeline(config, todo, bank_file, sam2_size=sam2_size, dino_size=bank.input_size)
+            lock.check()
+            reconciled = reconcile(config.out, listing.table.column("image_id").to_numpy())
+            counts = write_coco(config.out, bank.categories, out_id=out_id)
+            summary = RunSummary(
+                out=config.out, images_listed=len(listing), images_skipped=skipped, images_processed=todo.num_rows,
+                duplicates_removed=reconciled.duplicates, rows_not_listed=reconciled.not_listed, counts=counts,
+                wall_seconds=time.monotonic() - started,
+            )
+            _write_manifest(config, bank, settings, summary, out_id)
     except OSError as error:
         raise LabelerError(
             f"writing to {config.out} failed: {error.strerror or error}; "
@@ -231,9 +217,10 @@ def run_labeling(config: RunConfig) -> RunSummary:
     return summary
 
 
-def _write_manifest(config: RunConfig, bank: PrototypeBank, settings: dict, summary: RunSummary) -> None:
+def _write_manifest(config: RunConfig, bank: PrototypeBank, settings: dict, summary: RunSummary, out_id: str) -> None:
     public_config = {k: v for k, v in asdict(config).items() if k != "storage_options"}
     manifest = {
+        "out_id": out_id,
         "config": public_config,
         "settings": settings,
         "bank": {"path": config.bank, "content_hash": bank.content_hash},
@@ -248,6 +235,7 @@ def _write_manifest(config: RunConfig, bank: PrototypeBank, settings: dict, summ
             "images_processed_this_run": summary.images_processed,
             "images_skipped_as_done": summary.images_skipped,
             "duplicates_removed": summary.duplicates_removed,
+            "rows_moved_not_in_source": summary.rows_not_listed,
         },
         "performance": {
             "proposals_per_image": round(summary.counts.proposals / max(summary.counts.images_ok, 1), 1),
@@ -258,4 +246,4 @@ def _write_manifest(config: RunConfig, bank: PrototypeBank, settings: dict, summ
         "images_per_second": round(summary.images_per_second, 3),
         "labels": labels_dir(config.out),
     }
-    storage.write_bytes_atomic(_join(config.out, "run.json"), json.dumps(manifest, indent=2).encode())
+    storage.write_bytes_atomic(out_folder.join(config.out, out_folder.MANIFEST_NAME), json.dumps(manifest, indent=2).encode())

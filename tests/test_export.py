@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from pycocotools.coco import COCO
 
@@ -41,8 +42,8 @@ def test_yolo_round_trip(tmp_path, gt_and_run):
     result = export(str(run), "yolo", str(tmp_path / "yolo"))
     document = load_json(gt)
     names = [c["name"] for c in document["categories"]]
-    data = (tmp_path / "yolo" / "data.yaml").read_text()
-    assert all(f'  {k}: "{name}"' in data for k, name in enumerate(names)) and "train: images" in data
+    data = yaml.safe_load((tmp_path / "yolo" / "data.yaml").read_text(encoding="utf-8"))
+    assert data["names"] == dict(enumerate(names)) and data["train"] == "images"
     assert result.images == 4 and result.instances == len(document["annotations"])
     for image in document["images"]:
         stem = f"{image['id']}_{image['file_name'].split('/')[-1].rsplit('.', 1)[0]}"
@@ -121,3 +122,17 @@ def test_overlapping_detections_go_to_the_higher_score(tmp_path):
 def test_unknown_format(tmp_path, gt_and_run):
     with pytest.raises(LabelerError, match="--format must be one of coco, yolo, semantic"):
         export(str(gt_and_run[1]), "voc", str(tmp_path / "x"))
+
+
+def test_yolo_class_names_keep_every_character(tmp_path, gt_and_run):
+    """Emoji became lone surrogates ("\\ud83d\\udea2") in data.yaml, which YAML readers reject."""
+    _, run, _ = gt_and_run
+    manifest = load_json(run / "run.json")
+    names = ["boat 🚢", "naïve \"quoted\" 'name'", "ключ: value"]
+    for category, name in zip(manifest["categories"], names):
+        category["name"] = name
+    (run / "run.json").write_text(json.dumps(manifest))
+    export(str(run), "yolo", str(tmp_path / "yolo"))
+    text = (tmp_path / "yolo" / "data.yaml").read_text(encoding="utf-8")
+    assert "🚢" in text and "\\ud83d" not in text
+    assert list(yaml.safe_load(text)["names"].values()) == [c["name"] for c in manifest["categories"]]

@@ -157,14 +157,18 @@ def test_other_settings_refused_unless_overwrite(tmp_path, ray_session, bank_pat
     assert summary.images_processed == 2 and len(read_rows(out)) == 2
 
 
-def test_foreign_output_folder_refused(tmp_path, bank_path):
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "thesis.tex").write_text("precious")
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_foreign_output_folder_refused_even_with_overwrite(tmp_path, bank_path, overwrite):
+    (tmp_path / "out" / "labels").mkdir(parents=True)
+    (tmp_path / "out" / "labels" / "mine.txt").write_text("precious")
+    (tmp_path / "out" / "coco.json").write_text('{"precious": true}')
     generate_dataset(tmp_path / "t", 1, seed=2)
-    with pytest.raises(LabelerError, match="is not empty and holds no labeler run"):
+    with pytest.raises(LabelerError, match=r"is not empty \(coco.json, labels\) and holds no labeler run") as error:
         run_labeling(RunConfig(bank=bank_path, images=str(tmp_path / "t" / "images"), out=str(tmp_path / "out"),
-                               **TINY_RUN))
-    assert (tmp_path / "out" / "thesis.tex").read_text() == "precious"
+                               overwrite=overwrite, **TINY_RUN))
+    assert "--overwrite" not in str(error.value)  # never suggest a flag that would delete foreign files
+    assert (tmp_path / "out" / "labels" / "mine.txt").read_text() == "precious"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["coco.json", "labels"]
 
 
 def test_unloadable_models_fail_before_any_image_is_read(tmp_path, bank_path):
@@ -188,7 +192,9 @@ def test_coco_source_keeps_image_ids(tmp_path, ray_session, bank_path):
     assert sorted(r["image_id"] for r in read_rows(out)) == [500, 501, 502]
 
 
-def test_killed_run_resumes_to_each_image_exactly_once(tmp_path, bank_path):
+def test_killed_run_resumes_to_each_image_exactly_once(tmp_path, bank_path, run_cli):
+    """Also: a second run on the same OUT is refused while the first holds it, and the
+    lock the SIGKILLed run leaves behind does not stop the rerun."""
     images = make_targets(tmp_path / "t", 60, seed=5)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "labeler", "run", "--bank", bank_path, "--images", str(images),
@@ -198,6 +204,9 @@ def test_killed_run_resumes_to_each_image_exactly_once(tmp_path, bank_path):
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None and not list_shards(str(out)):
         time.sleep(0.2)
+    assert process.poll() is None, "the run finished before it could be killed; give it more images"
+    concurrent = run_cli(*command[3:])
+    assert concurrent.exit_code == 2 and "is in use by another labeler run (pid" in concurrent.stderr
     assert process.poll() is None, "the run finished before it could be killed; give it more images"
     os.killpg(process.pid, signal.SIGKILL)  # the driver and everything it started
     process.wait()
@@ -245,8 +254,10 @@ def test_bank_from_another_encoder_is_refused(tmp_path, bank_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
-@pytest.mark.parametrize("mount_options, reason", [("size=96k", "No space left on device"),
-                                                    ("ro,size=1m", "Read-only file system")])
+@pytest.mark.parametrize("mount_options, reason", [
+    ("size=96k", "writing to .* failed: No space left on device.*rerun"),
+    ("ro,size=1m", "--out .* is on a Read-only file system"),  # refused before any work
+])
 def test_full_or_read_only_disk_is_a_clear_error_and_leaves_no_partial_shard(
     tmp_path, ray_session, bank_path, mount_options, reason
 ):
@@ -256,7 +267,7 @@ def test_full_or_read_only_disk_is_a_clear_error_and_leaves_no_partial_shard(
     if subprocess.run(["mount", "-t", "tmpfs", "-o", mount_options, "tmpfs", str(disk)]).returncode:
         pytest.skip("tmpfs cannot be mounted here")
     try:
-        with pytest.raises(LabelerError, match=f"writing to .* failed: {reason}.*rerun"):
+        with pytest.raises(LabelerError, match=reason):
             run_labeling(RunConfig(bank=bank_path, images=str(images), out=str(disk / "out"),
                                    **dict(TINY_RUN, rows_per_shard=2)))
         for shard in list_shards(str(disk / "out")):
@@ -264,3 +275,54 @@ def test_full_or_read_only_disk_is_a_clear_error_and_leaves_no_partial_shard(
         assert not [p for p in disk.rglob("*") if ".tmp-" in p.name]
     finally:
         subprocess.run(["umount", "-l", str(disk)])
+
+
+def test_actors_use_the_bank_the_run_checked_even_if_it_is_rebuilt_in_place(tmp_path, ray_session, bank_path,
+                                                                             monkeypatch):
+    """The file is replaced after the driver read it: labels and run.json must both come from the original."""
+    import labeler.run
+
+    original = load_bank(bank_path)
+    rebuilt = type(original)(**{**original.__dict__, "content_hash": "",
+                                "categories": [type(c)(c.id + 100, c.name) for c in original.categories]})
+    path = tmp_path / "bank.safetensors"
+    path.write_bytes(Path(bank_path).read_bytes())
+    list_source_before = labeler.run.list_source
+
+    def rebuild_then_list(*args, **kwargs):
+        rebuilt.save(str(path))  # as `labeler build-bank --out` the same path would, mid-run
+        return list_source_before(*args, **kwargs)
+
+    monkeypatch.setattr(labeler.run, "list_source", rebuild_then_list)
+    images = generate_dataset(tmp_path / "t", 4, seed=8, image_format="jpg").parent / "images"
+    out = tmp_path / "out"
+    run_labeling(RunConfig(bank=str(path), images=str(images), out=str(out), **TINY_RUN))
+    categories = [d["category_id"] for r in read_rows(out) for d in r["detections"]]
+    assert categories and set(categories) <= {c.id for c in original.categories}
+    assert json.loads((out / "run.json").read_text())["bank"]["content_hash"] == original.content_hash
+
+
+def test_rerun_on_a_changed_source_keeps_the_labels_in_step_with_it(tmp_path, ray_session, bank_path):
+    """Images removed or renamed since the first run leave the labels (kept aside), new names are
+    labelled, and a zero-byte shard found in OUT is set aside instead of failing every rerun."""
+    images = generate_dataset(tmp_path / "t", 6, seed=9, image_format="jpg", subfolders=False).parent / "images"
+    out = tmp_path / "out"
+    run_labeling(RunConfig(bank=bank_path, images=str(images), out=str(out), **TINY_RUN))
+    first = sorted(images.iterdir())
+    first[0].unlink()
+    first[1].rename(images / "renamed.jpg")
+    (out / "labels" / f"part-{'e' * 32}.parquet").write_bytes(b"")
+
+    summary = run_labeling(RunConfig(bank=bank_path, images=str(images), out=str(out), **TINY_RUN))
+    listed = list_source(str(images)).table.column("image_id").to_pylist()
+    rows = read_rows(out)
+    assert sorted(r["image_id"] for r in rows) == sorted(listed) and len(listed) == 5
+    assert summary.images_processed == 1 and summary.rows_not_listed == 2
+    removed = [r for shard in list_shards(str(out), str(out / "_state" / "removed"))
+               for r in pq.read_table(shard).to_pylist()]
+    assert sorted(Path(r["uri"]).name for r in removed) == sorted(p.name for p in first[:2])
+    assert (out / "labels" / f"part-{'e' * 32}.parquet.unreadable").exists()
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["counts"]["images_listed"] == 5 == manifest["counts"]["images_ok"]
+    assert manifest["counts"]["rows_moved_not_in_source"] == 2
+    assert len(COCO(str(out / "coco.json")).getImgIds()) == 5
