@@ -10,6 +10,7 @@ import time
 
 import fsspec
 import pytest
+from s3fs import S3FileSystem
 
 from labeler.io import storage
 from labeler.io.out_lock import LOCK_DIR, OutputLock, OutputLockedError
@@ -122,11 +123,13 @@ def s3_out():
                        "AWS_SECRET_ACCESS_KEY": "lock-test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
         patch.setenv(key, value)
     fsspec.config.conf.pop("s3", None)
+    S3FileSystem.clear_instance_cache()
     fs, _ = storage.filesystem("s3://locks")
     fs.mkdir("locks")
     yield "s3://locks/run-out"
     patch.undo()
     endpoint.stop()
+    S3FileSystem.clear_instance_cache()  # fsspec caches filesystems: none may outlive this endpoint
 
 
 def test_the_lock_works_on_an_object_store(s3_out):

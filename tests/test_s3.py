@@ -7,6 +7,7 @@ import fsspec
 import pyarrow.parquet as pq
 import pytest
 from pycocotools.coco import COCO
+from s3fs import S3FileSystem
 
 from labeler.bank import load_bank
 from labeler.build_bank import build_bank
@@ -32,11 +33,13 @@ def s3(tmp_path_factory):
                        "AWS_MAX_ATTEMPTS": "2"}.items():
         patch.setenv(key, value)
     fsspec.config.conf.pop("s3", None)
+    S3FileSystem.clear_instance_cache()  # a filesystem cached by an earlier test may point elsewhere
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield endpoint
     ray.shutdown()
     patch.undo()
     endpoint.stop()
+    S3FileSystem.clear_instance_cache()
 
 
 def upload(local: Path, uri: str) -> None:
