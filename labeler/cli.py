@@ -43,6 +43,12 @@ def _storage(text: Optional[str]) -> Optional[dict]:
     return options
 
 
+def _job_paths(inputs: dict, outputs: dict) -> dict:
+    from labeler.job_paths import resolve_for_job
+
+    return resolve_for_job(inputs, outputs)
+
+
 def _output_file(uri: str, option: str = "--out") -> None:
     from labeler.io.storage import check_output_file
 
@@ -86,6 +92,8 @@ def build_bank_command(
 ) -> None:
     """Turn reference images and their COCO annotations into one prototype-bank file."""
     _storage(storage_options)
+    paths = _job_paths({"--refs": refs, "--images": images}, {"--out": out})
+    refs, images, out = paths["--refs"], paths["--images"], paths["--out"]
     _output_file(out)
     from labeler.bank_info import describe_bank
     from labeler.build_bank import build_bank
@@ -146,6 +154,9 @@ def run_command(
     read_timeout: float = typer.Option(
         300.0, "--read-timeout", help="Seconds to read and decode one image before it is an error row."
     ),
+    stall_timeout: float = typer.Option(
+        900.0, "--stall-timeout", help="Stop the run, naming the stage, after this many seconds without progress."
+    ),
     rows_per_shard: int = typer.Option(1000, "--rows-per-shard", help="Images per Parquet shard."),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     compile: bool = typer.Option(False, "--compile", help=COMPILE_HELP),
@@ -155,6 +166,8 @@ def run_command(
 ) -> None:
     """Label every image of a source with instance masks, streaming on Ray Data."""
     options = _storage(storage_options)
+    paths = _job_paths({"--bank": bank, "--images": images, "--image-root": image_root}, {"--out": out})
+    bank, images, image_root, out = paths["--bank"], paths["--images"], paths["--image-root"], paths["--out"]
     from labeler.run import RunConfig, run_labeling
 
     summary = run_labeling(RunConfig(
@@ -162,7 +175,7 @@ def run_command(
         points_per_batch=points_per_batch, pred_iou_thr=pred_iou_thr, nms_thr=nms_thr, max_dets=max_dets,
         min_score=min_score, batch_size=batch_size, sam2_actors=sam2_actors, dinov2_actors=dinov2_actors,
         gpus_per_actor=gpus_per_actor, address=address, overwrite=overwrite, max_pixels=max_pixels,
-        max_bytes=max_bytes, read_timeout=read_timeout,
+        max_bytes=max_bytes, read_timeout=read_timeout, stall_timeout=stall_timeout,
         rows_per_shard=rows_per_shard, dtype=dtype, compile=compile, prompts=prompts,
         matched_points=matched_points, storage_options=options,
     ))

@@ -1,115 +1,135 @@
-"""The Ray Data pipeline of ``labeler run``: a short list of named steps."""
+"""The Ray Data pipeline of ``labeler run``: a short list of named steps.
+
+Losing a node mid-run. Ray Data's actor pools default to restarting a lost
+actor and retrying its tasks on it, without limit (``max_restarts=-1``,
+``max_task_retries=-1``). A task that was running on an actor whose node
+died then waits for that actor to come back, which never happens when no
+node can host it (a spot GPU node gone, no spare GPU); and when an actor
+does restart, Ray places it outside Ray Data's resource budget, on CPUs the
+read and write tasks were counting on: measured here, three restarted actors
+took the last three CPUs of a cluster that had lost two nodes, no decode
+task could run again, and the job stalled. Here lost model actors are not
+restarted (``max_restarts=0``, so their tasks are not retried either): a task
+on a lost actor fails at once, Ray Data drops that block instead of failing
+the job (``max_errored_blocks=-1``) and goes on with the live actors. If a
+stage is left with none, the watchdog (:mod:`labeler.progress`) abandons the
+pass, and :func:`labeler.run.run_labeling` plans the next pass on what the
+cluster has then and labels the images of the dropped blocks. Every error
+our own code raises out of a stage is reported to the progress tracker
+first, which stops the run: only the losses Ray itself reports are dropped
+and redone.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import warnings
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import ray
+from ray.util.annotations import RayDeprecationWarning
 
 from labeler.actors.decode import decode_batch
 from labeler.actors.dinov2_scorer import Dinov2Scorer
 from labeler.actors.sam2_proposer import Sam2Proposer
 from labeler.actors.writer import LabelShardSink
 from labeler.bank import BankFile
+from labeler.cluster_fit import ACTOR_CPUS, DECODE_CPUS, WRITE_CPUS, Fit
 
 if TYPE_CHECKING:
+    from ray.actor import ActorHandle
+
     from labeler.run import RunConfig
 
 log = logging.getLogger(__name__)
 
-#: Logical CPUs per read + decode task. Reads wait on storage much of the
-#: time, so two tasks share a CPU; being unlike the actors' request also
-#: keeps Ray from fusing decoding into the model actors when there is no GPU.
-DECODE_CPUS = 0.5
 
-
-def _connect(address: str | None, extra_cpus: int) -> bool:
-    """Join the cluster at ``address`` / ``RAY_ADDRESS``, or start a local Ray.
-
-    Returns whether this call started Ray (and so should shut it down).
-    """
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return True
-    # Locally, the actors each hold a logical CPU; add as many so that the
-    # read and write tasks still find CPUs to run on.
-    ray.init(address="local", num_cpus=(os.cpu_count() or 1) + extra_cpus, include_dashboard=False, log_to_driver=True)
-    return True
-
-
-def _os_error_in(error: BaseException) -> OSError | None:
-    """The storage error (disk full, read-only, ...) behind a failed Ray execution, if any."""
-    seen = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, OSError):
-            return current
-        seen.add(id(current))
-        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
-    return None
+@contextlib.contextmanager
+def ray_session(address: str | None, extra_cpus: int) -> Iterator[None]:
+    """Join the cluster at ``address`` / ``RAY_ADDRESS`` (as inside a Ray job), or start a
+    local Ray with ``extra_cpus`` more logical CPUs than cores (the actors' own), and
+    shut down what this call started."""
+    started = False
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            ray.init(address="local", num_cpus=(os.cpu_count() or 1) + extra_cpus, include_dashboard=False,
+                     log_to_driver=True)
+        started = True
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _block_rows(config: RunConfig) -> int:
     return max(config.batch_size * 2, 8)
 
 
-def run_pipeline(config: RunConfig, todo: pa.Table, bank: BankFile, *, sam2_size: int, dino_size: int) -> None:
+def run_pipeline(
+    config: RunConfig,
+    todo: pa.Table,
+    bank: BankFile,
+    fit: Fit,
+    tracker: ActorHandle,
+    *,
+    sam2_size: int,
+    dino_size: int,
+) -> None:
     """Run read -> SAM2 -> DINOv2 -> write over the ``(image_id, uri)`` rows in ``todo``.
 
-    The model actors get ``bank``'s bytes, the very bank whose hash the run checked.
+    The model actors get ``bank``'s bytes, the very bank whose hash the run
+    checked; every stage reports its rows to ``tracker``. Blocks lost with an
+    actor or node are dropped: the caller compares the shards with the listing.
     """
-    started_here = _connect(config.address, config.sam2_actors + config.dinov2_actors)
-    try:
-        use_gpu = ray.cluster_resources().get("GPU", 0) > 0 and config.gpus_per_actor > 0
-        device = "cuda" if use_gpu else "cpu"
-        gpu_request = {"num_gpus": config.gpus_per_actor} if use_gpu else {}
-        cpu_threads = None if use_gpu else max(1, (os.cpu_count() or 1) // (config.sam2_actors + config.dinov2_actors))
-        step = _block_rows(config)
-        blocks = [todo.slice(offset, step) for offset in range(0, todo.num_rows, step)]
+    ray.data.DataContext.get_current().max_errored_blocks = -1
+    device = "cuda" if fit.use_gpu else "cpu"
+    gpu_request = {"num_gpus": config.gpus_per_actor} if fit.use_gpu else {}
+    actors = fit.sam2_actors + fit.dinov2_actors
+    cpu_threads = None if fit.use_gpu else max(1, (os.cpu_count() or 1) // actors)
+    step = _block_rows(config)
+    blocks = [todo.slice(offset, step) for offset in range(0, todo.num_rows, step)]
 
-        images = ray.data.from_arrow(blocks)
-        decoded = images.map_batches(
-            decode_batch,
-            batch_size=config.batch_size,
-            num_cpus=DECODE_CPUS,
-            fn_kwargs=dict(sam2_size=sam2_size, dino_size=dino_size, max_pixels=config.max_pixels,
-                           max_bytes=config.max_bytes, read_timeout=config.read_timeout,
-                           storage_options=config.storage_options),
-        )
-        def model_stage(dataset: ray.data.Dataset, actor: type, actors: int, **settings) -> ray.data.Dataset:
+    images = ray.data.from_arrow(blocks)
+    decoded = images.map_batches(
+        decode_batch,
+        batch_size=config.batch_size,
+        num_cpus=DECODE_CPUS,
+        fn_kwargs=dict(sam2_size=sam2_size, dino_size=dino_size, max_pixels=config.max_pixels,
+                       max_bytes=config.max_bytes, read_timeout=config.read_timeout,
+                       storage_options=config.storage_options, tracker=tracker),
+    )
+
+    def model_stage(dataset: ray.data.Dataset, actor: type, size: int, **settings) -> ray.data.Dataset:
+        with warnings.catch_warnings():  # Ray 2.60 has no named parameter for max_restarts yet
+            warnings.simplefilter("ignore", RayDeprecationWarning)
             return dataset.map_batches(
                 actor,
                 batch_size=config.batch_size,
-                compute=ray.data.ActorPoolStrategy(size=actors),
-                num_cpus=1,
+                compute=ray.data.ActorPoolStrategy(size=size),
+                num_cpus=ACTOR_CPUS,
                 fn_constructor_kwargs=dict(settings, device=device, cpu_threads=cpu_threads,
-                                           storage_options=config.storage_options),
+                                           storage_options=config.storage_options, tracker=tracker),
+                max_restarts=0,  # a lost actor is not restarted, and its tasks fail now (module doc)
                 **gpu_request,
             )
 
-        proposals = model_stage(
-            decoded, Sam2Proposer, config.sam2_actors, sam2=config.sam2, points_per_side=config.points_per_side,
-            points_per_batch=config.points_per_batch, pred_iou_thr=config.pred_iou_thr, dtype=config.dtype,
-            compile=config.compile, prompts=config.prompts, matched_points=config.matched_points,
-            bank=bank if config.prompts == "matched" else None,
-        )
-        labels = model_stage(
-            proposals, Dinov2Scorer, config.dinov2_actors, bank=bank, nms_thr=config.nms_thr,
-            max_dets=config.max_dets, min_score=config.min_score, dtype=config.dtype, compile=config.compile,
-        )
-        try:
-            labels.write_datasink(LabelShardSink(config.out, config.rows_per_shard, config.storage_options))
-        except Exception as error:
-            storage_error = _os_error_in(error)
-            if storage_error is None:
-                raise
-            raise storage_error from None  # run_labeling reports it in one line
-    finally:
-        if started_here:
-            ray.shutdown()
+    proposals = model_stage(
+        decoded, Sam2Proposer, fit.sam2_actors, sam2=config.sam2, points_per_side=config.points_per_side,
+        points_per_batch=config.points_per_batch, pred_iou_thr=config.pred_iou_thr, dtype=config.dtype,
+        compile=config.compile, prompts=config.prompts, matched_points=config.matched_points,
+        bank=bank if config.prompts == "matched" else None,
+    )
+    labels = model_stage(
+        proposals, Dinov2Scorer, fit.dinov2_actors, bank=bank, nms_thr=config.nms_thr,
+        max_dets=config.max_dets, min_score=config.min_score, dtype=config.dtype, compile=config.compile,
+    )
+    sink = LabelShardSink(config.out, config.rows_per_shard, config.storage_options, tracker)
+    labels.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})

@@ -37,6 +37,7 @@ from labeler.method.proposals import DEFAULT_POINTS_PER_BATCH, DEFAULT_POINTS_PE
 from labeler.method.scoring import DEFAULT_MAX_DETS, DEFAULT_NMS_THR
 from labeler.models import DEFAULT_SAM2, load_dinov2, load_sam2
 from labeler.models.speedups import DTYPE_CHOICES
+from labeler.progress import DEFAULT_REPLAN_AFTER, DEFAULT_STALL_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ class RunConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = DEFAULT_MAX_BYTES
     read_timeout: float = DEFAULT_READ_TIMEOUT
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT
+    replan_after: float = DEFAULT_REPLAN_AFTER
     rows_per_shard: int = 1000
     dtype: str = "auto"
     compile: bool = False
@@ -86,6 +89,8 @@ class RunConfig:
             (self.max_pixels >= 1, "--max-pixels must be at least 1"),
             (self.max_bytes >= 1, "--max-bytes must be at least 1"),
             (math.isfinite(self.read_timeout) and self.read_timeout > 0, "--read-timeout must be a positive number"),
+            (math.isfinite(self.stall_timeout) and self.stall_timeout > 0, "--stall-timeout must be a positive number"),
+            (math.isfinite(self.replan_after) and self.replan_after > 0, "replan_after must be a positive number"),
             (self.dtype in DTYPE_CHOICES, f"--dtype must be one of {', '.join(DTYPE_CHOICES)}"),
             (self.prompts in PROMPT_MODES, f"--prompts must be one of {', '.join(PROMPT_MODES)}"),
             (self.matched_points >= 1, "--matched-points must be at least 1"),
@@ -170,13 +175,58 @@ def _todo(listing: pa.Table, out: str) -> tuple[pa.Table, int]:
     return listing.filter(pc.invert(finished)), int(pc.sum(finished).as_py() or 0)
 
 
+#: Pipeline passes per run: the first labels everything; the next ones what was lost with failed workers.
+MAX_PASSES = 3
+
+
+def _label(config: RunConfig, todo: pa.Table, listing: pa.Table, bank_file: BankFile, *, sam2_size: int,
+           dino_size: int) -> None:
+    """Label ``todo`` into ``config.out``, in passes until no image of ``listing`` is missing.
+
+    Raises:
+        LabelerError: the cluster cannot hold the run, a stage stalled or failed
+            for good, or images were still missing after :data:`MAX_PASSES`.
+    """
+    from labeler.cluster_fit import current_cluster, fit_actors
+    from labeler.pipeline import ray_session, run_pipeline
+    from labeler.progress import PassAbandoned, PipelineStopped, Watchdog, start_tracker
+
+    with ray_session(config.address, config.sam2_actors + config.dinov2_actors):
+        for attempt in range(1, MAX_PASSES + 1):
+            # Sized anew each pass: the cluster may have lost nodes in the last one.
+            fit = fit_actors(current_cluster(), config.sam2_actors, config.dinov2_actors, config.gpus_per_actor)
+            watchdog = Watchdog(start_tracker(), todo.num_rows, config.rows_per_shard, config.stall_timeout,
+                                config.replan_after)
+            try:
+                with watchdog:
+                    run_pipeline(config, todo, bank_file, fit, watchdog.tracker, sam2_size=sam2_size,
+                                 dino_size=dino_size)
+            except PassAbandoned:
+                log.warning("pass %d abandoned (%s); planning the next one on what the cluster has now",
+                            attempt, watchdog.reason)
+            except PipelineStopped:
+                raise LabelerError(
+                    f"{watchdog.reason}; finished shards are kept, rerun the same command to resume"
+                ) from None
+            todo, _ = _todo(listing, config.out)
+            if not todo.num_rows:
+                return
+            log.warning("%d images were lost with failed workers or nodes in pass %d; labelling them again",
+                        todo.num_rows, attempt)
+    raise LabelerError(
+        f"{todo.num_rows} images were still unlabelled after {MAX_PASSES} passes (their work was lost with "
+        "failed workers or nodes each time); finished shards are kept, rerun the same command to resume"
+    )
+
+
 def run_labeling(config: RunConfig) -> RunSummary:
     """Label every image of ``config.images`` into ``config.out``.
 
     Raises:
         LabelerError: bad settings, an unusable bank or model, an unreadable
             source, an OUT that holds something else or that another run is
-            using. Unreadable images are not errors of the run: they become
+            using, a cluster too small for the run, a stalled or failed
+            stage. Unreadable images are not errors of the run: they become
             error rows.
     """
     started = time.monotonic()
@@ -197,9 +247,7 @@ def run_labeling(config: RunConfig) -> RunSummary:
             todo, skipped = _todo(listing.table, config.out)
             log.info("%d images listed, %d already labelled, %d to do", len(listing), skipped, todo.num_rows)
             if todo.num_rows:
-                from labeler.pipeline import run_pipeline
-
-                run_pipeline(config, todo, bank_file, sam2_size=sam2_size, dino_size=bank.input_size)
+                _label(config, todo, listing.table, bank_file, sam2_size=sam2_size, dino_size=bank.input_size)
             lock.check()
             reconciled = reconcile(config.out, listing.table.column("image_id").to_numpy())
             counts = write_coco(config.out, bank.categories, out_id=out_id)

@@ -120,7 +120,14 @@ class BackgroundRun:
 
         self.config = config
         self.outcome: dict = {}
-        self.thread = threading.Thread(target=lambda: self.outcome.update(summary=run_labeling(config)), daemon=True)
+
+        def run() -> None:
+            try:
+                self.outcome["summary"] = run_labeling(config)
+            except Exception as error:  # noqa: BLE001 - shown by finish()
+                self.outcome["error"] = error
+
+        self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
 
     def wait_for_first_shard(self, timeout: float = 300) -> None:
@@ -137,5 +144,6 @@ class BackgroundRun:
     def finish(self, timeout: float = 600):
         """The run's summary once it completes."""
         self.thread.join(timeout=timeout)
-        assert not self.thread.is_alive() and "summary" in self.outcome
+        assert not self.thread.is_alive(), f"the run did not finish within {timeout} s"
+        assert "summary" in self.outcome, f"the run failed: {self.outcome.get('error')!r}"
         return self.outcome["summary"]

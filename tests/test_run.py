@@ -195,10 +195,10 @@ def test_coco_source_keeps_image_ids(tmp_path, ray_session, bank_path):
 def test_killed_run_resumes_to_each_image_exactly_once(tmp_path, bank_path, run_cli):
     """Also: a second run on the same OUT is refused while the first holds it, and the
     lock the SIGKILLed run leaves behind does not stop the rerun."""
-    images = make_targets(tmp_path / "t", 60, seed=5)
+    images = make_targets(tmp_path / "t", 40, seed=5)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "labeler", "run", "--bank", bank_path, "--images", str(images),
-               "--out", str(out), "--sam2", "random:tiny", "--points-per-side", "16", "--batch-size", "2",
+               "--out", str(out), "--sam2", "random:tiny", "--points-per-side", "8", "--batch-size", "2",
                "--rows-per-shard", "2"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240
@@ -212,28 +212,31 @@ def test_killed_run_resumes_to_each_image_exactly_once(tmp_path, bank_path, run_
     process.wait()
     first_shards = set(list_shards(str(out)))
     done_before = {r["image_id"] for r in read_rows(out)}
-    assert 0 < len(done_before) < 63
+    assert 0 < len(done_before) < 43
 
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
     rows = read_rows(out)
     ids = [r["image_id"] for r in rows]
     assert sorted(ids) == sorted(list_source(str(images)).table.column("image_id").to_pylist())
-    assert len(ids) == len(set(ids)) == 63
+    assert len(ids) == len(set(ids)) == 43
     assert first_shards <= set(list_shards(str(out)))  # finished work kept, not redone
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["counts"]["images_skipped_as_done"] == len(done_before)
-    assert manifest["counts"]["images_processed_this_run"] == 63 - len(done_before)
+    assert manifest["counts"]["images_processed_this_run"] == 43 - len(done_before)
     assert not [p for p in (out / "labels").iterdir() if ".tmp-" in p.name]
 
 
-def test_a_killed_worker_process_is_restarted_and_the_job_finishes(tmp_path, ray_session, bank_path):
+def test_a_killed_worker_process_is_replaced_by_the_next_pass(tmp_path, ray_session, bank_path):
+    """The only SAM2 actor's process dies (out of host memory, a segfault in a kernel): the pass
+    stops moving, is abandoned, and the next pass labels what was lost; each image once."""
     from ray._private.state import actors
 
-    images = generate_dataset(tmp_path / "t", 40, seed=12, image_format="jpg").parent / "images"
+    images = generate_dataset(tmp_path / "t", 30, seed=12, image_format="jpg",
+                              image_size=(160, 128)).parent / "images"
     out = tmp_path / "out"
-    config = RunConfig(bank=bank_path, images=str(images), out=str(out), **dict(TINY_RUN, points_per_side=16,
-                                                                                 batch_size=2))
+    config = RunConfig(bank=bank_path, images=str(images), out=str(out), replan_after=3,
+                       **dict(TINY_RUN, points_per_side=8, batch_size=2, rows_per_shard=2))
     job = BackgroundRun(config)
     job.wait_for_first_shard()
     workers = [a for a in actors().values() if a["State"] == "ALIVE" and "Sam2Proposer" in a["ActorClassName"]]
@@ -241,7 +244,7 @@ def test_a_killed_worker_process_is_restarted_and_the_job_finishes(tmp_path, ray
     os.kill(workers[0]["Pid"], signal.SIGKILL)
     summary = job.finish()
     ids = [r["image_id"] for r in read_rows(out)]
-    assert len(ids) == len(set(ids)) == 40 and summary.counts.images_ok == 40
+    assert len(ids) == len(set(ids)) == 30 and summary.counts.images_ok == 30
 
 
 def test_bank_from_another_encoder_is_refused(tmp_path, bank_path):
@@ -326,3 +329,28 @@ def test_rerun_on_a_changed_source_keeps_the_labels_in_step_with_it(tmp_path, ra
     assert manifest["counts"]["images_listed"] == 5 == manifest["counts"]["images_ok"]
     assert manifest["counts"]["rows_moved_not_in_source"] == 2
     assert len(COCO(str(out / "coco.json")).getImgIds()) == 5
+
+
+def test_a_run_that_stops_moving_is_stopped_with_the_stage_named(tmp_path, ray_session, bank_path):
+    """A store that accepts the connection and never answers, and reads allowed to wait an hour:
+    the watchdog stops the run after --stall-timeout, naming the stage; the lock is released."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    images = generate_dataset(tmp_path / "t", 3, seed=3, subfolders=False).parent / "images"
+    listing = tmp_path / "list.txt"
+    hung = f"http://127.0.0.1:{server.getsockname()[1]}/never-answers.jpg"
+    listing.write_text("\n".join([hung, *map(str, sorted(images.iterdir()))]) + "\n")
+    out = tmp_path / "out"
+    started = time.monotonic()
+    try:
+        with pytest.raises(LabelerError, match=r"no progress for 8 s: the read \+ decode stage stalled \(rows done: "
+                                               r"read \+ decode 0, .*; finished shards are kept, rerun"):
+            run_labeling(RunConfig(bank=bank_path, images=str(listing), out=str(out), read_timeout=3600,
+                                   stall_timeout=8, **TINY_RUN))
+    finally:
+        server.close()
+    assert time.monotonic() - started < 120
+    assert os.listdir(out / "_state" / "lock") == []

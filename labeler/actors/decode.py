@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -10,6 +11,10 @@ from labeler.io import storage
 from labeler.io.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError, read_image, resize_square
 from labeler.io.labels import STATUS_ERROR, STATUS_OK
 from labeler.io.timed_map import map_with_deadline
+from labeler.progress import report
+
+if TYPE_CHECKING:
+    from ray.actor import ActorHandle
 
 IO_THREADS = 8
 #: Seconds one image may take to be read and decoded (retries included) before it is an error row.
@@ -62,6 +67,7 @@ def decode_batch(
     max_bytes: int = DEFAULT_MAX_BYTES,
     read_timeout: float = DEFAULT_READ_TIMEOUT,
     storage_options: dict | None = None,
+    tracker: ActorHandle | None = None,
 ) -> dict[str, np.ndarray]:
     """Ray Data ``map_batches`` function: ``image_id, uri`` -> decoded columns.
 
@@ -69,7 +75,8 @@ def decode_batch(
     (``[B, S, S, 3]`` uint8, bilinear) and ``dino_pixels`` (``[B, G, G, 3]``
     uint8, bicubic). Reads run on a few threads to overlap storage latency,
     each image within ``read_timeout`` seconds; ``storage_options`` are
-    applied in this worker first (:func:`storage.configure`).
+    applied in this worker first (:func:`storage.configure`). The rows are
+    reported to ``tracker`` (:mod:`labeler.progress`).
     """
     storage.configure(storage_options)
     uris = [str(u) for u in batch["uri"]]
@@ -80,6 +87,7 @@ def decode_batch(
         timeout=read_timeout,
         on_timeout=lambda uri: _error(f"read failed: timed out after {read_timeout:g} s", sam2_size, dino_size),
     )
+    report(tracker, "read", len(uris))
     return {
         "image_id": np.asarray(batch["image_id"], dtype=np.int64),
         "uri": np.asarray(uris, dtype=object),

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pyarrow as pa
 import torch
 
+from labeler.actors.isolation import FailureStreak, SystemicFailure, each_image
 from labeler.actors.sam2_proposer import payload_from_row
 from labeler.actors.worker_setup import prepare_worker
 from labeler.bank import BankFile
@@ -24,6 +28,10 @@ from labeler.method.scoring import (
 from labeler.models import load_dinov2
 from labeler.models.sam2_inference import upsample_logits
 from labeler.models.speedups import Speedups, compile_modules
+from labeler.progress import report, report_fatal
+
+if TYPE_CHECKING:
+    from ray.actor import ActorHandle
 
 #: Pixels of final masks upsampled at once (float32), per device type. It
 #: bounds the memory the last step takes on large images (2**26 pixels is
@@ -126,7 +134,10 @@ class Dinov2Scorer:
         compile: bool = False,
         cpu_threads: int | None = None,
         storage_options: dict | None = None,
+        tracker: ActorHandle | None = None,
     ):
+        self.tracker = tracker
+        self.failures = FailureStreak("DINOv2")
         self.device = prepare_worker(device, cpu_threads, storage_options)
         self.speedups = Speedups.resolve(dtype, compile, self.device)
         self.bank = bank.load()
@@ -137,32 +148,55 @@ class Dinov2Scorer:
         self.category_ids = np.asarray(self.bank.category_ids, dtype=np.int64)
         self.nms_thr, self.max_dets, self.min_score = nms_thr, max_dets, min_score
 
-    def features(self, batch: dict[str, np.ndarray], ok: np.ndarray) -> torch.Tensor:
-        """``[len(ok), g, g, D]`` float32 DINOv2 features of the ok rows."""
+    def features(self, batch: dict[str, np.ndarray], rows: Sequence[int]) -> torch.Tensor:
+        """``[len(rows), g, g, D]`` float32 DINOv2 features of those rows."""
         if "dino_features" in batch:
-            return to_device(batch["dino_features"][ok], self.device).float()
-        pixels = to_device(batch["dino_pixels"][ok], self.device).permute(0, 3, 1, 2)
+            return to_device(batch["dino_features"][rows], self.device).float()
+        pixels = to_device(batch["dino_pixels"][rows], self.device).permute(0, 3, 1, 2)
         with self.speedups.autocast(self.device):
             return self.encoder.patch_features(pixels)
 
+    def detections(self, batch: dict[str, np.ndarray], row: int, features: torch.Tensor) -> tuple[Detections, int]:
+        """One image's detections from its proposal payload and ``[g, g, D]`` features, and its proposal count."""
+        payload = payload_from_row(batch, row)
+        masks, logits = decode_proposals(payload, self.device)
+        iou = torch.from_numpy(payload.iou).to(self.device)
+        chosen = choose_detections(masks, iou, features, self.class_prototypes, self.nms_thr, self.max_dets,
+                                   self.min_score)
+        image_hw = (int(batch["height"][row]), int(batch["width"][row]))
+        return detections_from_choice(logits, chosen, self.category_ids, image_hw), payload.count
+
+    def _score_rows(self, batch: dict[str, np.ndarray], rows: Sequence[int]) -> list[tuple[Detections, int]]:
+        features = self.features(batch, rows)
+        return [self.detections(batch, row, features[k]) for k, row in enumerate(rows)]
+
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        rows = LabelRows()
+        """A batch of proposals in, one label row per image out; an image DINOv2 fails on is an error row."""
+        try:
+            return self._label(batch)
+        except SystemicFailure as failure:
+            report_fatal(self.tracker, "dinov2", failure)
+            raise
+
+    def _label(self, batch: dict[str, np.ndarray]) -> pa.Table:
         ok = np.flatnonzero(batch["status"] == STATUS_OK)
-        features = self.features(batch, ok) if ok.size else None
-        position = {int(index): k for k, index in enumerate(ok)}
+        outcomes = each_image(
+            lambda rows: self._score_rows(batch, rows), lambda row: self._score_rows(batch, [row])[0], ok, "DINOv2"
+        )
+        scored = dict(zip(ok.tolist(), outcomes))
+        rows = LabelRows()
         for index in range(len(batch["image_id"])):
-            width, height = int(batch["width"][index]), int(batch["height"][index])
             image_id, uri = int(batch["image_id"][index]), str(batch["uri"][index])
             transfer_bytes = int(batch["transfer_bytes"][index])
-            if index not in position:
-                rows.add(image_id, uri, 0, 0, STATUS_ERROR, str(batch["error"][index]), transfer_bytes=transfer_bytes)
+            outcome = scored.get(index, str(batch["error"][index]))
+            if isinstance(outcome, str):
+                if index in scored:
+                    self.failures.record(outcome)
+                rows.add(image_id, uri, 0, 0, STATUS_ERROR, outcome, transfer_bytes=transfer_bytes)
                 continue
-            payload = payload_from_row(batch, index)
-            masks, logits = decode_proposals(payload, self.device)
-            iou = torch.from_numpy(payload.iou).to(self.device)
-            chosen = choose_detections(masks, iou, features[position[index]], self.class_prototypes,
-                                       self.nms_thr, self.max_dets, self.min_score)
-            detections = detections_from_choice(logits, chosen, self.category_ids, (height, width))
-            rows.add(image_id, uri, width, height, STATUS_OK, None, detections,
-                     proposals=payload.count, transfer_bytes=transfer_bytes)
+            self.failures.record(None)
+            detections, proposals = outcome
+            rows.add(image_id, uri, int(batch["width"][index]), int(batch["height"][index]), STATUS_OK, None,
+                     detections, proposals=proposals, transfer_bytes=transfer_bytes)
+        report(self.tracker, "dinov2", len(batch["image_id"]))
         return rows.table()

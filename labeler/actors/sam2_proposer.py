@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
+from labeler.actors.isolation import FailureStreak, SystemicFailure, each_image, free_device_memory, is_out_of_memory
 from labeler.actors.worker_setup import prepare_worker
 from labeler.bank import BankFile
 from labeler.devices import to_device
-from labeler.io.labels import STATUS_OK
+from labeler.io.labels import STATUS_ERROR, STATUS_OK
 from labeler.io.proposal_payload import ProposalPayload, encode_proposals
 from labeler.method.matched_prompts import DEFAULT_MATCHED_POINTS, matched_points, prototype_similarity
 from labeler.method.proposals import DEFAULT_POINTS_PER_BATCH, DEFAULT_POINTS_PER_SIDE, DEFAULT_PRED_IOU_THR, point_grid
 from labeler.models import load_dinov2, load_sam2
 from labeler.models.sam2_inference import Sam2Features, encode_images, point_proposals, sam2_input
 from labeler.models.speedups import Speedups, compile_modules, compile_sam2
+from labeler.progress import report, report_fatal
+
+if TYPE_CHECKING:
+    from ray.actor import ActorHandle
 
 FIXED_ROW_BYTES = 64  # ids, sizes, status and offsets of a row, roughly
 
@@ -54,7 +62,10 @@ class Sam2Proposer:
         bank: BankFile | None = None,
         cpu_threads: int | None = None,
         storage_options: dict | None = None,
+        tracker: ActorHandle | None = None,
     ):
+        self.tracker = tracker
+        self.failures = FailureStreak("SAM2")
         self.device = prepare_worker(device, cpu_threads, storage_options)
         self.speedups = Speedups.resolve(dtype, compile, self.device)
         self.model = load_sam2(sam2, self.device)
@@ -93,39 +104,79 @@ class Sam2Proposer:
             return encode_images(self.model, sam2_input(resized, self.device))
 
     def decode(
-        self, features: Sam2Features, points: list[torch.Tensor], pred_iou_thr: float | None = None
+        self,
+        features: Sam2Features,
+        points: list[torch.Tensor],
+        pred_iou_thr: float | None = None,
+        points_per_batch: int | None = None,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Kept proposals (low-res logits, predicted IoUs) of each image's prompt points."""
         threshold = self.pred_iou_thr if pred_iou_thr is None else pred_iou_thr
         with self.speedups.autocast(self.device):
             return point_proposals(
-                self.model, features, points, self.points_per_batch, threshold, fixed_batch=self.speedups.compile
+                self.model, features, points, points_per_batch or self.points_per_batch, threshold,
+                fixed_batch=self.speedups.compile,
             )
 
     def propose(
-        self, resized: np.ndarray, dino_pixels: np.ndarray
+        self, resized: np.ndarray, dino_pixels: np.ndarray, points_per_batch: int | None = None
     ) -> tuple[list[ProposalPayload], torch.Tensor | None]:
         """Payloads for ``[B, S, S, 3]`` uint8 images (and DINOv2 features if matched)."""
         points, dino_features = self.prompt_points(dino_pixels)
-        proposals = self.decode(self.encode(resized), points)
+        proposals = self.decode(self.encode(resized), points, points_per_batch=points_per_batch)
         return [encode_proposals(logits, iou) for logits, iou in proposals], dino_features
 
+    def _propose_rows(self, pixels: np.ndarray, dino_pixels: np.ndarray, rows: Sequence[int],
+                      points_per_batch: int | None = None) -> list[tuple[ProposalPayload, np.ndarray | None]]:
+        payloads, features = self.propose(pixels[rows], dino_pixels[rows], points_per_batch)
+        features = features.half().cpu().numpy() if features is not None else [None] * len(payloads)
+        return list(zip(payloads, features))
+
+    def _propose_alone(self, pixels: np.ndarray, dino_pixels: np.ndarray,
+                       row: int) -> tuple[ProposalPayload, np.ndarray | None]:
+        """One image; out of memory, once more with a quarter of the prompts at a time."""
+        try:
+            return self._propose_rows(pixels, dino_pixels, [row])[0]
+        except Exception as error:
+            if not is_out_of_memory(error) or self.points_per_batch < 4:
+                raise
+            free_device_memory()
+            return self._propose_rows(pixels, dino_pixels, [row], self.points_per_batch // 4)[0]
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A batch in, its proposal payloads out; an image SAM2 fails on becomes an error row."""
+        try:
+            return self._label(batch)
+        except SystemicFailure as failure:
+            report_fatal(self.tracker, "sam2", failure)
+            raise
+
+    def _label(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pixels = batch.pop("sam2_pixels")
         ok = np.flatnonzero(batch["status"] == STATUS_OK)
         size = len(batch["image_id"])
         empty = ProposalPayload(b"", np.zeros(0, np.int32), np.zeros(0, np.float16), np.zeros(0, np.float32), 0, 0)
         payloads = [empty] * size
-        dino_features = None
-        if ok.size:
-            proposed, dino_features = self.propose(pixels[ok], batch["dino_pixels"][ok])
-            for index, payload in zip(ok, proposed):
-                payloads[index] = payload
+        features = None
         if self.encoder is not None:  # matched prompts: the features replace the pixels downstream
             grid = self.encoder.grid_size
             features = np.zeros((size, grid, grid, self.encoder.feature_dim), dtype=np.float16)
-            if dino_features is not None:
-                features[ok] = dino_features.half().cpu().numpy()
+        outcomes = each_image(
+            lambda rows: self._propose_rows(pixels, batch["dino_pixels"], rows),
+            lambda row: self._propose_alone(pixels, batch["dino_pixels"], row),
+            ok, "SAM2",
+        )
+        batch["status"], batch["error"] = batch["status"].copy(), batch["error"].copy()
+        for index, outcome in zip(ok, outcomes):
+            if isinstance(outcome, str):
+                batch["status"][index], batch["error"][index] = STATUS_ERROR, outcome
+                self.failures.record(outcome)
+                continue
+            self.failures.record(None)
+            payloads[index] = outcome[0]
+            if features is not None:
+                features[index] = outcome[1]
+        if features is not None:
             batch["dino_features"] = features
             del batch["dino_pixels"]
         batch["rle_blob"] = np.array([p.rle_blob for p in payloads], dtype=object)
@@ -135,6 +186,7 @@ class Sam2Proposer:
         batch["lowres_height"] = np.array([p.height for p in payloads], dtype=np.int32)
         batch["lowres_width"] = np.array([p.width for p in payloads], dtype=np.int32)
         batch["transfer_bytes"] = np.array([row_nbytes(batch, i) for i in range(size)], dtype=np.int64)
+        report(self.tracker, "sam2", size)
         return batch
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 from ray.data import Datasink
@@ -11,6 +12,10 @@ from ray.data.block import BlockAccessor
 from labeler.io import storage
 from labeler.io.labels import LABELS_SCHEMA
 from labeler.io.shards import write_shard
+from labeler.progress import report, report_fatal
+
+if TYPE_CHECKING:
+    from ray.actor import ActorHandle
 
 
 class LabelShardSink(Datasink[list[str]]):
@@ -20,10 +25,12 @@ class LabelShardSink(Datasink[list[str]]):
     shards have a useful size; each is published whole.
     """
 
-    def __init__(self, out: str, rows_per_shard: int, storage_options: dict | None = None):
+    def __init__(self, out: str, rows_per_shard: int, storage_options: dict | None = None,
+                 tracker: ActorHandle | None = None):
         self.out = out
         self.rows_per_shard = rows_per_shard
         self.storage_options = storage_options
+        self.tracker = tracker
 
     @property
     def min_rows_per_write(self) -> int:
@@ -36,4 +43,10 @@ class LabelShardSink(Datasink[list[str]]):
         if not tables:
             return []
         table = pa.concat_tables([t.cast(LABELS_SCHEMA) for t in tables])
-        return [write_shard(self.out, table)]
+        try:
+            uri = write_shard(self.out, table)
+        except OSError as error:  # a full disk or a read-only OUT: no retry or later pass can help
+            report_fatal(self.tracker, "write", OSError(f"writing to {self.out} failed: {error.strerror or error}"))
+            raise
+        report(self.tracker, "write", table.num_rows)
+        return [uri]

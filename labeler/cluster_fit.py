@@ -1,0 +1,113 @@
+"""Does the run fit the cluster? Checked before any image is read.
+
+A run asks for ``--sam2-actors`` + ``--dinov2-actors`` model actors, each
+holding one CPU and ``--gpus-per-actor`` GPUs on one node, and CPUs for the
+read, decode and write tasks besides. Ray Data would otherwise wait forever
+for actors the cluster cannot place, or for a CPU to decode on once the
+actors took them all. The cluster is what Ray reports now or, where an
+autoscaler is configured, what it can grow to (its node groups' largest
+sizes), so that GPU workers that start at zero count.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+from labeler.errors import LabelerError
+
+log = logging.getLogger(__name__)
+
+#: Logical CPUs each model actor holds (its host work: payloads, RLE, transfers).
+ACTOR_CPUS = 1.0
+#: Logical CPUs per read + decode task and per write task (both wait on storage much of the time).
+DECODE_CPUS = 0.5
+WRITE_CPUS = 0.5
+#: CPUs that must stay free of actors: one decode and one write task at a time.
+TASK_CPUS = DECODE_CPUS + WRITE_CPUS
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Resources per node, and whether they are what an autoscaler can reach rather than what is up now."""
+
+    nodes: list[dict[str, float]]
+    autoscaling: bool = False
+
+    @property
+    def cpus(self) -> float:
+        return sum(node.get("CPU", 0.0) for node in self.nodes)
+
+    @property
+    def gpus(self) -> float:
+        return sum(node.get("GPU", 0.0) for node in self.nodes)
+
+    def describe(self) -> str:
+        size = f"{self.cpus:g} CPUs and {self.gpus:g} GPUs on {len(self.nodes)} nodes"
+        return f"can grow to {size}" if self.autoscaling else f"has {size}"
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The actors a run gets, and whether they run on GPUs."""
+
+    sam2_actors: int
+    dinov2_actors: int
+    use_gpu: bool
+
+
+def actor_slots(cluster: Cluster, gpus_per_actor: float) -> int:
+    """How many model actors fit, node by node (an actor's CPU and GPUs are on one node)."""
+    slots = 0
+    for node in cluster.nodes:
+        by_cpu = math.floor(node.get("CPU", 0.0) / ACTOR_CPUS + 1e-9)
+        by_gpu = math.floor(node.get("GPU", 0.0) / gpus_per_actor + 1e-9) if gpus_per_actor > 0 else by_cpu
+        slots += min(by_cpu, by_gpu)
+    return slots
+
+
+def fit_actors(cluster: Cluster, sam2_actors: int, dinov2_actors: int, gpus_per_actor: float) -> Fit:
+    """The actor counts that fit ``cluster``: as asked, or fewer in the same proportion (with a
+    warning), keeping CPUs for the tasks.
+
+    Raises:
+        LabelerError: not even one actor per model and one CPU for the tasks fit.
+    """
+    use_gpu = cluster.gpus > 0 and gpus_per_actor > 0
+    asked = sam2_actors + dinov2_actors
+    by_cpu = math.floor((cluster.cpus - TASK_CPUS) / ACTOR_CPUS + 1e-9)
+    fits = min(asked, actor_slots(cluster, gpus_per_actor if use_gpu else 0.0), by_cpu)
+    if fits < 2:
+        per_actor = f"{ACTOR_CPUS:g} CPU" + (f" and {gpus_per_actor:g} GPU" if use_gpu else "")
+        raise LabelerError(
+            f"the cluster {cluster.describe()}; a run needs at least 2 model actors ({per_actor} each, on one node) "
+            f"and {TASK_CPUS:g} CPU more for reading and writing: start Ray with more CPUs (ray start --num-cpus), "
+            "add nodes" + (", or lower --gpus-per-actor" if use_gpu else "")
+        )
+    if fits == asked:
+        return Fit(sam2_actors, dinov2_actors, use_gpu)
+    sam2 = min(max(1, round(fits * sam2_actors / asked)), fits - 1)
+    log.warning("the cluster %s: running %d SAM2 and %d DINOv2 actors instead of the %d and %d asked for",
+                cluster.describe(), sam2, fits - sam2, sam2_actors, dinov2_actors)
+    return Fit(sam2, fits - sam2, use_gpu)
+
+
+def current_cluster() -> Cluster:
+    """The connected Ray cluster: its autoscaler's node groups at their largest, else its live nodes."""
+    import ray
+    from ray._private.state import state
+
+    groups = None
+    try:  # what Ray Data itself reads to size its operators on an autoscaling cluster
+        config = state.get_cluster_config()
+        groups = config.node_group_configs if config is not None else None
+    except Exception as error:  # noqa: BLE001 - older clusters, no autoscaler: use the live nodes
+        log.debug("no autoscaler configuration: %s", error)
+    if groups:
+        nodes = []
+        for group in groups:
+            count = group.max_count if group.max_count >= 0 else 1024
+            nodes += [dict(group.resources)] * count
+        return Cluster([{k: float(v) for k, v in node.items()} for node in nodes], autoscaling=True)
+    return Cluster([dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")])
