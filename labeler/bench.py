@@ -29,10 +29,11 @@ import json
 import math
 import platform
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -43,6 +44,7 @@ from labeler.actors.sam2_proposer import Sam2Proposer, payload_from_row
 from labeler.bank import BankFile
 from labeler.build_bank import build_bank
 from labeler.devices import resolve_device
+from labeler.equivalence import compare_labels
 from labeler.errors import LabelerError
 from labeler.io.labels import STATUS_OK, LabelRows
 from labeler.io.proposal_payload import decode_proposals, encode_proposals
@@ -53,7 +55,7 @@ from labeler.method.scoring import DEFAULT_MAX_DETS, DEFAULT_NMS_THR
 from labeler.models.sam2_inference import Sam2Features
 from labeler.models.speedups import DTYPE_CHOICES
 from labeler.models.work_count import count_work
-from labeler.stage_timing import StageClock, host_split
+from labeler.stage_timing import StageClock, host_split, top_operators
 from labeler.synthetic import generate_dataset, proposal_logits
 
 #: Proposals per image pinned by default: with ``pred_iou_thr = 0.4`` nearly
@@ -105,6 +107,8 @@ class BenchConfig:
     no_ray: bool = False
     plan_images: int | None = None
     gpus: int = 1
+    check: bool = False
+    top_operators: int = 0
 
     def validate(self) -> None:
         checks = [
@@ -120,6 +124,7 @@ class BenchConfig:
             (self.warmup_batches >= 0, "--warmup must be 0 or more"),
             (self.plan_images is None or self.plan_images >= 1, "--plan must be at least 1 image"),
             (self.gpus >= 1, "--gpus must be at least 1"),
+            (self.top_operators >= 0, "--top-operators must be 0 or more"),
         ]
         for ok, message in checks:
             if not ok:
@@ -178,6 +183,8 @@ class BenchReport:
     host: dict[str, dict[str, float]] = field(default_factory=dict)
     pipeline: dict[str, float] | None = None
     plan: Plan | None = None
+    agreement: dict[str, Any] | None = None
+    top_operators: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -241,6 +248,15 @@ class BenchReport:
         if self.pipeline:
             lines.append(f"pipeline (labeler run through Ray, start-up included): {self.pipeline['images']:.0f} images "
                          f"in {self.pipeline['wall_seconds']:.1f} s = {self.pipeline['images_per_second']:.2f} img/s")
+        if self.agreement:
+            a = self.agreement
+            lines.append(f"against plain fp32 ({a['images']} images, unpinned): same labels {a['same_labels']}; "
+                         f"detections {a['plain_detections']} -> {a['fast_detections']}, "
+                         f"other class {a['category_differs']}, mask IoU min {a['min_mask_iou']:.3f} "
+                         f"median {a['median_mask_iou']:.3f}, largest score gap {a['max_score_diff']:.4f}")
+        if self.top_operators:
+            lines.append("top operators by device time (ms per image, calls per image):")
+            lines += [f"  {op['ms']:9.3f} {op['calls']:7.1f}  {op['name'][:110]}" for op in self.top_operators]
         if self.plan:
             plan = self.plan
             lines.append(f"plan: {plan.images:,} images at {plan.images_per_second_per_gpu:.2f} img/s per device: "
@@ -376,6 +392,24 @@ def _time_batch(
     return sum(int(m.shape[0]) for m, _, _ in unpacked), detections_total
 
 
+def _check_against_fp32(
+    config: BenchConfig, sam2: str, bank: BankFile, device: torch.device, proposer: Sam2Proposer,
+    scorer: Dinov2Scorer, decoded: dict[str, np.ndarray],
+) -> dict[str, Any]:
+    """Label one decoded batch through the timed actors and through plain fp32 actors
+    with the same (seeded) weights, proposals not pinned; see :mod:`labeler.equivalence`."""
+    plain_proposer = Sam2Proposer(
+        sam2, device=str(device), points_per_side=config.points_per_side, points_per_batch=config.points_per_batch,
+        dtype="fp32", prompts=config.prompts, matched_points=config.matched_points, bank=bank,
+    )
+    plain_scorer = Dinov2Scorer(bank, device=str(device), nms_thr=DEFAULT_NMS_THR, max_dets=DEFAULT_MAX_DETS,
+                                dtype="fp32")
+    plain = plain_scorer(plain_proposer(dict(decoded))).to_pylist()
+    del plain_proposer, plain_scorer
+    fast = scorer(proposer(dict(decoded))).to_pylist()
+    return compare_labels(plain, fast).to_json()
+
+
 def _require_ray() -> None:
     """Fail before any timing where Ray is missing (the GPU machines lent here have none)."""
     try:
@@ -396,9 +430,19 @@ def _pipeline(config: BenchConfig, sam2: str, images_dir: Path, bank_path: Path,
             "images_per_second": summary.images_per_second}
 
 
-def run_bench(config: BenchConfig, work_dir: str | None = None) -> BenchReport:
-    """Generate data, time every stage after warm-up, then the Ray pipeline; see the module doc."""
+def run_bench(
+    config: BenchConfig, work_dir: str | None = None, say: Callable[[str], None] = lambda message: None
+) -> BenchReport:
+    """Generate data, time every stage after warm-up, then the Ray pipeline; see the module doc.
+
+    ``say`` hears one line as each phase ends, with the seconds since the start.
+    """
     config.validate()
+    started = time.perf_counter()
+
+    def phase(message: str) -> None:
+        say(f"bench: {message} ({time.perf_counter() - started:.1f} s)")
+
     if not config.no_ray:
         _require_ray()
     device = resolve_device(config.device)
@@ -406,6 +450,7 @@ def run_bench(config: BenchConfig, work_dir: str | None = None) -> BenchReport:
     sam2, dinov2 = config.sam2 or sam2, config.dinov2 or dinov2
     with tempfile.TemporaryDirectory(prefix="labeler-bench-", dir=work_dir) as folder:
         images_dir, bank_path = _generate(Path(folder), config, dinov2, sam2, device)
+        phase("images and bank generated")
         bank = BankFile.read(str(bank_path))
         proposer = Sam2Proposer(
             sam2, device=str(device), points_per_side=config.points_per_side,
@@ -415,12 +460,15 @@ def run_bench(config: BenchConfig, work_dir: str | None = None) -> BenchReport:
         scorer = Dinov2Scorer(bank, device=str(device), nms_thr=DEFAULT_NMS_THR,
                               max_dets=DEFAULT_MAX_DETS, dtype=config.dtype, compile=config.compile)
         sizes = {"sam2_size": proposer.image_size, "dino_size": scorer.encoder.input_size}
+        phase("models loaded")
         batches = _batches(images_dir, config.batch_size)
         warmup = [batches[i % len(batches)] for i in range(config.warmup_batches)]
         out = str(Path(folder) / "bench-out")
         for batch in warmup:
             _time_batch(StageClock(device), batch, config, proposer, scorer, sizes, out)
+        phase(f"{len(warmup)} warm-up batch(es) done")
         work = _count_work(proposer, scorer, decode_batch(batches[0], **sizes), prompts_per_image(config))
+        phase("work counted")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         clock = StageClock(device)
@@ -429,14 +477,28 @@ def run_bench(config: BenchConfig, work_dir: str | None = None) -> BenchReport:
             batch_proposals, batch_detections = _time_batch(clock, batch, config, proposer, scorer, sizes, out)
             proposals += batch_proposals
             detections += batch_detections
+            phase(f"timed batch of {len(batch['image_id'])} images")
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         stages = {name: clock.seconds[name] * 1000.0 / config.images for name in STAGE_TITLES}
         profiled = batches[:PROFILED_BATCHES]
         splits = host_split(lambda: [_time_batch(StageClock(device), batch, config, proposer, scorer, sizes, out)
                                      for batch in profiled])
         per_image = 1.0 / sum(len(batch["image_id"]) for batch in profiled)
+        phase("host work profiled")
         host = {name: {"host_ms": splits[name].host_ms * per_image, "operators": splits[name].operators * per_image}
                 for name in STAGE_TITLES}
+        operators = []
+        if config.top_operators:
+            batch = batches[0]
+            operators = [{**op, "ms": op["ms"] / len(batch["image_id"]), "calls": op["calls"] / len(batch["image_id"])}
+                         for op in top_operators(lambda: _time_batch(StageClock(device), batch, config, proposer,
+                                                                     scorer, sizes, out), device, config.top_operators)]
+            phase("operators profiled")
+        agreement = None
+        if config.check:
+            agreement = _check_against_fp32(config, sam2, bank, device, proposer, scorer,
+                                            decode_batch(batches[0], **sizes))
+            phase("checked against plain fp32")
         pipeline = None
         if not config.no_ray:
             pipeline = _pipeline(config, sam2, images_dir, bank_path, Path(folder) / "run-out")
@@ -452,6 +514,7 @@ def run_bench(config: BenchConfig, work_dir: str | None = None) -> BenchReport:
         stages=stages, proposals_per_image=proposals / config.images, detections_per_image=detections / config.images,
         peak_gpu_memory_mb=peak, flops_per_image={name: w.flops for name, w in work.items()},
         bytes_written_per_image={name: w.bytes_written for name, w in work.items()}, host=host, pipeline=pipeline,
+        agreement=agreement, top_operators=operators,
     )
     if config.plan_images:
         report.plan = make_plan(config.plan_images, config.gpus, report.model_images_per_second)

@@ -273,6 +273,12 @@ def bench_command(
     json_path: Optional[str] = typer.Option(None, "--json", help="Also save the report as JSON here."),
     plan: Optional[int] = typer.Option(None, "--plan", help="Plan labelling this many images ..."),
     gpus: int = typer.Option(1, "--gpus", help="... on this many GPUs."),
+    check: bool = typer.Option(
+        False, "--check", help="Also label one batch with plain fp32 models and report how the labels differ."
+    ),
+    top_operators: int = typer.Option(
+        0, "--top-operators", help="Profile one batch and list this many operators with the most device time."
+    ),
 ) -> None:
     """Time every stage on generated images, the Ray pipeline, and plan GPU-hours for N images."""
     if json_path:
@@ -283,8 +289,8 @@ def bench_command(
         sam2=sam2, dinov2=dinov2, images=images, image_size=parse_image_size(image_size), batch_size=batch_size,
         dtype=dtype, compile=compile, points_per_side=points_per_side, points_per_batch=points_per_batch,
         proposals=proposals, prompts=prompts, matched_points=matched_points, warmup_batches=warmup, device=device,
-        no_ray=no_ray, plan_images=plan, gpus=gpus,
-    ))
+        no_ray=no_ray, plan_images=plan, gpus=gpus, check=check, top_operators=top_operators,
+    ), say=lambda message: typer.echo(message, err=True))
     typer.echo(report.table())
     if json_path:
         write_report(report, json_path)

@@ -89,3 +89,20 @@ def host_split(run: Callable[[], object]) -> dict[str, HostSplit]:
             split.torch_ms += inside / 1000.0
             split.operators += count
     return splits
+
+
+def top_operators(run: Callable[[], object], device: torch.device, count: int) -> list[dict[str, float | str]]:
+    """Run ``run`` under the profiler; the ``count`` operators and kernels with the
+    most self time on ``device`` (the GPU's time for CUDA, the CPU's otherwise),
+    as ``{"name", "ms", "calls"}`` summed over the run."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+    on_gpu = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with profile(activities=activities) as profiler:
+        run()
+        if on_gpu:
+            torch.cuda.synchronize(device)
+    key = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    averages = sorted(profiler.key_averages(), key=lambda event: getattr(event, key), reverse=True)
+    return [{"name": event.key, "ms": getattr(event, key) / 1000.0, "calls": event.count}
+            for event in averages[:count]]

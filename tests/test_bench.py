@@ -71,7 +71,8 @@ def bench_args(tmp_path, *extra):
 
 
 def test_bench_without_ray_times_every_stage(run_cli, tmp_path):
-    result = run_cli(*bench_args(tmp_path, "--no-ray", "--plan", "1000", "--gpus", "2"))
+    result = run_cli(*bench_args(tmp_path, "--no-ray", "--plan", "1000", "--gpus", "2", "--check",
+                                 "--top-operators", "5"))
     assert result.exit_code == 0, result.stderr
     report = json.loads((tmp_path / "bench.json").read_text())
     assert set(report["stages"]) == set(STAGE_TITLES)
@@ -90,6 +91,13 @@ def test_bench_without_ray_times_every_stage(run_cli, tmp_path):
     assert report["host_ms_outside_networks"] == pytest.approx(outside, abs=1e-2) and outside > 0
     assert "model stages" in result.stdout and "plan: 1,000 images" in result.stdout
     assert "host CPU work outside the networks" in result.stdout
+    # --check: fp32 on the CPU against plain fp32 actors with the same seeded weights is exact
+    agreement = report["agreement"]
+    assert agreement["same_labels"] and agreement["images"] == 2 and agreement["plain_detections"] > 0
+    assert (agreement["min_mask_iou"], agreement["max_score_diff"]) == (1.0, 0.0)
+    operators = report["top_operators"]
+    assert len(operators) == 5 and [op["ms"] for op in operators] == sorted((op["ms"] for op in operators), reverse=True)
+    assert "top operators by device time" in result.stdout
 
 
 def test_bench_matched_prompts(run_cli, tmp_path):

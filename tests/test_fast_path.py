@@ -7,7 +7,6 @@ labels; reduced precision and compilation are held to stated tolerances.
 import numpy as np
 import pytest
 import torch
-from pycocotools import mask as mask_utils
 
 from labeler.actors import dinov2_scorer
 from labeler.actors.decode import decode_batch
@@ -15,6 +14,7 @@ from labeler.actors.dinov2_scorer import Dinov2Scorer
 from labeler.actors.sam2_proposer import Sam2Proposer
 from labeler.bank import BankFile
 from labeler.build_bank import build_bank
+from labeler.equivalence import compare_labels
 from labeler.models.sam2_inference import point_proposals
 from labeler.synthetic import generate_dataset
 
@@ -49,24 +49,13 @@ def label(setup, **settings) -> list[dict]:
     return scorer(proposer(dict(setup[1]))).to_pylist()
 
 
-def masks_iou(first: dict, second: dict, row: dict) -> float:
-    size = [row["height"], row["width"]]
-    a, b = ({"size": size, "counts": d["rle"].encode()} for d in (first, second))
-    return float(mask_utils.iou([a], [b], [0])[0, 0])
-
-
 def assert_equivalent(plain: list[dict], fast: list[dict], min_iou: float, max_score_diff: float) -> None:
     """Same images, same number of detections; each plain detection has a fast one
     with the same label, mask IoU >= min_iou and a score within max_score_diff."""
-    for row, other in zip(plain, fast):
-        assert (row["image_id"], row["status"], row["proposals"]) == (other["image_id"], other["status"],
-                                                                       other["proposals"])
-        assert len(row["detections"]) == len(other["detections"])
-        for detection in row["detections"]:
-            best = max(other["detections"], key=lambda d: masks_iou(detection, d, row))
-            assert best["category_id"] == detection["category_id"]
-            assert masks_iou(detection, best, row) >= min_iou
-            assert abs(best["score"] - detection["score"]) <= max_score_diff
+    agreement = compare_labels(plain, fast)
+    assert agreement.same_labels, agreement
+    assert agreement.min_mask_iou >= min_iou, agreement
+    assert agreement.max_score_diff <= max_score_diff, agreement
 
 
 @pytest.fixture(scope="module")
