@@ -18,7 +18,7 @@ from labeler.method.matched_prompts import DEFAULT_MATCHED_POINTS, matched_point
 from labeler.method.proposals import DEFAULT_POINTS_PER_BATCH, DEFAULT_POINTS_PER_SIDE, DEFAULT_PRED_IOU_THR, point_grid
 from labeler.models import load_dinov2, load_sam2
 from labeler.models.sam2_inference import Sam2Features, encode_images, point_proposals, sam2_input
-from labeler.models.speedups import Speedups, compile_modules, compile_sam2
+from labeler.models.speedups import Speedups, compile_modules, compile_sam2, decoder_in_dtype
 from labeler.progress import report, report_fatal
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ class Sam2Proposer:
         self.device = prepare_worker(device, cpu_threads, storage_options)
         self.speedups = Speedups.resolve(dtype, compile, self.device)
         self.model = load_sam2(sam2, self.device)
+        decoder_in_dtype(self.model, self.speedups)
         if self.speedups.compile:
             compile_sam2(self.model)
         self.grid = point_grid(points_per_side, self.model.image_size).to(self.device)

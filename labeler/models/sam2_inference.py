@@ -87,20 +87,27 @@ def decode_prompts(
         point_labels: ``[N, P]`` labels (1 positive, 0 negative, 2/3 box corners).
         multimask_output: three masks per prompt instead of one.
 
+    The mask decoder runs in the dtype of its weights, outside autocast
+    (:func:`labeler.models.speedups.decoder_in_dtype`): under autocast its
+    layer norms and residual adds would keep every prompt's copy of the
+    image tokens in float32.
+
     Returns:
         ``low_res_logits [N, K, S/4, S/4]`` and ``iou_predictions [N, K]``,
-        with K = 3 or 1.
+        with K = 3 or 1, in the decoder's dtype.
     """
     sparse, dense = model.sam_prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=None)
-    low_res, iou, _, _ = model.sam_mask_decoder(
-        image_embeddings=features.image_embed,
-        image_pe=model.sam_prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=multimask_output,
-        repeat_image=features.image_embed.shape[0] != point_coords.shape[0],
-        high_res_features=features.high_res_feats,
-    )
+    dtype = next(model.sam_mask_decoder.parameters()).dtype
+    with torch.autocast(point_coords.device.type, enabled=False):
+        low_res, iou, _, _ = model.sam_mask_decoder(
+            image_embeddings=features.image_embed.to(dtype),
+            image_pe=model.sam_prompt_encoder.get_dense_pe().to(dtype),
+            sparse_prompt_embeddings=sparse.to(dtype),
+            dense_prompt_embeddings=dense.to(dtype),
+            multimask_output=multimask_output,
+            repeat_image=features.image_embed.shape[0] != point_coords.shape[0],
+            high_res_features=[level.to(dtype) for level in features.high_res_feats],
+        )
     return low_res, iou
 
 

@@ -9,6 +9,8 @@ are picked by PyTorch wherever the dtype and device allow.
   under ``torch.autocast``; ``auto`` is ``bf16`` on CUDA and ``fp32`` on the
   CPU. Everything after the networks (best-of-three, NMS, merging, mask
   upsampling) runs in float32 whatever the dtype.
+  SAM2's mask decoder is held in the reduced dtype outright
+  (:func:`decoder_in_dtype`).
 * ``compile``: ``torch.compile`` on SAM2's image encoder and mask decoder and
   on the DINOv2 network, with static shapes; prompt batches are then padded
   to one size, so the decoder compiles once and the encoders once per
@@ -53,6 +55,19 @@ class Speedups:
         if self.dtype == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=self.torch_dtype)
+
+
+def decoder_in_dtype(model: torch.nn.Module, speedups: Speedups) -> None:
+    """Hold SAM2's mask decoder in the reduced dtype itself (bf16 / fp16), not under autocast.
+
+    Measured on an H100 (docs/PERFORMANCE.md): under bf16 autocast over
+    half of the eager decoder's GPU time went to float32 adds, layer norms,
+    casts and copies of the per-prompt image tokens, which autocast keeps
+    in float32. :func:`labeler.models.sam2_inference.decode_prompts` runs the
+    decoder in its weights' dtype with autocast off.
+    """
+    if speedups.dtype != "fp32":
+        model.sam_mask_decoder.to(speedups.torch_dtype)
 
 
 def compile_modules(*modules: torch.nn.Module) -> None:
