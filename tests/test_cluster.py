@@ -149,11 +149,18 @@ def _node_hosting(cluster, actor_class: str, skip: set):
     return None
 
 
+def _live_actors() -> set:
+    from ray._private.state import actors
+
+    return {actor_id for actor_id, actor in actors().items() if actor["State"] == "ALIVE"}
+
+
 def test_losing_the_nodes_of_a_sam2_and_a_dinov2_actor_finishes_each_image_once(tmp_path, cluster_of_workers):
-    """Spot GPU nodes go away: mid-run the node of a SAM2 actor is lost, then (in the next
-    pass) the node of a DINOv2 actor, each replaced by a new node as an autoscaler would.
-    Each loss abandons the pass within seconds; the next pass, sized to the cluster of the
-    moment, labels what was lost; every image ends in exactly one row, in bounded time."""
+    """Spot GPU nodes go away: mid-run the node of a SAM2 actor is lost, then, as soon as the
+    next pass has placed its actors, the node of that pass's DINOv2 actor, each replaced by a
+    new node as an autoscaler would. Each loss abandons the pass within seconds; the next
+    pass, sized to the cluster of the moment, labels what was lost; every image ends in
+    exactly one row, in bounded time."""
     cluster = cluster_of_workers
     refs = generate_dataset(tmp_path / "refs", 4, seed=1)
     from labeler.build_bank import build_bank
@@ -169,17 +176,17 @@ def test_losing_the_nodes_of_a_sam2_and_a_dinov2_actor_finishes_each_image_once(
     job = BackgroundRun(config)
     seen: set = set()
     try:
+        deadline = time.monotonic() + 300
+        while not list_shards(str(out)) and job.thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)  # the first pass is labelling
         for actor_class in ("Sam2Proposer", "Dinov2Scorer"):
-            shards = len(list_shards(str(out)))
-            deadline = time.monotonic() + 300
-            while len(list_shards(str(out))) <= shards and job.thread.is_alive() and time.monotonic() < deadline:
-                time.sleep(0.1)  # this pass is labelling
             victim = _node_hosting(cluster, actor_class, seen)
             while victim is None and job.thread.is_alive() and time.monotonic() < deadline:
                 time.sleep(0.2)  # a pass planned anew is still placing its actors
                 victim = _node_hosting(cluster, actor_class, seen)
             assert victim is not None and job.thread.is_alive(), (
                 f"no live {actor_class} on a worker node to lose; the run: {job.outcome!r}")
+            seen |= _live_actors()  # the next loss hits an actor of the next pass
             cluster.remove_node(victim, allow_graceful=False)
             cluster.add_node(num_cpus=3, object_store_memory=STORE)
     finally:

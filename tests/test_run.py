@@ -198,7 +198,7 @@ def test_killed_run_resumes_to_each_image_exactly_once(tmp_path, bank_path, run_
     images = make_targets(tmp_path / "t", 40, seed=5)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "labeler", "run", "--bank", bank_path, "--images", str(images),
-               "--out", str(out), "--sam2", "random:tiny", "--points-per-side", "8", "--batch-size", "2",
+               "--out", str(out), "--sam2", "random:tiny", "--points-per-side", "4", "--batch-size", "2",
                "--rows-per-shard", "2"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240
@@ -238,9 +238,11 @@ def test_a_killed_worker_process_is_replaced_by_the_next_pass(tmp_path, ray_sess
     config = RunConfig(bank=bank_path, images=str(images), out=str(out), replan_after=3,
                        **dict(TINY_RUN, points_per_side=8, batch_size=2, rows_per_shard=2))
     job = BackgroundRun(config)
-    job.wait_for_first_shard()
-    workers = [a for a in actors().values() if a["State"] == "ALIVE" and "Sam2Proposer" in a["ActorClassName"]]
-    assert workers, "no SAM2 actor to kill"
+    deadline, workers = time.monotonic() + 120, []
+    while not workers and job.thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.1)  # killed as soon as it is up: a run this small would finish first
+        workers = [a for a in actors().values() if a["State"] == "ALIVE" and "Sam2Proposer" in a["ActorClassName"]]
+    assert workers and job.thread.is_alive(), f"no SAM2 actor to kill; the run: {job.outcome!r}"
     os.kill(workers[0]["Pid"], signal.SIGKILL)
     summary = job.finish()
     ids = [r["image_id"] for r in read_rows(out)]

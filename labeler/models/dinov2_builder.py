@@ -1,16 +1,24 @@
-"""Build DINOv2 encoders from a spec: hub id, transformers folder or ``random:<arch>``."""
+"""Build DINOv2 encoders from a spec: hub id, transformers folder or ``random:<arch>``.
+
+``transformers`` is imported when a model is built, not with this module:
+it takes seconds, and processes that never hold DINOv2 (a SAM2 actor with
+grid prompts) import this module through :mod:`labeler.models`.
+"""
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoModel, Dinov2Config, Dinov2Model, PreTrainedModel
 
 from labeler.errors import ModelLoadError
 from labeler.io import storage
 from labeler.models.spec import parse_spec
+
+if TYPE_CHECKING:
+    from transformers import Dinov2Config, PreTrainedModel
 
 #: ``random:<arch>``: the published DINOv2 ViT sizes (patch 14, 518 input)
 #: and a tiny one for tests and the demo.
@@ -29,11 +37,15 @@ def random_config(arch: str) -> Dinov2Config:
     """The transformers config of a ``random:<arch>`` DINOv2."""
     if arch not in RANDOM_ARCHS:
         raise ModelLoadError(f"random:{arch}: unknown DINOv2 architecture; choose from {', '.join(RANDOM_ARCHS)}")
+    from transformers import Dinov2Config
+
     return Dinov2Config(image_size=518, patch_size=14, mlp_ratio=4, **RANDOM_ARCHS[arch])
 
 
 def build_random_dinov2(arch: str) -> PreTrainedModel:
     """A DINOv2 of architecture ``arch`` with deterministic random weights."""
+    from transformers import Dinov2Model
+
     config = random_config(arch)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_SEED)
@@ -70,6 +82,8 @@ def load_dinov2_model(text: str) -> PreTrainedModel:
 
 
 def _from_pretrained(source: str, *, what: str) -> PreTrainedModel:
+    from transformers import AutoModel
+
     try:
         return AutoModel.from_pretrained(source, use_safetensors=True)
     except OSError as error:

@@ -9,12 +9,15 @@ layer-normed patch tokens (CLS and register tokens dropped), as a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedModel
 
 from labeler.models.dinov2_builder import load_dinov2_model
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
