@@ -158,9 +158,9 @@ def _live_actors() -> set:
 def test_losing_the_nodes_of_a_sam2_and_a_dinov2_actor_finishes_each_image_once(tmp_path, cluster_of_workers):
     """Spot GPU nodes go away: the node of the first pass's SAM2 actor is lost as soon as the
     actor is up, with images in flight, then that of the next pass's DINOv2 actor, each
-    replaced by a new node as an autoscaler would. Each loss abandons the pass within seconds; the next
-    pass, sized to the cluster of the moment, labels what was lost; every image ends in
-    exactly one row, in bounded time."""
+    replaced by a new node as an autoscaler would. The first loss abandons the pass within
+    seconds and the next pass, sized to the cluster of the moment, labels what was lost;
+    whatever the second loss hits, every image ends in exactly one row, in bounded time."""
     cluster = cluster_of_workers
     refs = generate_dataset(tmp_path / "refs", 4, seed=1)
     from labeler.build_bank import build_bank
