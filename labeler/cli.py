@@ -162,6 +162,13 @@ def run_command(
     compile: bool = typer.Option(False, "--compile", help=COMPILE_HELP),
     prompts: str = typer.Option("grid", "--prompts", help=PROMPTS_HELP),
     matched_points: int = typer.Option(256, "--matched-points", help="Points kept per image with --prompts matched."),
+    relist: bool = typer.Option(
+        False, "--relist", help="List the source again and label added images (a rerun reuses the stored listing)."
+    ),
+    merged_coco: str = typer.Option(
+        "auto", "--merged-coco",
+        help="Also write one OUT/coco.json: auto (up to 1,000,000 images + detections), always or never.",
+    ),
     storage_options: Optional[str] = typer.Option(None, "--storage-options", help=STORAGE_HELP),
 ) -> None:
     """Label every image of a source with instance masks, streaming on Ray Data."""
@@ -177,7 +184,7 @@ def run_command(
         gpus_per_actor=gpus_per_actor, address=address, overwrite=overwrite, max_pixels=max_pixels,
         max_bytes=max_bytes, read_timeout=read_timeout, stall_timeout=stall_timeout,
         rows_per_shard=rows_per_shard, dtype=dtype, compile=compile, prompts=prompts,
-        matched_points=matched_points, storage_options=options,
+        matched_points=matched_points, relist=relist, merged_coco=merged_coco, storage_options=options,
     ))
     counts = summary.counts
     typer.echo(
@@ -185,7 +192,9 @@ def run_command(
         f"{summary.images_skipped} already done\n"
         f"OUT holds {counts.images_ok} ok + {counts.images_error} error images, {counts.detections} detections\n"
         f"{summary.wall_seconds:.1f} s, {summary.images_per_second:.2f} images/s\n"
-        f"labels: {out.rstrip('/')}/labels/*.parquet, {out.rstrip('/')}/coco.json, manifest {out.rstrip('/')}/run.json"
+        f"{summary.shards} shards: {out.rstrip('/')}/labels/*.parquet, {out.rstrip('/')}/coco/*.json"
+        + (f", merged {out.rstrip('/')}/coco.json" if summary.merged_coco else "")
+        + f"; manifest {out.rstrip('/')}/run.json"
     )
 
 

@@ -21,7 +21,9 @@ from pycocotools.cocoeval import COCOeval
 from labeler.errors import LabelerError
 from labeler.io import storage
 from labeler.io.coco import CocoAnnotation, CocoDataset, check_bbox, check_segmentation, parse_coco
+from labeler.io.coco_merge import read_coco_shards
 from labeler.io.masks import segmentation_to_mask
+from labeler.io.shards import list_coco_shards
 
 #: Names of ``COCOeval.stats`` entries reported, with their positions.
 METRICS = {"AP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5, "AR@100": 8}
@@ -75,10 +77,18 @@ def _read_json(uri: str) -> Any:
 
 
 def load_predictions(pred: str) -> dict[str, Any]:
-    """A run's ``coco.json``, given the run folder or the file itself; every
+    """A run's predictions, given the run folder (its ``coco.json``, or its COCO
+    shards when the run wrote no merged file) or a COCO predictions file; every
     detection is checked (ids, a finite score, a box and an RLE or polygon mask)."""
-    uri = pred if pred.lower().endswith(".json") else pred.rstrip("/") + "/coco.json"
-    document = _read_json(uri)
+    if pred.lower().endswith(".json"):
+        uri, document = pred, _read_json(pred)
+    elif storage.exists(pred.rstrip("/") + "/coco.json"):
+        uri = pred.rstrip("/") + "/coco.json"
+        document = _read_json(uri)
+    elif list_coco_shards(pred):
+        uri, document = f"{pred.rstrip('/')}/coco/", read_coco_shards(pred)
+    else:
+        raise LabelerError(f"{pred}: no coco.json and no COCO shards under coco/; not a labeler run folder")
     if not isinstance(document, dict) or not isinstance(document.get("annotations"), list):
         raise LabelerError(f"{uri}: not a COCO predictions file (no 'annotations' list)")
     for position, detection in enumerate(document["annotations"]):

@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 from labeler.errors import LabelerError
 from labeler.io import storage
 from labeler.io.coco import Category
-from labeler.io.coco_writer import write_coco
+from labeler.io.coco_merge import write_coco
 from labeler.io.labels import STATUS_OK
 from labeler.io.rle import decode_masks
 from labeler.io.run_output import iter_label_rows, run_categories
@@ -184,4 +184,4 @@ def export(pred: str, fmt: str, out_dir: str, min_score: float = 0.0) -> ExportR
     folder.mkdir(parents=True, exist_ok=True)
     counts = write_coco(pred, categories, target=str(folder / "annotations.json"), min_score=min_score,
                         with_scores=False)
-    return ExportResult(folder, counts.images_ok, counts.detections)
+    return ExportResult(folder, counts.images, counts.annotations)

@@ -29,16 +29,19 @@ import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import pyarrow as pa
 import ray
 from ray.util.annotations import RayDeprecationWarning
 
 from labeler.actors.decode import decode_batch
 from labeler.actors.dinov2_scorer import Dinov2Scorer
 from labeler.actors.sam2_proposer import Sam2Proposer
+from labeler.actors.work_reader import unfinished_rows
 from labeler.actors.writer import LabelShardSink
 from labeler.bank import BankFile
 from labeler.cluster_fit import ACTOR_CPUS, DECODE_CPUS, WRITE_CPUS, Fit
+from labeler.io.coco import Category
+from labeler.io.id_set import IdSet
+from labeler.io.listing import Listing
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
@@ -69,23 +72,22 @@ def ray_session(address: str | None, extra_cpus: int) -> Iterator[None]:
             ray.shutdown()
 
 
-def _block_rows(config: RunConfig) -> int:
-    return max(config.batch_size * 2, 8)
-
-
 def run_pipeline(
     config: RunConfig,
-    todo: pa.Table,
+    listing: Listing,
+    done: IdSet,
     bank: BankFile,
     fit: Fit,
     tracker: ActorHandle,
     *,
+    categories: list[Category],
     sam2_size: int,
     dino_size: int,
 ) -> None:
-    """Run read -> SAM2 -> DINOv2 -> write over the ``(image_id, uri)`` rows in ``todo``.
+    """Run read -> SAM2 -> DINOv2 -> write over the images of ``listing`` not in ``done``.
 
-    The model actors get ``bank``'s bytes, the very bank whose hash the run
+    Each task of the first step reads one part of the stored listing and keeps
+    the rows still to do, so the driver holds only the parts' names. The model actors get ``bank``'s bytes, the very bank whose hash the run
     checked; every stage reports its rows to ``tracker``. Blocks lost with an
     actor or node are dropped: the caller compares the shards with the listing.
     """
@@ -94,10 +96,9 @@ def run_pipeline(
     gpu_request = {"num_gpus": config.gpus_per_actor} if fit.use_gpu else {}
     actors = fit.sam2_actors + fit.dinov2_actors
     cpu_threads = None if fit.use_gpu else max(1, (os.cpu_count() or 1) // actors)
-    step = _block_rows(config)
-    blocks = [todo.slice(offset, step) for offset in range(0, todo.num_rows, step)]
-
-    images = ray.data.from_arrow(blocks)
+    parts = ray.data.from_items([{"part": uri} for uri in listing.part_uris()], override_num_blocks=listing.parts)
+    images = parts.map_batches(unfinished_rows, batch_size=1, num_cpus=DECODE_CPUS,
+                               fn_kwargs=dict(done=done, storage_options=config.storage_options))
     decoded = images.map_batches(
         decode_batch,
         batch_size=config.batch_size,
@@ -131,5 +132,5 @@ def run_pipeline(
         proposals, Dinov2Scorer, fit.dinov2_actors, bank=bank, nms_thr=config.nms_thr,
         max_dets=config.max_dets, min_score=config.min_score, dtype=config.dtype, compile=config.compile,
     )
-    sink = LabelShardSink(config.out, config.rows_per_shard, config.storage_options, tracker)
+    sink = LabelShardSink(config.out, config.rows_per_shard, categories, config.storage_options, tracker)
     labels.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})

@@ -87,9 +87,17 @@ def report(tracker: ActorHandle | None, stage: str, rows: int) -> None:
 
 
 def report_fatal(tracker: ActorHandle | None, stage: str, error: BaseException) -> None:
-    """Tell the tracker the run must stop because of ``error`` in ``stage``."""
+    """Tell the tracker the run must stop because of ``error`` in ``stage``, and wait until it
+    knows: the pass may end right after this task fails, and the driver then asks the tracker."""
     if tracker is not None:
-        tracker.report_fatal.remote(stage, str(error))
+        import ray
+
+        delivered = tracker.report_fatal.remote(stage, str(error))
+        try:
+            if isinstance(delivered, ray.ObjectRef):
+                ray.get(delivered, timeout=30)
+        except Exception as lost:  # noqa: BLE001 - the run stops anyway; the watchdog names a stall instead
+            log.warning("could not report a fatal error to the progress tracker: %s", lost)
 
 
 def stalled_stage(rows: dict[str, int], total: int, rows_per_shard: int) -> str:
@@ -162,11 +170,18 @@ class Watchdog:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         with self._lock:  # from here on the watchdog never interrupts: the pipeline is over
             self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.poll_seconds + 30)
+        if exc_type is None:  # a pass can end before the next poll: a stage's fatal report still stops the run
+            import ray
+
+            _, fatal = ray.get(self.tracker.snapshot.remote(), timeout=30)
+            if fatal is not None:
+                self.reason = f"the {STAGE_NAMES[fatal[0]]} stage failed: {fatal[1]}"
+                raise PipelineStopped(self.reason)
 
     def _watch(self) -> None:
         import ray

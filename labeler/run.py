@@ -1,10 +1,14 @@
 """``labeler run``: label every image of a source, streaming through Ray Data.
 
-Stages (DESIGN.md, "Data flow"): list the source -> read + decode (CPU
-tasks) -> SAM2 proposal actors -> DINOv2 scoring actors holding the bank ->
-label shards; then the COCO file and the ``run.json`` manifest. Every input
-image ends up exactly once in the shards, as labels or as an error row, and
-a rerun on the same OUT resumes where the last one stopped.
+Stages (DESIGN.md, "Data flow"): list the source into OUT (once; reruns
+reuse the stored listing) -> read + decode (CPU tasks) -> SAM2 proposal
+actors -> DINOv2 scoring actors holding the bank -> Parquet shards with
+their COCO twins; then the duplicate pass, a merged ``coco.json`` for small
+runs and the ``run.json`` manifest. Every input image ends up exactly once in
+the shards, as labels or as an error row, and a rerun on the same OUT resumes
+where the last one stopped. Nothing the driver holds or does after the last
+image grows with the number of images beyond a bit per image (the finished
+set) and a read of each shard's ids and footer.
 """
 
 from __future__ import annotations
@@ -19,19 +23,17 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from labeler import __version__
 from labeler.actors.decode import DEFAULT_READ_TIMEOUT
 from labeler.bank import BankFile, PrototypeBank
 from labeler.errors import LabelerError
 from labeler.io import out_folder, storage
-from labeler.io.coco_writer import LabelCounts, write_coco
+from labeler.io.coco_merge import write_coco
 from labeler.io.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from labeler.io.listing import Listing, load_listing, store_listing
 from labeler.io.out_lock import OutputLock
-from labeler.io.shards import finished_ids, labels_dir, reconcile, set_aside_unreadable
-from labeler.io.sources import list_source
+from labeler.io.shards import LabelCounts, ShardIndex, coco_dir, labels_dir, list_shards, remove_orphan_coco_shards
+from labeler.io.sources import SourceEntries, read_source
 from labeler.method.matched_prompts import DEFAULT_MATCHED_POINTS, PROMPT_MODES
 from labeler.method.proposals import DEFAULT_POINTS_PER_BATCH, DEFAULT_POINTS_PER_SIDE, DEFAULT_PRED_IOU_THR
 from labeler.method.scoring import DEFAULT_MAX_DETS, DEFAULT_NMS_THR
@@ -40,6 +42,11 @@ from labeler.models.speedups import DTYPE_CHOICES
 from labeler.progress import DEFAULT_REPLAN_AFTER, DEFAULT_STALL_TIMEOUT
 
 log = logging.getLogger(__name__)
+
+#: ``--merged-coco``: auto writes OUT/coco.json while it holds at most MERGED_COCO_MAX_ENTRIES images + annotations.
+MERGED_COCO_CHOICES = ("auto", "always", "never")
+MERGED_COCO_MAX_ENTRIES = 1_000_000
+
 
 @dataclass
 class RunConfig:
@@ -72,6 +79,8 @@ class RunConfig:
     compile: bool = False
     prompts: str = "grid"
     matched_points: int = DEFAULT_MATCHED_POINTS
+    relist: bool = False
+    merged_coco: str = "auto"
     storage_options: dict[str, Any] | None = field(default=None, repr=False)
 
     def validate(self) -> None:
@@ -94,6 +103,7 @@ class RunConfig:
             (self.dtype in DTYPE_CHOICES, f"--dtype must be one of {', '.join(DTYPE_CHOICES)}"),
             (self.prompts in PROMPT_MODES, f"--prompts must be one of {', '.join(PROMPT_MODES)}"),
             (self.matched_points >= 1, "--matched-points must be at least 1"),
+            (self.merged_coco in MERGED_COCO_CHOICES, f"--merged-coco must be one of {', '.join(MERGED_COCO_CHOICES)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -131,6 +141,10 @@ class RunSummary:
     rows_not_listed: int
     counts: LabelCounts
     wall_seconds: float
+    listing: Listing
+    shards: int
+    merged_coco: bool
+    after_last_image_seconds: float
 
     @property
     def images_per_second(self) -> float:
@@ -167,21 +181,13 @@ def _preflight(config: RunConfig, bank: PrototypeBank) -> int:
     return int(sam2.image_size)
 
 
-def _todo(listing: pa.Table, out: str) -> tuple[pa.Table, int]:
-    done = finished_ids(out)
-    if not len(done):
-        return listing, 0
-    finished = pc.is_in(listing.column("image_id"), value_set=pa.array(done))
-    return listing.filter(pc.invert(finished)), int(pc.sum(finished).as_py() or 0)
-
-
 #: Pipeline passes per run: the first labels everything; the next ones what was lost with failed workers.
 MAX_PASSES = 3
 
 
-def _label(config: RunConfig, todo: pa.Table, listing: pa.Table, bank_file: BankFile, *, sam2_size: int,
-           dino_size: int) -> None:
-    """Label ``todo`` into ``config.out``, in passes until no image of ``listing`` is missing.
+def _label(config: RunConfig, listing: Listing, index: ShardIndex, bank_file: BankFile,
+           categories: list, *, sam2_size: int, dino_size: int) -> None:
+    """Label the images of ``listing`` that ``index`` does not hold yet, in passes until none is missing.
 
     Raises:
         LabelerError: the cluster cannot hold the run, a stage stalled or failed
@@ -195,12 +201,12 @@ def _label(config: RunConfig, todo: pa.Table, listing: pa.Table, bank_file: Bank
         for attempt in range(1, MAX_PASSES + 1):
             # Sized anew each pass: the cluster may have lost nodes in the last one.
             fit = fit_actors(current_cluster(), config.sam2_actors, config.dinov2_actors, config.gpus_per_actor)
-            watchdog = Watchdog(start_tracker(), todo.num_rows, config.rows_per_shard, config.stall_timeout,
-                                config.replan_after)
+            watchdog = Watchdog(start_tracker(), listing.images - index.finished(), config.rows_per_shard,
+                                config.stall_timeout, config.replan_after)
             try:
                 with watchdog:
-                    run_pipeline(config, todo, bank_file, fit, watchdog.tracker, sam2_size=sam2_size,
-                                 dino_size=dino_size)
+                    run_pipeline(config, listing, index.done, bank_file, fit, watchdog.tracker,
+                                 categories=categories, sam2_size=sam2_size, dino_size=dino_size)
             except PassAbandoned:
                 log.warning("pass %d abandoned (%s); planning the next one on what the cluster has now",
                             attempt, watchdog.reason)
@@ -208,15 +214,43 @@ def _label(config: RunConfig, todo: pa.Table, listing: pa.Table, bank_file: Bank
                 raise LabelerError(
                     f"{watchdog.reason}; finished shards are kept, rerun the same command to resume"
                 ) from None
-            todo, _ = _todo(listing, config.out)
-            if not todo.num_rows:
+            index.update()
+            missing = listing.images - index.finished()
+            if not missing:
                 return
             log.warning("%d images were lost with failed workers or nodes in pass %d; labelling them again",
-                        todo.num_rows, attempt)
+                        missing, attempt)
     raise LabelerError(
-        f"{todo.num_rows} images were still unlabelled after {MAX_PASSES} passes (their work was lost with "
+        f"{missing} images were still unlabelled after {MAX_PASSES} passes (their work was lost with "
         "failed workers or nodes each time); finished shards are kept, rerun the same command to resume"
     )
+
+
+def _listing(config: RunConfig, entries: SourceEntries) -> Listing:
+    """The stored listing of OUT: made on the first run, redone with ``--relist``, else reused."""
+    listing = load_listing(config.out)
+    if listing is None:
+        if list_shards(config.out):
+            raise LabelerError(
+                f"{config.out} holds labels of an earlier labeler, whose image ids came from path hashes; "
+                "finish it with that version, or pass --overwrite (or another --out) to label it anew"
+            )
+        return store_listing(config.out, entries)
+    if config.relist:
+        return store_listing(config.out, entries, previous=listing)
+    return listing
+
+
+def _merged_coco(config: RunConfig, counts: LabelCounts, categories: list, out_id: str) -> bool:
+    """Write OUT/coco.json if asked or small enough (``--merged-coco``); remove a stale one of ours otherwise."""
+    entries = counts.images_ok + counts.detections
+    if config.merged_coco == "always" or (config.merged_coco == "auto" and entries <= MERGED_COCO_MAX_ENTRIES):
+        write_coco(config.out, categories, out_id=out_id)
+        return True
+    out_folder.remove_own_file(config.out, out_folder.COCO_NAME, out_id)
+    log.info("%d images + detections: no merged coco.json (--merged-coco %s); the COCO shards are in %s/, "
+             "`labeler export coco` merges them", entries, config.merged_coco, coco_dir(config.out))
+    return False
 
 
 def run_labeling(config: RunConfig) -> RunSummary:
@@ -237,24 +271,31 @@ def run_labeling(config: RunConfig) -> RunSummary:
     bank = bank_file.load()
     out_folder.check_not_foreign(config.out)
     sam2_size = _preflight(config, bank)
-    listing = list_source(config.images, config.image_root)
+    entries = read_source(config.images, config.image_root)  # checks the source before OUT is touched
     settings = config.settings(bank)
     try:
         with OutputLock(config.out) as lock:
             out_folder.remove_temporaries(config.out)
             out_id = out_folder.prepare(config.out, settings, config.overwrite)
-            set_aside_unreadable(config.out)
-            todo, skipped = _todo(listing.table, config.out)
-            log.info("%d images listed, %d already labelled, %d to do", len(listing), skipped, todo.num_rows)
-            if todo.num_rows:
-                _label(config, todo, listing.table, bank_file, sam2_size=sam2_size, dino_size=bank.input_size)
+            remove_orphan_coco_shards(config.out)
+            listing = _listing(config, entries)
+            index = ShardIndex(config.out, listing.ids(), listing.empty_id_set())
+            index.update()
+            skipped = index.finished()
+            todo = listing.images - skipped
+            log.info("%d images listed, %d already labelled, %d to do", listing.images, skipped, todo)
+            if todo:
+                _label(config, listing, index, bank_file, bank.categories, sam2_size=sam2_size,
+                       dino_size=bank.input_size)
             lock.check()
-            reconciled = reconcile(config.out, listing.table.column("image_id").to_numpy())
-            counts = write_coco(config.out, bank.categories, out_id=out_id)
+            labelled = time.monotonic()
+            reconciled = index.reconcile(bank.categories)
+            merged = _merged_coco(config, index.counts, bank.categories, out_id)
             summary = RunSummary(
-                out=config.out, images_listed=len(listing), images_skipped=skipped, images_processed=todo.num_rows,
-                duplicates_removed=reconciled.duplicates, rows_not_listed=reconciled.not_listed, counts=counts,
-                wall_seconds=time.monotonic() - started,
+                out=config.out, images_listed=listing.images, images_skipped=skipped, images_processed=todo,
+                duplicates_removed=reconciled.duplicates, rows_not_listed=reconciled.not_listed,
+                counts=index.counts, wall_seconds=time.monotonic() - started, listing=listing,
+                shards=index.shards, merged_coco=merged, after_last_image_seconds=time.monotonic() - labelled,
             )
             _write_manifest(config, bank, settings, summary, out_id)
     except OSError as error:
@@ -291,7 +332,13 @@ def _write_manifest(config: RunConfig, bank: PrototypeBank, settings: dict, summ
             "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         },
         "wall_seconds": round(summary.wall_seconds, 3),
+        "after_last_image_seconds": round(summary.after_last_image_seconds, 3),
         "images_per_second": round(summary.images_per_second, 3),
+        "listing": {"kind": summary.listing.kind, "images": summary.listing.images,
+                    "parts": summary.listing.parts, "version": summary.listing.version},
         "labels": labels_dir(config.out),
+        "parquet_shards": summary.shards,
+        "coco_shards": coco_dir(config.out),
+        "merged_coco": out_folder.join(config.out, out_folder.COCO_NAME) if summary.merged_coco else None,
     }
     storage.write_bytes_atomic(out_folder.join(config.out, out_folder.MANIFEST_NAME), json.dumps(manifest, indent=2).encode())

@@ -45,6 +45,48 @@ def refs_mixed(tmp_path_factory) -> Path:
     return generate_dataset(folder, 8, seed=1, segmentation="mixed")
 
 
+def stored_listing(out) -> dict[str, int]:
+    """The listing a run stored in ``out``: URI -> image id."""
+    from labeler.io.listing import load_listing
+
+    listing = load_listing(str(out))
+    return {uri: image_id for table in listing.iter_tables()
+            for uri, image_id in zip(table.column("uri").to_pylist(), table.column("image_id").to_pylist())}
+
+
+def source_uris(source: str) -> list[str]:
+    """The URIs a folder or list source holds, as read (unsorted, repeats kept)."""
+    from labeler.io.sources import read_source
+
+    return [uri for batch in read_source(source).uri_batches for uri in batch]
+
+
+def assert_coco_shards_match_parquet(out) -> int:
+    """Every Parquet shard has its COCO twin and no other COCO shard is left; each twin
+    loads in pycocotools and holds exactly its shard's ok images and detections.
+    Returns the number of detections."""
+    import pyarrow.parquet as pq
+    from pycocotools.coco import COCO
+
+    from labeler.io.shards import coco_twin, list_shards
+
+    out = str(out)
+    shards = list_shards(out)
+    assert sorted(Path(coco_twin(out, uri)).name for uri in shards) == sorted(p.name for p in Path(out, "coco").iterdir())
+    total = 0
+    for uri in shards:
+        rows = pq.read_table(uri).to_pylist()
+        coco = COCO(coco_twin(out, uri))
+        assert sorted(coco.getImgIds()) == sorted(r["image_id"] for r in rows if r["status"] == "ok")
+        expected = sorted((r["image_id"], d["category_id"], round(d["score"], 6), d["rle"]) for r in rows
+                          for d in r["detections"])
+        found = sorted((a["image_id"], a["category_id"], a["score"], a["segmentation"]["counts"])
+                       for a in coco.loadAnns(coco.getAnnIds()))
+        assert found == expected
+        total += len(found)
+    return total
+
+
 def load_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
@@ -58,7 +100,8 @@ def fake_run(out: Path, gt_path: Path, scores=None, extra_rows=()) -> Path:
     """A run folder whose detections are the ground-truth instances of ``gt_path``.
 
     ``scores`` maps annotation id -> score (default 0.9). Written through the
-    real shard writer, with the run.json fields readers use.
+    real shard writer (two shards with their COCO twins), with the run.json
+    fields readers use.
     """
     import numpy as np
     import torch
@@ -92,7 +135,14 @@ def fake_run(out: Path, gt_path: Path, scores=None, extra_rows=()) -> Path:
     for row in extra_rows:
         rows.add(*row)
     out.mkdir(parents=True, exist_ok=True)
-    write_shard(str(out), rows.table())
+    from labeler.io.coco import Category
+
+    categories = [Category(c["id"], c["name"]) for c in document["categories"]]
+    table = rows.table()
+    half = max(table.num_rows // 2, 1)  # two shards, as a run with COCO twins writes them
+    for part in (table.slice(0, half), table.slice(half)):
+        if part.num_rows:
+            write_shard(str(out), part, categories=categories)
     write_json(out / "run.json", {"categories": document["categories"]})
     return out
 

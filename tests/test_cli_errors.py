@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from labeler.bank import PrototypeBank
 from labeler.io.coco import Category
-from labeler.io.coco_writer import write_coco
+from labeler.io.coco_merge import write_coco
 from labeler.io.run_output import run_categories
 from labeler.synthetic import generate_dataset
 

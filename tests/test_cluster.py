@@ -17,11 +17,10 @@ import pytest
 import yaml
 
 from labeler.io.shards import list_shards
-from labeler.io.sources import list_source
 from labeler.run import RunConfig
 from labeler.synthetic import generate_dataset
 
-from .conftest import BackgroundRun
+from .conftest import BackgroundRun, stored_listing
 
 REPO = Path(__file__).resolve().parents[1]
 STORE = 300 * 1024**2  # bytes of object store per node
@@ -191,6 +190,6 @@ def test_losing_the_nodes_of_a_sam2_and_a_dinov2_actor_finishes_each_image_once(
         job.thread.join(timeout=600)  # never tear the cluster down under a running pipeline
     summary = job.finish(timeout=1)
     ids = [i for shard in list_shards(str(out)) for i in pq.read_table(shard).column("image_id").to_pylist()]
-    assert sorted(ids) == sorted(list_source(str(images)).table.column("image_id").to_pylist())
+    assert sorted(ids) == sorted(stored_listing(out).values())
     assert len(ids) == len(set(ids)) == 80 and summary.counts.images_ok == 80
     assert time.monotonic() - started < 600

@@ -11,7 +11,7 @@ from pycocotools.cocoeval import COCOeval
 
 from labeler.errors import LabelerError
 from labeler.evaluate import METRICS, evaluate
-from labeler.io.coco_writer import write_coco
+from labeler.io.coco_merge import write_coco
 from labeler.io.run_output import run_categories
 from labeler.synthetic import generate_dataset
 
@@ -67,6 +67,16 @@ def test_equals_direct_cocoeval(imperfect_run):
                              "prediction_without_gt": 0}
 
 
+def test_a_run_without_merged_coco_is_evaluated_from_its_coco_shards(imperfect_run, tmp_path):
+    import shutil
+
+    gt, run = imperfect_run
+    sharded = tmp_path / "sharded-run"
+    shutil.copytree(run, sharded, ignore=shutil.ignore_patterns("coco.json"))
+    assert len(list((sharded / "coco").iterdir())) == 2
+    assert evaluate(str(sharded), str(gt)).metrics == evaluate(str(run), str(gt)).metrics
+
+
 def test_per_class_ap_equals_single_category_cocoeval(imperfect_run):
     gt, run = imperfect_run
     report = evaluate(str(run), str(gt))
@@ -110,4 +120,4 @@ def test_cli_prints_and_saves(imperfect_run, tmp_path, run_cli):
     assert saved["metrics"]["segm"]["AP"] == evaluate(str(run), str(gt)).metrics["segm"]["AP"]
     assert "AR@100" in result.stdout and "disc" in result.stdout
     missing = run_cli("eval", "--pred", tmp_path / "nothing", "--gt", gt)
-    assert missing.exit_code == 2 and "no such file" in missing.stderr
+    assert missing.exit_code == 2 and "no coco.json and no COCO shards" in missing.stderr

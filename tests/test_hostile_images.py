@@ -262,9 +262,9 @@ def test_floating_point_tiff_is_scaled_not_black(tmp_path):
 
 @pytest.mark.parametrize("fmt, extension", [("AVIF", "avif"), ("JPEG2000", "jp2")])
 def test_avif_and_jpeg2000_are_listed_by_folder_sources_and_decode(tmp_path, fmt, extension):
-    from labeler.io.sources import list_source
+    from .conftest import source_uris
 
     (tmp_path / f"photo.{extension}").write_bytes(encoded(photo(), fmt))
-    listed = list_source(str(tmp_path)).table.column("uri").to_pylist()
+    listed = source_uris(str(tmp_path))
     assert listed == [str(tmp_path / f"photo.{extension}")]
     assert decode_one(listed[0], **SIZES).status == "ok"

@@ -7,7 +7,7 @@ import pytest
 
 from labeler.errors import LabelerError
 from labeler.io import out_folder
-from labeler.io.coco_writer import write_coco
+from labeler.io.coco_merge import write_coco
 from labeler.io.labels import LabelRows
 from labeler.io.out_lock import LOCK_DIR
 from labeler.io.shards import REMOVED_DIR, list_shards, write_shard

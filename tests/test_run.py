@@ -18,11 +18,10 @@ from labeler.bank import load_bank
 from labeler.build_bank import build_bank
 from labeler.errors import LabelerError, ModelLoadError
 from labeler.io.shards import list_shards
-from labeler.io.sources import list_source
 from labeler.run import RunConfig, run_labeling
 from labeler.synthetic import generate_dataset
 
-from .conftest import BackgroundRun
+from .conftest import BackgroundRun, assert_coco_shards_match_parquet, source_uris, stored_listing
 
 TINY_RUN = dict(sam2="random:tiny", points_per_side=4, batch_size=4, rows_per_shard=4)
 
@@ -65,9 +64,12 @@ def test_every_image_exactly_once_and_parquet_agrees_with_coco(tmp_path, ray_ses
     out = tmp_path / "out"
     summary = run_labeling(RunConfig(bank=bank_path, images=str(images), out=str(out), **TINY_RUN))
 
-    listing = list_source(str(images)).table.to_pydict()
+    listing = stored_listing(out)
     rows = read_rows(out)
-    assert sorted(r["image_id"] for r in rows) == sorted(listing["image_id"])  # each once, none lost
+    assert sorted(listing) == sorted(source_uris(str(images))) and len(listing) == 13
+    assert sorted(listing.values()) == list(range(1, 14))  # sequential ids, in URI order
+    assert [listing[uri] for uri in sorted(listing)] == list(range(1, 14))
+    assert sorted((r["uri"], r["image_id"]) for r in rows) == sorted(listing.items())  # each once, none lost
     by_uri = {r["uri"]: r for r in rows}
     assert by_uri[str(images / "empty.png")]["error"] == "decode failed: empty file"
     assert by_uri[str(images / "not-an-image.jpg")]["error"] == "decode failed: not an image file"
@@ -78,6 +80,7 @@ def test_every_image_exactly_once_and_parquet_agrees_with_coco(tmp_path, ray_ses
     assert all(r["proposals"] == 0 and r["detections"] == [] for r in rows if r["status"] == "error")
     assert summary.counts.images_ok == 10 and summary.counts.images_error == 3
     assert summary.images_processed == 13 and summary.images_skipped == 0
+    assert assert_coco_shards_match_parquet(out) == summary.counts.detections and summary.merged_coco
 
     coco = COCO(str(out / "coco.json"))
     assert sorted(coco.getImgIds()) == sorted(r["image_id"] for r in ok)
@@ -202,11 +205,12 @@ def test_killed_run_resumes_to_each_image_exactly_once(tmp_path, bank_path, run_
                "--rows-per-shard", "2"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None and not list_shards(str(out)):
+    while time.monotonic() < deadline and process.poll() is None and not (out / "_state" / "listing.json").exists():
         time.sleep(0.2)
-    assert process.poll() is None, "the run finished before it could be killed; give it more images"
-    concurrent = run_cli(*command[3:])
+    concurrent = run_cli(*command[3:])  # the first run holds OUT from before it lists the source
     assert concurrent.exit_code == 2 and "is in use by another labeler run (pid" in concurrent.stderr
+    while time.monotonic() < deadline and process.poll() is None and not list_shards(str(out)):
+        time.sleep(0.05)
     assert process.poll() is None, "the run finished before it could be killed; give it more images"
     os.killpg(process.pid, signal.SIGKILL)  # the driver and everything it started
     process.wait()
@@ -218,9 +222,10 @@ def test_killed_run_resumes_to_each_image_exactly_once(tmp_path, bank_path, run_
     assert finished.returncode == 0, finished.stderr[-2000:]
     rows = read_rows(out)
     ids = [r["image_id"] for r in rows]
-    assert sorted(ids) == sorted(list_source(str(images)).table.column("image_id").to_pylist())
+    assert sorted(ids) == sorted(stored_listing(out).values())
     assert len(ids) == len(set(ids)) == 43
     assert first_shards <= set(list_shards(str(out)))  # finished work kept, not redone
+    assert assert_coco_shards_match_parquet(out) == json.loads((out / "run.json").read_text())["counts"]["detections"]
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["counts"]["images_skipped_as_done"] == len(done_before)
     assert manifest["counts"]["images_processed_this_run"] == 43 - len(done_before)
@@ -292,13 +297,13 @@ def test_actors_use_the_bank_the_run_checked_even_if_it_is_rebuilt_in_place(tmp_
                                 "categories": [type(c)(c.id + 100, c.name) for c in original.categories]})
     path = tmp_path / "bank.safetensors"
     path.write_bytes(Path(bank_path).read_bytes())
-    list_source_before = labeler.run.list_source
+    read_source_before = labeler.run.read_source
 
     def rebuild_then_list(*args, **kwargs):
         rebuilt.save(str(path))  # as `labeler build-bank --out` the same path would, mid-run
-        return list_source_before(*args, **kwargs)
+        return read_source_before(*args, **kwargs)
 
-    monkeypatch.setattr(labeler.run, "list_source", rebuild_then_list)
+    monkeypatch.setattr(labeler.run, "read_source", rebuild_then_list)
     images = generate_dataset(tmp_path / "t", 4, seed=8, image_format="jpg").parent / "images"
     out = tmp_path / "out"
     run_labeling(RunConfig(bank=str(path), images=str(images), out=str(out), **TINY_RUN))
@@ -307,9 +312,37 @@ def test_actors_use_the_bank_the_run_checked_even_if_it_is_rebuilt_in_place(tmp_
     assert json.loads((out / "run.json").read_text())["bank"]["content_hash"] == original.content_hash
 
 
+def test_a_rerun_reuses_the_stored_listing_and_picks_up_added_images_when_asked(tmp_path, ray_session,
+                                                                                  bank_path, monkeypatch):
+    from labeler.io import prefix_listing
+
+    images = generate_dataset(tmp_path / "t", 3, seed=12, image_format="jpg", subfolders=False).parent / "images"
+    out = tmp_path / "out"
+    run_labeling(RunConfig(bank=bank_path, images=str(images), out=str(out), **TINY_RUN))
+    listed = stored_listing(out)
+    (images / "zz-added.jpg").write_bytes(next(images.iterdir()).read_bytes())
+    walk = prefix_listing.iter_local
+
+    def must_not_list(*args):  # a generator, as the real one: it fails only when the listing is read
+        raise AssertionError("the source was listed again")
+        yield
+
+    monkeypatch.setattr(prefix_listing, "iter_local", must_not_list)
+    again = run_labeling(RunConfig(bank=bank_path, images=str(images), out=str(out), **TINY_RUN))
+    assert (again.images_listed, again.images_processed, again.images_skipped) == (3, 0, 3)
+    assert stored_listing(out) == listed
+
+    monkeypatch.setattr(prefix_listing, "iter_local", walk)
+    relisted = run_labeling(RunConfig(bank=bank_path, images=str(images), out=str(out), relist=True, **TINY_RUN))
+    assert (relisted.images_listed, relisted.images_processed, relisted.images_skipped) == (4, 1, 3)
+    assert stored_listing(out) == {**listed, str(images / "zz-added.jpg"): 4}
+    assert sorted(r["image_id"] for r in read_rows(out)) == [1, 2, 3, 4]
+    assert assert_coco_shards_match_parquet(out) == relisted.counts.detections
+
+
 def test_rerun_on_a_changed_source_keeps_the_labels_in_step_with_it(tmp_path, ray_session, bank_path):
-    """Images removed or renamed since the first run leave the labels (kept aside), new names are
-    labelled, and a zero-byte shard found in OUT is set aside instead of failing every rerun."""
+    """With --relist, images removed or renamed since the first run leave the labels (kept aside), new
+    names are labelled, and a zero-byte shard found in OUT is set aside instead of failing every rerun."""
     images = generate_dataset(tmp_path / "t", 6, seed=9, image_format="jpg", subfolders=False).parent / "images"
     out = tmp_path / "out"
     run_labeling(RunConfig(bank=bank_path, images=str(images), out=str(out), **TINY_RUN))
@@ -318,8 +351,8 @@ def test_rerun_on_a_changed_source_keeps_the_labels_in_step_with_it(tmp_path, ra
     first[1].rename(images / "renamed.jpg")
     (out / "labels" / f"part-{'e' * 32}.parquet").write_bytes(b"")
 
-    summary = run_labeling(RunConfig(bank=bank_path, images=str(images), out=str(out), **TINY_RUN))
-    listed = list_source(str(images)).table.column("image_id").to_pylist()
+    summary = run_labeling(RunConfig(bank=bank_path, images=str(images), out=str(out), relist=True, **TINY_RUN))
+    listed = list(stored_listing(out).values())
     rows = read_rows(out)
     assert sorted(r["image_id"] for r in rows) == sorted(listed) and len(listed) == 5
     assert summary.images_processed == 1 and summary.rows_not_listed == 2
@@ -331,6 +364,7 @@ def test_rerun_on_a_changed_source_keeps_the_labels_in_step_with_it(tmp_path, ra
     assert manifest["counts"]["images_listed"] == 5 == manifest["counts"]["images_ok"]
     assert manifest["counts"]["rows_moved_not_in_source"] == 2
     assert len(COCO(str(out / "coco.json")).getImgIds()) == 5
+    assert_coco_shards_match_parquet(out)
 
 
 def test_a_run_that_stops_moving_is_stopped_with_the_stage_named(tmp_path, ray_session, bank_path):

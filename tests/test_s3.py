@@ -16,6 +16,7 @@ from labeler.io.shards import list_shards
 from labeler.run import RunConfig, run_labeling
 from labeler.synthetic import generate_dataset
 
+from .conftest import assert_coco_shards_match_parquet, stored_listing
 from .s3_endpoint import S3Endpoint
 
 SECRET = "s3cr3t-never-printed"
@@ -84,6 +85,24 @@ def test_build_bank_and_run_with_everything_on_s3(tmp_path, s3, run_cli):
     coco_local.write_bytes(fs.cat(f"{root}/out/coco.json"))
     assert len(COCO(str(coco_local)).getImgIds()) == 6
     assert not [p for p in fs.ls(f"{root}/out/labels") if ".tmp-" in p]
+    fs.get(f"{root}/out/", str(tmp_path / "out-copy"), recursive=True)
+    assert assert_coco_shards_match_parquet(tmp_path / "out-copy") == json.loads(manifest)["counts"]["detections"]
+    assert len(stored_listing(tmp_path / "out-copy")) == 7  # the listing is stored on S3 too
+
+
+def test_a_prefix_is_listed_per_sub_prefix_in_pages(s3, monkeypatch):
+    from labeler.io import prefix_listing
+
+    root = bucket("labeler-listing")
+    fs, _ = storage.filesystem(root)
+    keys = ([f"top-{n}.jpg" for n in range(3)] + [f"a/{n:04d}.png" for n in range(1203)]  # a/: two pages
+            + [f"b/c/{n}.jpg" for n in range(5)] + ["b/notes.txt", "d/e/f/deep.jpeg"])
+    fs.pipe({f"labeler-listing/{key}": b"x" for key in keys})
+    monkeypatch.setattr(prefix_listing, "BATCH_NAMES", 500)
+    batches = list(prefix_listing.iter_remote(root, lambda name: not name.endswith(".txt")))
+    assert sorted(uri for batch in batches for uri in batch) == sorted(
+        f"{root}/{key}" for key in keys if not key.endswith(".txt"))
+    assert max(len(batch) for batch in batches) <= 500 and len(batches) >= 4
 
 
 def test_throttled_object_is_retried_and_forbidden_one_is_an_error_row(tmp_path, s3, bank_on_s3):

@@ -1,24 +1,44 @@
-"""Shards: published whole, temporaries cleaned, each listed image kept once, unreadable shards set aside."""
+"""Shards: published whole with their COCO twins, counted from footers, each listed
+image kept once, temporaries cleaned, unreadable shards set aside."""
+
+import json
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
 
-from labeler.io.labels import LabelRows
+from labeler.io.coco import Category
+from labeler.io.id_set import IdSet
+from labeler.io.labels import Detections, LabelRows
 from labeler.io.out_folder import remove_temporaries
 from labeler.io.shards import (
+    COUNTS_KEY,
     REMOVED_DIR,
-    finished_ids,
+    LabelCounts,
+    ShardIndex,
+    coco_twin,
+    list_coco_shards,
     list_shards,
-    reconcile,
-    set_aside_unreadable,
+    read_shard,
+    remove_orphan_coco_shards,
     write_shard,
 )
 
+CATEGORIES = [Category(3, "cat"), Category(9, "dog")]
+TOP_LEFT_PAIR = np.zeros((3, 4), np.uint8)
+TOP_LEFT_PAIR[0, :2] = 1
+TOP_LEFT_RLE = mask_utils.encode(np.asfortranarray(TOP_LEFT_PAIR))["counts"].decode()  # area 2, bbox [0, 0, 2, 1]
 
-def table(ids):
+
+def table(ids, detections_per_image=0):
     rows = LabelRows()
     for image_id in ids:
-        rows.add(image_id, f"/img/{image_id}.png", 4, 3, "ok", None)
+        detections = [{"category_id": 3 if k % 2 else 9, "score": 0.9 - 0.1 * k, "bbox": [0, 0, 2, 1], "area": 2,
+                       "rle": TOP_LEFT_RLE} for k in range(detections_per_image)]
+        rows.add(image_id, f"/img/{image_id}.png", 4, 3, "ok", None, Detections.from_dicts(detections),
+                 proposals=5, transfer_bytes=100)
     return rows.table()
 
 
@@ -26,41 +46,106 @@ def shard_ids(out, folder=None):
     return sorted(i for shard in list_shards(out, folder) for i in pq.read_table(shard).column("image_id").to_pylist())
 
 
+def index_of(out, listed):
+    index = ShardIndex(out, IdSet.from_ids(np.asarray(listed)), IdSet.empty(max(listed) + 1))
+    index.update()
+    return index
+
+
 def test_duplicates_across_shards_are_kept_once(tmp_path):
     out = str(tmp_path)
-    write_shard(out, table([1, 2, 3]))
-    write_shard(out, table([3, 4]))
-    write_shard(out, table([4, 5, 5]))
-    result = reconcile(out, np.arange(1, 6))
+    write_shard(out, table([1, 2, 3]), categories=CATEGORIES)
+    write_shard(out, table([3, 4]), categories=CATEGORIES)
+    write_shard(out, table([4, 5, 5]), categories=CATEGORIES)
+    index = index_of(out, range(1, 6))
+    assert index.finished() == 5 and index.counts.images_ok == 8  # before the pass: every row counted
+    result = index.reconcile(CATEGORIES)
     assert (result.duplicates, result.not_listed) == (3, 0)
     assert shard_ids(out) == [1, 2, 3, 4, 5]
-    assert reconcile(out, np.arange(1, 6)).duplicates == 0
+    assert index.counts == LabelCounts(images_ok=5, proposals=25, transfer_bytes_ok=500)
+    assert index_of(out, range(1, 6)).reconcile(CATEGORIES).duplicates == 0
+    assert [coco_twin(out, uri) for uri in list_shards(out)] == list_coco_shards(out)  # twins rewritten too
+    assert sorted(i["id"] for uri in list_coco_shards(out) for i in COCO(uri.removeprefix("file://")).dataset["images"]
+                  ) == [1, 2, 3, 4, 5]
 
 
 def test_rows_of_images_no_longer_listed_leave_the_labels_but_are_kept_aside(tmp_path):
     out = str(tmp_path)
     write_shard(out, table([1, 2, 3, 4]))
     write_shard(out, table([5, 6, 6]))
-    result = reconcile(out, np.array([1, 3, 5, 6, 9]))
+    index = index_of(out, [1, 3, 5, 6, 9])
+    assert index.finished() == 4
+    result = index.reconcile(CATEGORIES)
     assert (result.duplicates, result.not_listed) == (1, 2)
     assert shard_ids(out) == [1, 3, 5, 6]
     assert shard_ids(out, f"{out}/{REMOVED_DIR}") == [2, 4]
-    assert reconcile(out, np.array([1, 3, 5, 6, 9])) == result.__class__(0, 0)
+    assert index.counts.images_ok == 4
+    assert index_of(out, [1, 3, 5, 6, 9]).reconcile(CATEGORIES) == result.__class__(0, 0)
+
+
+def test_each_coco_shard_loads_in_pycocotools_and_holds_exactly_its_parquet_detections(tmp_path):
+    out = str(tmp_path)
+    rows = LabelRows()
+    rows.add(7, "/img/7.png", 4, 3, "ok", None, Detections.from_dicts([
+        {"category_id": 9, "score": 0.8, "bbox": [1, 0, 2, 3], "area": 6, "rle": mask_utils.encode(
+            np.asfortranarray(np.pad(np.ones((3, 2), np.uint8), ((0, 0), (1, 1)))))["counts"].decode()}]), proposals=4)
+    rows.add(8, "/img/8.png", 0, 0, "error", "decode failed: empty file")
+    shard = write_shard(out, rows.table(), categories=CATEGORIES)
+    write_shard(out, table([10, 11], detections_per_image=3), categories=CATEGORIES)
+    parquet = {(r["image_id"], d["category_id"], round(d["score"], 6), d["rle"]) for uri in list_shards(out)
+               for r in read_shard(uri).to_pylist() for d in r["detections"]}
+    coco = set()
+    for uri in list_coco_shards(out):
+        loaded = COCO(uri)
+        assert sorted(loaded.getCatIds()) == [3, 9]
+        assert len({a["id"] for a in loaded.dataset["annotations"]}) == len(loaded.dataset["annotations"])
+        for annotation in loaded.loadAnns(loaded.getAnnIds()):
+            assert loaded.annToMask(annotation).sum() == annotation["area"]
+            coco.add((annotation["image_id"], annotation["category_id"], annotation["score"],
+                      annotation["segmentation"]["counts"]))
+    assert coco == parquet and len(parquet) == 7
+    first = json.loads(open(coco_twin(out, shard)).read())
+    assert [i["id"] for i in first["images"]] == [7]  # error rows are only in the Parquet shard
+    counts = json.loads(pq.ParquetFile(shard).schema_arrow.metadata[COUNTS_KEY])
+    assert counts == {"images_ok": 1, "images_error": 1, "detections": 1, "proposals": 4, "transfer_bytes_ok": 0}
+
+
+def test_a_coco_shard_without_its_parquet_twin_is_not_data_and_is_removed(tmp_path, monkeypatch):
+    """A write task killed between the two files leaves only the COCO shard."""
+    from labeler.io import storage
+
+    out = str(tmp_path)
+    kept = write_shard(out, table([1]), categories=CATEGORIES)
+    publish = storage.write_bytes_atomic
+
+    def killed_before_parquet(uri, data):
+        if uri.endswith(".parquet"):
+            raise KeyboardInterrupt
+        publish(uri, data)
+
+    monkeypatch.setattr(storage, "write_bytes_atomic", killed_before_parquet)
+    with pytest.raises(KeyboardInterrupt):
+        write_shard(out, table([2]), categories=CATEGORIES)
+    monkeypatch.undo()
+    assert len(list((tmp_path / "coco").iterdir())) == 2 and list_coco_shards(out) == [coco_twin(out, kept)]
+    assert remove_orphan_coco_shards(out) == 1
+    assert [p.name for p in (tmp_path / "coco").iterdir()] == [coco_twin(out, kept).rsplit("/", 1)[1]]
 
 
 def test_temporaries_anywhere_in_out_are_not_data_and_get_cleaned(tmp_path):
     out = str(tmp_path)
-    write_shard(out, table([7]))
+    write_shard(out, table([7]), categories=CATEGORIES)
     hex32 = "0123456789abcdef" * 2
     (tmp_path / "labels" / f"part-{hex32}.parquet.tmp-{hex32}").write_bytes(b"half a parquet file")
+    (tmp_path / "coco" / f"part-{hex32}.json.tmp-{hex32}").write_bytes(b'{"images": [')
     (tmp_path / f"coco.json.tmp-{hex32}").write_text('{"images": [')
     (tmp_path / "_state").mkdir()
     (tmp_path / "_state" / f"settings.json.tmp-{hex32}").write_text("{")
     (tmp_path / "notes.tmp-mine.txt").write_text("the user's, not a temporary of labeler")
-    assert len(list_shards(out)) == 1 and finished_ids(out).tolist() == [7]
-    assert remove_temporaries(out) == 3
+    assert len(list_shards(out)) == 1 and index_of(out, [7]).finished() == 1
+    assert remove_temporaries(out) == 4
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(
-        [list_shards(out)[0].split("/")[-1], "notes.tmp-mine.txt"]
+        [list_shards(out)[0].split("/")[-1], coco_twin(out, list_shards(out)[0]).split("/")[-1], "notes.tmp-mine.txt"]
     )
 
 
@@ -68,25 +153,41 @@ def test_an_unreadable_shard_is_set_aside_and_its_images_are_not_done(tmp_path):
     out = str(tmp_path)
     good = write_shard(out, table([1, 2]))
     hex32 = "fedcba9876543210" * 2
-    (tmp_path / "labels" / f"part-{hex32}.parquet").write_bytes(b"")  # zero bytes
-    (tmp_path / "labels" / f"part-{'1' * 32}.parquet").write_bytes(b"PAR1 not really")
-    moved = set_aside_unreadable(out)
-    assert len(moved) == 2 and all(m.endswith(".parquet.unreadable") for m in moved)
-    assert list_shards(out) == [good] and finished_ids(out).tolist() == [1, 2]
+    bad = tmp_path / "labels" / f"part-{hex32}.parquet"
+    bad.write_bytes(b"")
+    index = index_of(out, [1, 2, 3])
+    assert list_shards(out) == [good] and index.finished() == 2 and index.shards == 1
+    assert (tmp_path / "labels" / f"part-{hex32}.parquet.unreadable").exists()
 
 
-def test_coco_json_streams_into_out_and_an_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
+def test_the_index_reads_each_shard_once_and_counts_from_footers(tmp_path, monkeypatch):
+    from labeler.io import shards
+
+    out = str(tmp_path)
+    write_shard(out, table([1, 2], detections_per_image=2))
+    index = index_of(out, [1, 2, 3])
+    reads = []
+    read = shards.read_ids_and_counts
+    monkeypatch.setattr(shards, "read_ids_and_counts", lambda uri: reads.append(uri) or read(uri))
+    write_shard(out, table([3], detections_per_image=1))
+    index.update()
+    index.update()
+    assert len(reads) == 1 and index.finished() == 3
+    assert index.counts == LabelCounts(images_ok=3, detections=5, proposals=15, transfer_bytes_ok=300)
+
+
+def test_merged_coco_streams_into_out_and_an_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
     """It was staged in /tmp/labeler-coco-*, which a kill left behind."""
     import tempfile
 
-    from labeler.io import coco_writer
+    from labeler.io import coco_merge, coco_writer
 
     out = tmp_path / "out"
     write_shard(str(out), table([1, 2]))
     staging = tmp_path / "tmp"
     staging.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(staging))
-    coco_writer.write_coco(str(out), [], out_id="f" * 32)
+    coco_merge.write_coco(str(out), [], out_id="f" * 32)
     assert '"labeler_out": "' + "f" * 32 in (out / "coco.json").read_text()[:200]
 
     def broken(*args):
@@ -95,8 +196,6 @@ def test_coco_json_streams_into_out_and_an_interrupted_write_leaves_nothing(tmp_
 
     monkeypatch.setattr(coco_writer, "_annotation_entries", broken)
     (out / "coco.json").unlink()
-    try:
-        coco_writer.write_coco(str(out), [])
-    except RuntimeError:
-        pass
+    with pytest.raises(RuntimeError):
+        coco_merge.write_coco(str(out), [])
     assert sorted(p.name for p in out.iterdir()) == ["labels"] and list(staging.iterdir()) == []

@@ -1,15 +1,22 @@
-"""Listing sources: folders, URI lists and COCO files, with stable ids."""
+"""Sources and the stored listing: streamed, sorted, sequential ids that never collide
+and never change, reused by reruns, merged on --relist."""
 
+import numpy as np
 import pytest
 
 from labeler.errors import LabelerError
-from labeler.io.sources import list_source, stable_image_id
+from labeler.io import listing as listing_module
+from labeler.io.external_sort import ExternalSort
+from labeler.io.id_set import IdSet
+from labeler.io.listing import load_listing, part_rows_for, store_listing
+from labeler.io.sources import read_source
 
-from .conftest import write_json
+from .conftest import source_uris, stored_listing, write_json
 
 
-def rows(listing):
-    return dict(zip(listing.table.column("uri").to_pylist(), listing.table.column("image_id").to_pylist()))
+def store(out, source, **kwargs):
+    previous = load_listing(str(out)) if kwargs.pop("relist", False) else None
+    return store_listing(str(out), read_source(str(source), **kwargs), previous=previous)
 
 
 def test_folder_is_listed_recursively_by_image_names(tmp_path):
@@ -21,27 +28,43 @@ def test_folder_is_listed_recursively_by_image_names(tmp_path):
     (tmp_path / "a" / "folder.jpg" / "inner.png").write_bytes(b"3")
     (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")  # a symlink loop: listed too
     (tmp_path / "linked").symlink_to(tmp_path / "a")  # symlinked folders are not followed
-    listing = list_source(str(tmp_path))
-    assert sorted(rows(listing)) == sorted(str(tmp_path / p) for p in
-                                           ["a/b/y.PNG", "a/folder.jpg", "a/folder.jpg/inner.png", "loop.jpg", "x.jpg"])
-    assert listing.kind == "folder"
+    entries = read_source(str(tmp_path))
+    assert entries.kind == "folder"
+    assert sorted(uri for batch in entries.uri_batches for uri in batch) == sorted(
+        str(tmp_path / p) for p in ["a/b/y.PNG", "a/folder.jpg", "a/folder.jpg/inner.png", "loop.jpg", "x.jpg"])
 
 
-def test_folder_ids_are_stable_and_independent_of_other_files(tmp_path):
-    (tmp_path / "x.jpg").write_bytes(b"1")
-    first = rows(list_source(str(tmp_path)))
-    (tmp_path / "new.jpg").write_bytes(b"2")
-    second = rows(list_source(str(tmp_path)))
-    assert second[str(tmp_path / "x.jpg")] == first[str(tmp_path / "x.jpg")] == stable_image_id("x.jpg")
-    assert 0 < stable_image_id("x.jpg") < 2**53
+def test_ids_are_sequential_in_uri_order_and_survive_a_relist(tmp_path):
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    for name in ("b.jpg", "d.jpg", "a.jpg"):
+        (images / name).write_bytes(b"1")
+    first = store(out, images)
+    assert stored_listing(out) == {str(images / "a.jpg"): 1, str(images / "b.jpg"): 2, str(images / "d.jpg"): 3}
+    assert (first.images, first.next_id, first.kind) == (3, 4, "folder")
+
+    (images / "b.jpg").unlink()
+    (images / "c.jpg").write_bytes(b"1")
+    (images / "0.jpg").write_bytes(b"1")
+    second = store(out, images, relist=True)
+    # Kept images keep their ids; added ones get new ids in URI order; the id of b.jpg is never reused.
+    assert stored_listing(out) == {str(images / "0.jpg"): 4, str(images / "a.jpg"): 1, str(images / "c.jpg"): 5,
+                                   str(images / "d.jpg"): 3}
+    assert (second.images, second.next_id) == (4, 6)
+    assert second.version != first.version and not (out / "_state" / "listing" / first.version).exists()
+    assert sorted(np.flatnonzero(second.ids().contains(np.arange(8)))) == [1, 3, 4, 5]
 
 
-def test_uri_list_skips_comments_blanks_and_repeats(tmp_path):
-    listing_file = tmp_path / "list.txt"
-    listing_file.write_text("# images\ns3://b/one.jpg\n\n/data/two.png\ns3://b/one.jpg\n")
-    listing = list_source(str(listing_file))
-    assert list(rows(listing)) == ["s3://b/one.jpg", "/data/two.png"]
-    assert rows(listing)["s3://b/one.jpg"] == stable_image_id("s3://b/one.jpg")
+def test_a_list_is_sorted_and_deduplicated_through_runs_on_disk(tmp_path, monkeypatch):
+    """More URIs than a sort run holds: the merge of the runs still yields each URI once, in order."""
+    monkeypatch.setattr(listing_module, "ExternalSort", lambda: ExternalSort(run_rows=7))
+    uris = [f"s3://bucket/{n % 40:03d}.jpg" for n in range(97, 0, -1)]  # 97 lines, 40 distinct, shuffled order
+    source = tmp_path / "list.txt"
+    source.write_text("# a comment\n\n" + "\n".join(uris) + "\n")
+    listing = store(tmp_path / "out", source)
+    stored = stored_listing(tmp_path / "out")
+    assert list(stored) == sorted(set(uris)) and list(stored.values()) == list(range(1, 41))
+    assert (listing.images, listing.repeats) == (40, 57)
 
 
 def test_coco_source_keeps_its_ids_and_uses_image_root(tmp_path):
@@ -49,22 +72,74 @@ def test_coco_source_keeps_its_ids_and_uses_image_root(tmp_path):
         "images": [{"id": 42, "file_name": "sub/a.png"}, {"id": 7, "file_name": "b.png"}],
         "annotations": [], "categories": [],
     })
-    assert rows(list_source(str(coco))) == {str(tmp_path / "b.png"): 7, str(tmp_path / "sub" / "a.png"): 42}
-    assert rows(list_source(str(coco), image_root="s3://bucket/imgs")) == {
-        "s3://bucket/imgs/b.png": 7, "s3://bucket/imgs/sub/a.png": 42}
+    store(tmp_path / "out", coco)
+    assert stored_listing(tmp_path / "out") == {str(tmp_path / "b.png"): 7, str(tmp_path / "sub" / "a.png"): 42}
+    store(tmp_path / "out2", coco, image_root="s3://bucket/imgs")
+    assert stored_listing(tmp_path / "out2") == {"s3://bucket/imgs/b.png": 7, "s3://bucket/imgs/sub/a.png": 42}
 
 
-def test_coco_source_refuses_escaping_file_names(tmp_path):
-    coco = write_json(tmp_path / "gt.json", {"images": [{"id": 1, "file_name": "../x.png"}], "categories": []})
-    with pytest.raises(LabelerError, match="image 1: file_name '../x.png' escapes the image root"):
-        list_source(str(coco))
+def test_parts_have_a_sensible_size_however_many_images():
+    assert [part_rows_for(n) for n in (1, 80, 100_000, 1_000_000, 10_000_000)] == [16, 16, 391, 3907, 4096]
 
 
-def test_missing_source(tmp_path):
+def test_listing_parts_split_and_read_back_in_order(tmp_path):
+    source = tmp_path / "list.txt"
+    source.write_text("\n".join(f"/data/{n:05d}.jpg" for n in range(5000)))
+    listing = store(tmp_path / "out", source)
+    assert listing.parts == 250 and listing.images == 5000  # 20 rows each
+    ids = np.concatenate([t.column("image_id").to_numpy() for t in listing.iter_tables()])
+    assert ids.tolist() == list(range(1, 5001)) and len(listing.ids()) == 5000
+
+
+def test_a_kill_before_the_pointer_swap_leaves_the_previous_listing_in_force(tmp_path, monkeypatch):
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(b"1")
+    first = store(out, images)
+    (images / "b.jpg").write_bytes(b"1")
+    monkeypatch.setattr(listing_module, "remove_other_versions", lambda *args: None)
+    real_write = listing_module.storage.write_bytes_atomic
+
+    def killed_at_the_pointer(uri, data):
+        if uri.endswith("listing.json"):
+            raise KeyboardInterrupt
+        real_write(uri, data)
+
+    monkeypatch.setattr(listing_module.storage, "write_bytes_atomic", killed_at_the_pointer)
+    with pytest.raises(KeyboardInterrupt):
+        store(out, images, relist=True)
+    monkeypatch.undo()
+    assert load_listing(str(out)) == first and len(list((out / "_state" / "listing").iterdir())) == 2
+    listing_module.remove_other_versions(str(out), first)
+    assert [p.name for p in (out / "_state" / "listing").iterdir()] == [first.version]
+
+
+def test_id_sets_are_bitmaps_for_dense_ids_and_arrays_for_sparse_ones():
+    dense = IdSet.from_ids(np.arange(1, 10_001))
+    sparse = IdSet.from_ids(np.array([5, 2**62, 7]))
+    assert dense.nbytes == 1251 and sparse.nbytes == 24
+    probe = np.array([0, 1, 5, 7, 10_000, 10_001, 2**62, -3])
+    assert dense.contains(probe).tolist() == [False, True, True, True, True, False, False, False]
+    assert sparse.contains(probe).tolist() == [False, False, True, True, False, False, True, False]
+    assert len(dense) == 10_000 and sparse.count_in(dense) == 2 and dense.count_in(sparse) == 2
+    grown = IdSet.empty(100)
+    grown.add(np.array([3, 3, 99]))
+    assert len(grown) == 2 and IdSet.from_bytes(grown.to_bytes()).contains(np.array([3, 4, 99])).tolist() == [
+        True, False, True]
+    with pytest.raises(ValueError, match="outside"):
+        grown.add(np.array([104]))  # 13 bytes hold ids 0..103
+
+
+def test_missing_or_unreadable_sources(tmp_path):
     with pytest.raises(LabelerError, match="no such folder or prefix"):
-        list_source(str(tmp_path / "nope"))
+        read_source(str(tmp_path / "nope"))
+    with pytest.raises(LabelerError, match="no such file"):
+        read_source(str(tmp_path / "nope.txt"))
     with pytest.raises(LabelerError, match="--image-root applies to COCO JSON sources only"):
-        list_source(str(tmp_path), image_root="x")
+        read_source(str(tmp_path), image_root="x")
+    write_json(tmp_path / "gt.json", {"images": [{"id": 1, "file_name": "../x.png"}], "categories": []})
+    with pytest.raises(LabelerError, match="image 1: file_name '../x.png' escapes the image root"):
+        read_source(str(tmp_path / "gt.json"))
 
 
 def test_relative_roots_and_list_entries_become_absolute(tmp_path, monkeypatch):
@@ -74,7 +149,8 @@ def test_relative_roots_and_list_entries_become_absolute(tmp_path, monkeypatch):
     (tmp_path / "data" / "list.txt").write_text("imgs/a.jpg\n../elsewhere/b.png\ns3://bucket/c.jpg\n")
     write_json(tmp_path / "data" / "gt.json", {"images": [{"id": 3, "file_name": "a.jpg"}], "categories": []})
     monkeypatch.chdir(tmp_path)
-    assert list(rows(list_source("data/imgs"))) == [str(tmp_path / "data" / "imgs" / "a.jpg")]
-    assert list(rows(list_source("data/gt.json", image_root="data/imgs"))) == [str(tmp_path / "data/imgs/a.jpg")]
-    assert list(rows(list_source("data/list.txt"))) == [  # relative to the list, as COCO file_names are
+    assert source_uris("data/imgs") == [str(tmp_path / "data" / "imgs" / "a.jpg")]
+    coco = read_source("data/gt.json", image_root="data/imgs").coco_images
+    assert coco.column("uri").to_pylist() == [str(tmp_path / "data/imgs/a.jpg")]
+    assert source_uris("data/list.txt") == [  # relative to the list, as COCO file_names are
         str(tmp_path / "data" / "imgs" / "a.jpg"), str(tmp_path / "elsewhere" / "b.png"), "s3://bucket/c.jpg"]

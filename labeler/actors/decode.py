@@ -1,4 +1,9 @@
-"""Read + decode stage (CPU tasks): URIs to model-ready pixel arrays, or error rows."""
+"""Read + decode stage (CPU tasks): URIs to model-ready pixel arrays, or error rows.
+
+An error row carries no pixels: when a batch has one, its pixel columns are
+ragged (an object array whose error entries are ``0 x 0 x 3``), and the
+model stages pick the rows they use with :func:`stack_rows`.
+"""
 
 from __future__ import annotations
 
@@ -31,10 +36,27 @@ class DecodedImage:
     dino_pixels: np.ndarray
 
 
-def _error(reason: str, sam2_size: int, dino_size: int) -> DecodedImage:
-    blank_sam2 = np.zeros((sam2_size, sam2_size, 3), dtype=np.uint8)
-    blank_dino = np.zeros((dino_size, dino_size, 3), dtype=np.uint8)
-    return DecodedImage(STATUS_ERROR, reason, 0, 0, blank_sam2, blank_dino)
+NO_PIXELS = np.zeros((0, 0, 3), dtype=np.uint8)
+
+
+def _error(reason: str) -> DecodedImage:
+    return DecodedImage(STATUS_ERROR, reason, 0, 0, NO_PIXELS, NO_PIXELS)
+
+
+def pixel_column(arrays: list[np.ndarray]) -> np.ndarray:
+    """One array per row: stacked when all have one shape, else an object array (ragged)."""
+    if len({a.shape for a in arrays}) <= 1 and arrays:
+        return np.stack(arrays)
+    column = np.empty(len(arrays), dtype=object)
+    column[:] = arrays
+    return column
+
+
+def stack_rows(column: np.ndarray, rows) -> np.ndarray:
+    """``[len(rows), ...]``: the arrays of ``rows`` of a (possibly ragged) column."""
+    if column.dtype != object:
+        return column[rows]
+    return np.stack([np.asarray(column[row]) for row in rows])
 
 
 def decode_one(
@@ -44,9 +66,9 @@ def decode_one(
     try:
         pixels = read_image(uri, max_pixels=max_pixels, max_bytes=max_bytes)
     except ImageDecodeError as error:
-        return _error(f"decode failed: {error}", sam2_size, dino_size)
+        return _error(f"decode failed: {error}")
     except Exception as error:  # noqa: BLE001 - every failure is this image's error row
-        return _error(f"read failed: {storage.describe_read_error(error)}", sam2_size, dino_size)
+        return _error(f"read failed: {storage.describe_read_error(error)}")
     try:
         height, width = pixels.shape[:2]
         return DecodedImage(
@@ -55,7 +77,7 @@ def decode_one(
             resize_square(pixels, dino_size, "bicubic"),
         )
     except Exception as error:  # noqa: BLE001 - out of memory on a huge image, ...
-        return _error(f"decode failed: resizing: {type(error).__name__}: {error}", sam2_size, dino_size)
+        return _error(f"decode failed: resizing: {type(error).__name__}: {error}")
 
 
 def decode_batch(
@@ -73,7 +95,7 @@ def decode_batch(
 
     Adds ``width``, ``height``, ``status``, ``error``, ``sam2_pixels``
     (``[B, S, S, 3]`` uint8, bilinear) and ``dino_pixels`` (``[B, G, G, 3]``
-    uint8, bicubic). Reads run on a few threads to overlap storage latency,
+    uint8, bicubic), ragged when an error row has none (module doc). Reads run on a few threads to overlap storage latency,
     each image within ``read_timeout`` seconds; ``storage_options`` are
     applied in this worker first (:func:`storage.configure`). The rows are
     reported to ``tracker`` (:mod:`labeler.progress`).
@@ -85,7 +107,7 @@ def decode_batch(
         uris,
         threads=IO_THREADS,
         timeout=read_timeout,
-        on_timeout=lambda uri: _error(f"read failed: timed out after {read_timeout:g} s", sam2_size, dino_size),
+        on_timeout=lambda uri: _error(f"read failed: timed out after {read_timeout:g} s"),
     )
     report(tracker, "read", len(uris))
     return {
@@ -95,6 +117,6 @@ def decode_batch(
         "height": np.array([r.height for r in results], dtype=np.int32),
         "status": np.array([r.status for r in results], dtype=object),
         "error": np.array([r.error or "" for r in results], dtype=object),
-        "sam2_pixels": np.stack([r.sam2_pixels for r in results]),
-        "dino_pixels": np.stack([r.dino_pixels for r in results]),
+        "sam2_pixels": pixel_column([r.sam2_pixels for r in results]),
+        "dino_pixels": pixel_column([r.dino_pixels for r in results]),
     }

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from labeler.actors.decode import stack_rows
 from labeler.actors.isolation import FailureStreak, SystemicFailure, each_image
 from labeler.actors.sam2_proposer import payload_from_row
 from labeler.actors.worker_setup import prepare_worker
@@ -151,8 +152,8 @@ class Dinov2Scorer:
     def features(self, batch: dict[str, np.ndarray], rows: Sequence[int]) -> torch.Tensor:
         """``[len(rows), g, g, D]`` float32 DINOv2 features of those rows."""
         if "dino_features" in batch:
-            return to_device(batch["dino_features"][rows], self.device).float()
-        pixels = to_device(batch["dino_pixels"][rows], self.device).permute(0, 3, 1, 2)
+            return to_device(stack_rows(batch["dino_features"], rows), self.device).float()
+        pixels = to_device(stack_rows(batch["dino_pixels"], rows), self.device).permute(0, 3, 1, 2)
         with self.speedups.autocast(self.device):
             return self.encoder.patch_features(pixels)
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from labeler.actors.decode import pixel_column, stack_rows
 from labeler.actors.isolation import FailureStreak, SystemicFailure, each_image, free_device_memory, is_out_of_memory
 from labeler.actors.worker_setup import prepare_worker
 from labeler.bank import BankFile
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from ray.actor import ActorHandle
 
 FIXED_ROW_BYTES = 64  # ids, sizes, status and offsets of a row, roughly
+NO_FEATURES = np.zeros((0, 0, 0), dtype=np.float16)  # an error row's DINOv2 features
 
 
 def row_nbytes(batch: dict[str, np.ndarray], index: int) -> int:
@@ -129,7 +131,7 @@ class Sam2Proposer:
 
     def _propose_rows(self, pixels: np.ndarray, dino_pixels: np.ndarray, rows: Sequence[int],
                       points_per_batch: int | None = None) -> list[tuple[ProposalPayload, np.ndarray | None]]:
-        payloads, features = self.propose(pixels[rows], dino_pixels[rows], points_per_batch)
+        payloads, features = self.propose(stack_rows(pixels, rows), stack_rows(dino_pixels, rows), points_per_batch)
         features = features.half().cpu().numpy() if features is not None else [None] * len(payloads)
         return list(zip(payloads, features))
 
@@ -158,10 +160,9 @@ class Sam2Proposer:
         size = len(batch["image_id"])
         empty = ProposalPayload(b"", np.zeros(0, np.int32), np.zeros(0, np.float16), np.zeros(0, np.float32), 0, 0)
         payloads = [empty] * size
-        features = None
+        features: list[np.ndarray] | None = None
         if self.encoder is not None:  # matched prompts: the features replace the pixels downstream
-            grid = self.encoder.grid_size
-            features = np.zeros((size, grid, grid, self.encoder.feature_dim), dtype=np.float16)
+            features = [NO_FEATURES] * size
         outcomes = each_image(
             lambda rows: self._propose_rows(pixels, batch["dino_pixels"], rows),
             lambda row: self._propose_alone(pixels, batch["dino_pixels"], row),
@@ -178,7 +179,7 @@ class Sam2Proposer:
             if features is not None:
                 features[index] = outcome[1]
         if features is not None:
-            batch["dino_features"] = features
+            batch["dino_features"] = pixel_column(features)
             del batch["dino_pixels"]
         batch["rle_blob"] = np.array([p.rle_blob for p in payloads], dtype=object)
         batch["rle_lengths"] = _ragged([p.rle_lengths for p in payloads])

@@ -10,6 +10,7 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from labeler.io import storage
+from labeler.io.coco import Category
 from labeler.io.labels import LABELS_SCHEMA
 from labeler.io.shards import write_shard
 from labeler.progress import report, report_fatal
@@ -19,16 +20,18 @@ if TYPE_CHECKING:
 
 
 class LabelShardSink(Datasink[list[str]]):
-    """Writes each write task's rows as one Parquet shard under ``OUT/labels``.
+    """Writes each write task's rows as one Parquet shard under ``OUT/labels`` and
+    its COCO twin under ``OUT/coco`` (:mod:`labeler.io.shards`).
 
     Ray Data gathers at least ``rows_per_shard`` rows per write call, so
     shards have a useful size; each is published whole.
     """
 
-    def __init__(self, out: str, rows_per_shard: int, storage_options: dict | None = None,
-                 tracker: ActorHandle | None = None):
+    def __init__(self, out: str, rows_per_shard: int, categories: list[Category],
+                 storage_options: dict | None = None, tracker: ActorHandle | None = None):
         self.out = out
         self.rows_per_shard = rows_per_shard
+        self.categories = categories
         self.storage_options = storage_options
         self.tracker = tracker
 
@@ -44,7 +47,7 @@ class LabelShardSink(Datasink[list[str]]):
             return []
         table = pa.concat_tables([t.cast(LABELS_SCHEMA) for t in tables])
         try:
-            uri = write_shard(self.out, table)
+            uri = write_shard(self.out, table, categories=self.categories)
         except OSError as error:  # a full disk or a read-only OUT: no retry or later pass can help
             report_fatal(self.tracker, "write", OSError(f"writing to {self.out} failed: {error.strerror or error}"))
             raise

@@ -1,74 +1,63 @@
-"""Streaming COCO JSON from the label shards (bounded memory)."""
+"""COCO JSON documents from label tables, streamed: one table's (a COCO shard),
+or many tables' in one file (:mod:`labeler.io.coco_merge`). Annotation ids
+run from 1 within each document.
+"""
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any, TextIO
 
-from labeler.io import storage
+import pyarrow as pa
+
 from labeler.io.coco import Category
 from labeler.io.labels import STATUS_OK
-from labeler.io.shards import iter_shard_tables
+
+#: The label columns a COCO document is made of.
+COCO_COLUMNS = ["image_id", "uri", "width", "height", "status", "detections"]
 
 
 @dataclass
-class LabelCounts:
-    """What the shards hold."""
+class CocoCounts:
+    """What a COCO file holds."""
 
-    images_ok: int = 0
-    images_error: int = 0
-    detections: int = 0
-    proposals: int = 0
-    transfer_bytes_ok: int = 0  # summed over ok images
-
-    @property
-    def transfer_bytes_per_image(self) -> float:
-        """Mean bytes an ok image carried from the SAM2 stage to the DINOv2 stage."""
-        return self.transfer_bytes_ok / self.images_ok if self.images_ok else 0.0
+    images: int = 0
+    annotations: int = 0
 
 
-def _image_entries(out: str, counts: LabelCounts) -> Iterator[str]:
-    columns = ["image_id", "uri", "width", "height", "status", "proposals", "transfer_bytes"]
-    for _, table in iter_shard_tables(out, columns):
-        for row in table.to_pylist():
-            if row["status"] != STATUS_OK:
-                counts.images_error += 1
-                continue
-            counts.images_ok += 1
-            counts.proposals += row["proposals"]
-            counts.transfer_bytes_ok += row["transfer_bytes"]
-            yield json.dumps({"id": row["image_id"], "file_name": row["uri"], "width": row["width"],
-                              "height": row["height"]})
+def _image_entries(table: pa.Table, counts: CocoCounts) -> Iterator[str]:
+    columns = table.select(["image_id", "uri", "width", "height", "status"]).to_pydict()
+    for image_id, uri, width, height, status in zip(*columns.values()):
+        if status == STATUS_OK:
+            counts.images += 1
+            yield json.dumps({"id": image_id, "file_name": uri, "width": width, "height": height})
 
 
-def _annotation_entries(out: str, counts: LabelCounts, min_score: float,
-                        with_scores: bool) -> Iterator[str]:
-    annotation_id = 0
-    for _, table in iter_shard_tables(out, ["image_id", "height", "width", "status", "detections"]):
-        for batch in table.to_batches(max_chunksize=256):
-            for row in batch.to_pylist():
-                for detection in row["detections"]:
-                    if detection["score"] < min_score:
-                        continue
-                    annotation_id += 1
-                    counts.detections += 1
-                    entry = {
-                        "id": annotation_id,
-                        "image_id": row["image_id"],
-                        "category_id": detection["category_id"],
-                        "bbox": [round(v, 2) for v in detection["bbox"]],
-                        "area": detection["area"],
-                        "segmentation": {"size": [row["height"], row["width"]], "counts": detection["rle"]},
-                        "iscrowd": 0,
-                    }
-                    if with_scores:
-                        entry["score"] = round(detection["score"], 6)
-                    yield json.dumps(entry)
+def _annotation_entries(table: pa.Table, counts: CocoCounts, min_score: float, with_scores: bool) -> Iterator[str]:
+    for batch in table.select(["image_id", "height", "width", "detections"]).to_batches(max_chunksize=256):
+        for row in batch.to_pylist():
+            for detection in row["detections"]:
+                if detection["score"] < min_score:
+                    continue
+                counts.annotations += 1
+                entry = {
+                    "id": counts.annotations,
+                    "image_id": row["image_id"],
+                    "category_id": detection["category_id"],
+                    "bbox": [round(v, 2) for v in detection["bbox"]],
+                    "area": detection["area"],
+                    "segmentation": {"size": [row["height"], row["width"]], "counts": detection["rle"]},
+                    "iscrowd": 0,
+                }
+                if with_scores:
+                    entry["score"] = round(detection["score"], 6)
+                yield json.dumps(entry)
 
 
-def _write_array(handle, entries: Iterator[str]) -> None:
+def _write_array(handle: TextIO, entries: Iterator[str]) -> None:
     handle.write("[")
     for position, entry in enumerate(entries):
         handle.write(",\n" if position else "\n")
@@ -76,37 +65,27 @@ def _write_array(handle, entries: Iterator[str]) -> None:
     handle.write("\n]")
 
 
-def write_coco(
-    out: str,
-    categories: list[Category],
-    *,
-    target: str | None = None,
-    min_score: float = 0.0,
-    with_scores: bool = True,
-    out_id: str | None = None,
-) -> LabelCounts:
-    """Write a COCO file (``OUT/coco.json`` by default) from the shards, one
-    shard in memory at a time.
-
-    Images with status ``ok`` are listed (``file_name`` is the image URI);
-    error images are only in the Parquet shards and ``run.json`` counts.
-    Detections scoring below ``min_score`` are left out; ``with_scores=False``
-    writes a training set rather than results. ``out_id`` marks the file as the
-    run folder's own (labeler may replace it). The file is streamed and
-    published atomically (:func:`storage.open_atomic`).
-    """
-    counts = LabelCounts()
-    info = {"description": "labeler predictions" if with_scores else f"labeler labels, score >= {min_score}"}
-    if out_id:
-        info["labeler_out"] = out_id
-    with storage.open_atomic(target or out.rstrip("/") + "/coco.json") as binary:
-        handle = io.TextIOWrapper(binary, encoding="utf-8")
-        handle.write(json.dumps(info).join(['{"info": ', ',\n"categories": ']))
-        handle.write(json.dumps([{"id": c.id, "name": c.name} for c in categories], ensure_ascii=False))
-        handle.write(',\n"images": ')
-        _write_array(handle, _image_entries(out, counts))
-        handle.write(',\n"annotations": ')
-        _write_array(handle, _annotation_entries(out, counts, min_score, with_scores))
-        handle.write("}\n")
-        handle.detach()  # flushes; the atomic writer closes the file
+def write_document(handle: TextIO, tables: Callable[[], Iterable[pa.Table]], categories: list[Category], info: dict[str, Any],
+                    min_score: float, with_scores: bool) -> CocoCounts:
+    """Write a COCO document from the label tables ``tables()`` yields (called twice:
+    images, then annotations). Images with status ``ok`` are listed, with their URI
+    as ``file_name``; detections scoring below ``min_score`` are left out;
+    ``with_scores=False`` writes a training set rather than results."""
+    counts = CocoCounts()
+    handle.write(json.dumps(info).join(['{"info": ', ',\n"categories": ']))
+    handle.write(json.dumps([{"id": c.id, "name": c.name} for c in categories], ensure_ascii=False))
+    handle.write(',\n"images": ')
+    _write_array(handle, (entry for table in tables() for entry in _image_entries(table, counts)))
+    handle.write(',\n"annotations": ')
+    _write_array(handle, (entry for table in tables()
+                          for entry in _annotation_entries(table, counts, min_score, with_scores)))
+    handle.write("}\n")
     return counts
+
+
+def coco_shard_bytes(table: pa.Table, categories: list[Category], info: dict[str, Any]) -> bytes:
+    """The COCO predictions document (with scores) of one label table."""
+    handle = io.StringIO()
+    write_document(handle, lambda: [table], categories, info, 0.0, True)
+    return handle.getvalue().encode("utf-8")
+

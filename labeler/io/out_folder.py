@@ -1,12 +1,13 @@
 """A run's output folder: what marks it as labeler's, and what labeler may remove.
 
-OUT holds ``labels/`` (Parquet shards), ``coco.json``, ``run.json`` and
-``_state/``. ``_state/settings.json`` is the marker: it holds the settings a
+OUT holds ``labels/`` (Parquet shards), ``coco/`` (their COCO twins),
+``coco.json`` (small runs), ``run.json`` and ``_state/`` (the marker, the
+stored listing, the lock). ``_state/settings.json`` is the marker: it holds the settings a
 rerun must match and the folder's ``out_id``, a random id that the
 ``coco.json`` and ``run.json`` of this folder carry too.
 
 labeler removes only what it can prove it wrote: shards by their name
-(``part-<32 hex digits>.parquet``), temporaries by theirs
+(``part-<32 hex digits>.parquet`` / ``.json``), temporaries by theirs
 (``<name>.tmp-<32 hex digits>``), ``coco.json`` and ``run.json`` when they
 carry this folder's ``out_id``, and the ``_state/`` entries it knows. A
 folder with other content and no marker is refused, with or without
@@ -32,6 +33,9 @@ SETTINGS_NAME = "settings.json"
 LOCK_NAME = "lock"
 REMOVED_NAME = "removed"
 LABELS_DIR = "labels"
+COCO_DIR = "coco"
+LISTING_NAME = "listing.json"
+LISTING_DIR = "listing"
 COCO_NAME = "coco.json"
 MANIFEST_NAME = "run.json"
 FORMAT_MARKER = "labeler-run-output"
@@ -40,8 +44,10 @@ ID_SEARCH_BYTES = 4096
 
 _TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{32}$")
 _SHARD = re.compile(r"^part-[0-9a-f]{32}\.parquet$")
+_HEX_ID = re.compile(r"^[0-9a-f]{32}$")
+_COCO_SHARD = re.compile(r"^part-[0-9a-f]{32}\.json$")
 #: ``_state/`` entries labeler writes (the lock folder included).
-_STATE_ENTRIES = frozenset({SETTINGS_NAME, LOCK_NAME, REMOVED_NAME})
+_STATE_ENTRIES = frozenset({SETTINGS_NAME, LOCK_NAME, REMOVED_NAME, LISTING_NAME, LISTING_DIR})
 
 
 def join(out: str, *names: str) -> str:
@@ -54,9 +60,19 @@ def is_temporary(name: str) -> bool:
     return bool(_TEMPORARY.search(name))
 
 
+def is_hex_id(name: str) -> bool:
+    """True for a name labeler made from a random id (32 hex digits)."""
+    return bool(_HEX_ID.match(name))
+
+
 def is_shard_name(name: str) -> bool:
-    """True for the name of a label shard labeler published."""
+    """True for the name of a Parquet label shard labeler published."""
     return bool(_SHARD.match(name))
+
+
+def is_coco_shard_name(name: str) -> bool:
+    """True for the name of a COCO shard labeler published."""
+    return bool(_COCO_SHARD.match(name))
 
 
 def _names(uri: str) -> list[str]:
@@ -96,9 +112,10 @@ def write_settings(out: str, settings: dict[str, Any], out_id: str) -> None:
 
 
 def remove_temporaries(out: str) -> int:
-    """Delete leftovers of interrupted atomic writes in OUT, ``_state/`` and ``labels/``; returns how many."""
+    """Delete leftovers of interrupted atomic writes in OUT, ``_state/``, ``labels/`` and ``coco/``;
+    returns how many."""
     removed = 0
-    for folder in (out.rstrip("/"), join(out, STATE_DIR), join(out, LABELS_DIR)):
+    for folder in (out.rstrip("/"), join(out, STATE_DIR), join(out, LABELS_DIR), join(out, COCO_DIR)):
         for name in _names(folder):
             if is_temporary(name):
                 _remove(join(folder, name))
@@ -144,20 +161,30 @@ def _carries_out_id(uri: str, out_id: str | None) -> bool:
     return out_id.encode() in head
 
 
+def remove_own_file(out: str, name: str, out_id: str | None) -> bool:
+    """Delete ``OUT/name`` (``coco.json``, ``run.json``) if it carries this folder's ``out_id``."""
+    if not _carries_out_id(join(out, name), out_id):
+        return False
+    _remove(join(out, name))
+    return True
+
+
 def remove_own_entries(out: str, out_id: str | None) -> list[str]:
     """Delete what labeler wrote in OUT (``--overwrite``); returns the entries left that it did not write."""
-    labels, removed = join(out, LABELS_DIR), join(out, STATE_DIR, REMOVED_NAME)
-    for folder in (labels, removed):
+    labels, removed, coco = join(out, LABELS_DIR), join(out, STATE_DIR, REMOVED_NAME), join(out, COCO_DIR)
+    for folder in (labels, removed, coco):
         for name in _names(folder):
-            if is_shard_name(name) or is_temporary(name):
+            if is_shard_name(name) or is_coco_shard_name(name) or is_temporary(name):
                 _remove(join(folder, name))
         if not _names(folder):
             _remove(folder, recursive=True)
+    _remove(join(out, STATE_DIR, LISTING_NAME))
+    _remove(join(out, STATE_DIR, LISTING_DIR), recursive=True)
     for name in (COCO_NAME, MANIFEST_NAME):
-        if _carries_out_id(join(out, name), out_id):
-            _remove(join(out, name))
+        remove_own_file(out, name, out_id)
     _remove(join(out, STATE_DIR, SETTINGS_NAME))
-    return [n for n in _names(out) if n != STATE_DIR] + [f"{LABELS_DIR}/{n}" for n in _names(labels)]
+    return [n for n in _names(out) if n != STATE_DIR] + [f"{LABELS_DIR}/{n}" for n in _names(labels)] + [
+        f"{COCO_DIR}/{n}" for n in _names(coco)]
 
 
 def prepare(out: str, settings: dict[str, Any], overwrite: bool) -> str:

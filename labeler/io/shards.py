@@ -1,65 +1,165 @@
-"""Label shards under ``OUT/labels``: atomic writes, listing, and exactly-once checks.
+"""Label shards: Parquet under ``OUT/labels`` with their COCO twins under ``OUT/coco``.
 
 A shard is published whole (written to a temporary name and renamed, or
 uploaded as one object), so a shard that is listed is complete data, and an
 image is finished exactly when it is in a listed shard. That is what makes a
-rerun resume: it skips the image ids of the listed shards. A shard that
-cannot be read anyway (a file truncated by something other than labeler) is
-moved aside under a name that is not a shard's, so its images are labelled
-again instead of every rerun failing on it.
+rerun resume: it skips the image ids of the listed shards.
+
+Each Parquet shard ``labels/part-<hex>.parquet`` has a COCO twin
+``coco/part-<hex>.json`` holding the same detections, written just before
+it: the Parquet shard is the commit point. A COCO shard without its Parquet
+twin (its write task was killed in between, or a rewrite was) is not data
+and is deleted by the next run. A Parquet shard's footer carries its counts
+(:class:`LabelCounts`), so totals are read from footers, not from rows.
+
+:class:`ShardIndex` is what a run knows about its shards: the finished ids
+(a bitmap for labeler's own dense ids), the totals, and the rows to take out
+at the end (second copies of an image, images no longer listed). It reads
+only the id column and the footer of each shard, each shard once per run,
+many at a time. A shard that cannot be read anyway (truncated by something
+other than labeler) is moved aside under a name that is not a shard's, so
+its images are labelled again instead of every rerun failing on it.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from labeler.io import out_folder, storage
-from labeler.io.labels import LABELS_SCHEMA
+from labeler.io.coco import Category
+from labeler.io.coco_writer import coco_shard_bytes
+from labeler.io.id_set import IdSet
+from labeler.io.labels import LABELS_SCHEMA, STATUS_OK
 
 log = logging.getLogger(__name__)
 
 SHARD_PREFIX = "part-"
 SHARD_SUFFIX = ".parquet"
+COCO_SUFFIX = ".json"
 UNREADABLE_SUFFIX = ".unreadable"
+COUNTS_KEY = b"labeler.counts"
 #: Rows of images that left the source: kept out of the labels, but not thrown away.
 REMOVED_DIR = f"{out_folder.STATE_DIR}/removed"
+#: Shards read at once by :class:`ShardIndex` (object stores answer many requests in parallel).
+SCAN_THREADS = 16
+
+
+@dataclass
+class LabelCounts:
+    """What label rows hold."""
+
+    images_ok: int = 0
+    images_error: int = 0
+    detections: int = 0
+    proposals: int = 0
+    transfer_bytes_ok: int = 0  # summed over ok images
+
+    @property
+    def transfer_bytes_per_image(self) -> float:
+        """Mean bytes an ok image carried from the SAM2 stage to the DINOv2 stage."""
+        return self.transfer_bytes_ok / self.images_ok if self.images_ok else 0.0
+
+    @classmethod
+    def of_table(cls, table: pa.Table) -> LabelCounts:
+        ok = pc.equal(table.column("status"), STATUS_OK)
+        ok_rows = int(pc.sum(ok).as_py() or 0)
+        return cls(
+            images_ok=ok_rows,
+            images_error=table.num_rows - ok_rows,
+            detections=int(pc.sum(pc.list_value_length(table.column("detections"))).as_py() or 0),
+            proposals=int(pc.sum(table.column("proposals")).as_py() or 0),
+            transfer_bytes_ok=int(pc.sum(table.column("transfer_bytes").filter(ok)).as_py() or 0),
+        )
+
+    def add(self, other: LabelCounts, sign: int = 1) -> None:
+        for name in (f.name for f in fields(self)):
+            setattr(self, name, getattr(self, name) + sign * getattr(other, name))
 
 
 def labels_dir(out: str) -> str:
     return out_folder.join(out, out_folder.LABELS_DIR)
 
 
-def new_shard_name() -> str:
-    return f"{SHARD_PREFIX}{uuid.uuid4().hex}{SHARD_SUFFIX}"
+def coco_dir(out: str) -> str:
+    return out_folder.join(out, out_folder.COCO_DIR)
 
 
-def write_shard(out: str, table: pa.Table, folder: str | None = None) -> str:
-    """Write one shard atomically under ``labels/`` (or ``folder``); returns its URI."""
+def _name(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def coco_twin(out: str, shard_uri: str) -> str:
+    """The COCO shard of a Parquet shard."""
+    return f"{coco_dir(out)}/{_name(shard_uri).removesuffix(SHARD_SUFFIX)}{COCO_SUFFIX}"
+
+
+def write_shard(out: str, table: pa.Table, folder: str | None = None,
+                categories: list[Category] | None = None) -> str:
+    """Publish one shard under ``labels/`` (or ``folder``), each file atomically; returns its URI.
+
+    With ``categories``, its COCO twin is published first; the footer of the
+    Parquet shard carries the table's :class:`LabelCounts`.
+    """
+    table = table.cast(LABELS_SCHEMA)
+    uri = f"{folder or labels_dir(out)}/{SHARD_PREFIX}{uuid.uuid4().hex}{SHARD_SUFFIX}"
+    if categories is not None:
+        info = {"description": "labeler predictions", "shard": _name(uri)}
+        storage.write_bytes_atomic(coco_twin(out, uri), coco_shard_bytes(table, categories, info))
+    counts = json.dumps(asdict(LabelCounts.of_table(table))).encode()
     buffer = io.BytesIO()
-    pq.write_table(table.cast(LABELS_SCHEMA), buffer, compression="zstd")
-    uri = f"{folder or labels_dir(out)}/{new_shard_name()}"
+    pq.write_table(table.replace_schema_metadata({COUNTS_KEY: counts}), buffer, compression="zstd")
     storage.write_bytes_atomic(uri, buffer.getvalue())
     return uri
 
 
-def list_shards(out: str, folder: str | None = None) -> list[str]:
-    """URIs of the published shards under ``labels/`` (or ``folder``), sorted;
-    temporaries and other files are not shards."""
-    folder = folder or labels_dir(out)
+def _list_names(folder: str, is_ours) -> list[str]:
     fs, path = storage.filesystem(folder)
     if not fs.exists(path):
         return []
-    names = sorted(name for name in (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
-                   if out_folder.is_shard_name(name))
-    return [f"{folder}/{name}" for name in names]
+    return sorted(name for name in (_name(p) for p in fs.ls(path, detail=False)) if is_ours(name))
+
+
+def list_shards(out: str, folder: str | None = None) -> list[str]:
+    """URIs of the published Parquet shards under ``labels/`` (or ``folder``), sorted;
+    temporaries and other files are not shards."""
+    folder = folder or labels_dir(out)
+    return [f"{folder}/{name}" for name in _list_names(folder, out_folder.is_shard_name)]
+
+
+def list_coco_shards(out: str) -> list[str]:
+    """URIs of the COCO shards whose Parquet twin is published, sorted."""
+    published = {_name(uri).removesuffix(SHARD_SUFFIX) for uri in list_shards(out)}
+    names = _list_names(coco_dir(out), out_folder.is_coco_shard_name)
+    return [f"{coco_dir(out)}/{name}" for name in names if name.removesuffix(COCO_SUFFIX) in published]
+
+
+def remove_orphan_coco_shards(out: str) -> int:
+    """Delete COCO shards without a published Parquet twin; returns how many."""
+    published = {_name(uri).removesuffix(SHARD_SUFFIX) for uri in list_shards(out)}
+    orphans = [name for name in _list_names(coco_dir(out), out_folder.is_coco_shard_name)
+               if name.removesuffix(COCO_SUFFIX) not in published]
+    for name in orphans:
+        _remove(f"{coco_dir(out)}/{name}")
+    return len(orphans)
+
+
+def _remove(uri: str) -> None:
+    fs, path = storage.filesystem(uri)
+    try:
+        fs.rm(path)
+    except FileNotFoundError:
+        pass
 
 
 def read_shard(uri: str, columns: list[str] | None = None) -> pa.Table:
@@ -74,71 +174,111 @@ def iter_shard_tables(out: str, columns: list[str] | None = None) -> Iterator[tu
         yield uri, read_shard(uri, columns)
 
 
-def set_aside_unreadable(out: str) -> list[str]:
-    """Move shards that are not readable Parquet label tables aside; returns their new URIs."""
-    moved = []
-    for uri in list_shards(out):
-        try:
-            read_shard(uri, ["image_id"])
-        except (pa.ArrowInvalid, KeyError) as error:
-            fs, path = storage.filesystem(uri)
-            fs.mv(path, path + UNREADABLE_SUFFIX)
-            log.warning("%s: not a readable label shard (%s); moved aside to %s%s, its images are labelled again",
-                        uri, error, uri, UNREADABLE_SUFFIX)
-            moved.append(uri + UNREADABLE_SUFFIX)
-    return moved
+def read_ids_and_counts(uri: str) -> tuple[np.ndarray, LabelCounts]:
+    """A shard's image ids and the counts in its footer (from its rows if the footer has none)."""
+    fs, path = storage.filesystem(uri)
+    with fs.open(path, "rb") as handle:
+        shard = pq.ParquetFile(handle)
+        stored = (shard.schema_arrow.metadata or {}).get(COUNTS_KEY)
+        if stored is not None:
+            ids = shard.read(columns=["image_id"]).column("image_id").to_numpy()
+            return ids, LabelCounts(**json.loads(stored))
+        table = shard.read(columns=["image_id", "status", "detections", "proposals", "transfer_bytes"])
+        return table.column("image_id").to_numpy(), LabelCounts.of_table(table)
 
 
-def finished_ids(out: str) -> np.ndarray:
-    """Sorted unique image ids present in published shards."""
-    ids = [table.column("image_id").to_numpy() for _, table in iter_shard_tables(out, ["image_id"])]
-    return np.unique(np.concatenate(ids)) if ids else np.zeros(0, dtype=np.int64)
+def _scan_one(uri: str) -> tuple[np.ndarray, LabelCounts] | Exception:
+    try:
+        return read_ids_and_counts(uri)
+    except (pa.ArrowInvalid, KeyError, TypeError, ValueError) as error:
+        return error
 
 
 @dataclass(frozen=True)
 class Reconciled:
     """Rows the final pass took out of the labels."""
 
-    duplicates: int  # a second copy of an image (a retried write task)
+    duplicates: int  # a second copy of an image (a retried write task, a late task of an abandoned pass)
     not_listed: int  # images the source no longer lists (moved to ``_state/removed/``)
 
 
-def reconcile(out: str, listed_ids: np.ndarray) -> Reconciled:
-    """Leave each listed image in exactly one shard, and no other image.
+class ShardIndex:
+    """Finished ids, totals and rows to take out, over the shards read so far (module doc)."""
 
-    Repeats after the first copy (shards in name order, then rows) are
-    dropped; rows of images the source no longer lists (removed or renamed
-    since they were labelled) are moved to ``_state/removed/``. A shard that
-    changes is written anew before the old one is deleted, so a kill at any
-    moment leaves every image at least once, and the next pass finishes.
-    """
-    shards = list_shards(out)
-    per_shard = [read_shard(uri, ["image_id"]).column("image_id").to_numpy() for uri in shards]
-    if not per_shard:
-        return Reconciled(0, 0)
-    ids = np.concatenate(per_shard)
-    order = np.argsort(ids, kind="stable")
-    first = np.ones(ids.size, dtype=bool)
-    first[1:] = ids[order][1:] != ids[order][:-1]
-    keep = np.zeros(ids.size, dtype=bool)
-    keep[order[first]] = True
-    listed = np.isin(ids, listed_ids)
-    duplicates = int((~keep & listed).sum())
-    keep &= listed
-    bounds = np.cumsum([0] + [len(values) for values in per_shard])
-    for uri, start, end in zip(shards, bounds[:-1], bounds[1:]):
-        if keep[start:end].all():
-            continue
-        table = read_shard(uri)
-        if not listed[start:end].all():
-            write_shard(out, table.filter(pa.array(~listed[start:end])), folder=out_folder.join(out, REMOVED_DIR))
-        kept = table.filter(pa.array(keep[start:end]))
-        if kept.num_rows:
-            write_shard(out, kept)
+    def __init__(self, out: str, listed: IdSet, done: IdSet):
+        self.out = out
+        self.listed = listed
+        self.done = done  # the listed ids found in shards; empty at first
+        self.counts = LabelCounts()
+        self._seen: set[str] = set()
+        self._fixes: dict[str, np.ndarray] = {}  # shard -> rows to keep
+
+    def update(self) -> None:
+        """Read the shards published since the last update."""
+        new = [uri for uri in list_shards(self.out) if uri not in self._seen]
+        with ThreadPoolExecutor(SCAN_THREADS) as pool:
+            for start in range(0, len(new), 4 * SCAN_THREADS):
+                window = new[start:start + 4 * SCAN_THREADS]
+                for uri, result in zip(window, pool.map(_scan_one, window)):
+                    if isinstance(result, Exception):
+                        self._set_aside(uri, result)
+                    else:
+                        self._add(uri, *result)
+
+    def _add(self, uri: str, ids: np.ndarray, counts: LabelCounts) -> None:
+        self._seen.add(uri)
+        order = np.argsort(ids, kind="stable")
+        repeat = np.zeros(ids.size, dtype=bool)
+        repeat[order[1:]] = ids[order][1:] == ids[order][:-1]
+        listed = self.listed.contains(ids)
+        keep = ~repeat & ~self.done.contains(ids) & listed
+        self.done.add(ids[listed])
+        self.counts.add(counts)
+        if not keep.all():
+            self._fixes[uri] = keep
+
+    def _set_aside(self, uri: str, error: Exception) -> None:
         fs, path = storage.filesystem(uri)
-        fs.rm(path)
-    not_listed = int((~listed).sum())
-    if not_listed:
-        log.warning("%s: %d labelled images are no longer in the source; their rows moved to %s/",
-                    out, not_listed, out_folder.join(out, REMOVED_DIR))
-    return Reconciled(duplicates, not_listed)
+        fs.mv(path, path + UNREADABLE_SUFFIX)
+        log.warning("%s: not a readable label shard (%s); moved aside to %s%s, its images are labelled again",
+                    uri, error, uri, UNREADABLE_SUFFIX)
+
+    @property
+    def shards(self) -> int:
+        """Published Parquet shards read so far."""
+        return len(self._seen)
+
+    def finished(self) -> int:
+        """Listed images in the shards."""
+        return len(self.done)
+
+    def reconcile(self, categories: list[Category] | None) -> Reconciled:
+        """Leave each listed image in exactly one shard, and no other image.
+
+        Repeats after the first copy seen are dropped; rows of images the
+        source no longer lists (removed or renamed since they were labelled)
+        are moved to ``_state/removed/``. A shard that changes is written anew
+        (with its COCO twin) before the old one is deleted, so a kill at any
+        moment leaves every image at least once, and the next run finishes.
+        """
+        duplicates = not_listed = 0
+        for uri, keep in sorted(self._fixes.items()):
+            table = read_shard(uri)
+            listed = self.listed.contains(table.column("image_id").to_numpy())
+            duplicates += int((~keep & listed).sum())
+            not_listed += int((~listed).sum())
+            if not listed.all():
+                write_shard(self.out, table.filter(pa.array(~listed)), folder=out_folder.join(self.out, REMOVED_DIR))
+            kept = table.filter(pa.array(keep))
+            if kept.num_rows:
+                self._seen.add(write_shard(self.out, kept, categories=categories))
+            self.counts.add(LabelCounts.of_table(table), -1)
+            self.counts.add(LabelCounts.of_table(kept))
+            _remove(uri)
+            _remove(coco_twin(self.out, uri))
+            self._seen.discard(uri)
+        self._fixes = {}
+        if not_listed:
+            log.warning("%s: %d labelled images are no longer in the source; their rows moved to %s/",
+                        self.out, not_listed, out_folder.join(self.out, REMOVED_DIR))
+        return Reconciled(duplicates, not_listed)

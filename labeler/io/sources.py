@@ -1,10 +1,8 @@
 """Image sources of ``labeler run``: a folder or prefix, a ``.txt`` list of URIs,
-or a COCO JSON, each listed to ``(image_id, uri)`` rows.
-
-Folder and list sources get ids derived from the image's path (relative to
-the folder) or URI: stable across reruns, and unchanged when other images
-are added. COCO sources keep their own ids, so outputs can be evaluated
-against them.
+or a COCO JSON, read as a stream of image URIs (folders and lists) or of
+``(image_id, uri)`` rows (COCO sources keep their own ids, so outputs can be
+evaluated against them). The run stores what is read here as its listing
+(:mod:`labeler.io.listing`), which gives folder and list images their ids.
 
 Local paths are made absolute when listed, so the labels name each image
 wherever they are read from: a folder or ``--image-root`` relative to the
@@ -14,46 +12,32 @@ relative to the file that holds it.
 
 from __future__ import annotations
 
-import hashlib
-import logging
+import io
 import os
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
 from labeler.errors import LabelerError
-from labeler.io import storage
+from labeler.io import prefix_listing, storage
 from labeler.io.coco import read_coco
 from labeler.io.images import image_extensions
 
-log = logging.getLogger(__name__)
+#: URIs per batch read from a ``.txt`` list.
+LIST_BATCH = 65_536
 
-ID_BITS = 53  # ids stay exact in JSON readers that use doubles
 
+@dataclass
+class SourceEntries:
+    """What a source holds: URI batches in any order, repeats possible (folders and
+    lists), or the COCO file's ``image_id``/``uri`` table in id order."""
 
-@dataclass(frozen=True)
-class SourceListing:
-    """The images of a source: ``image_id`` (int64) and ``uri`` (string) columns."""
-
-    table: pa.Table
     kind: str  # folder, list or coco
-
-    def __len__(self) -> int:
-        return self.table.num_rows
-
-
-def stable_image_id(key: str) -> int:
-    """A positive 53-bit id from a path or URI (BLAKE2b)."""
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
-    return (int.from_bytes(digest, "big") >> (64 - ID_BITS)) or 1
-
-
-def _with_protocol(fs: Any, path: str, source: str) -> str:
-    if storage.is_local(source):
-        return path
-    return fs.unstrip_protocol(path)
+    uri_batches: Iterator[list[str]] | None = None
+    coco_images: pa.Table | None = None
 
 
 def _is_image_name(name: str) -> bool:
@@ -65,55 +49,53 @@ def absolute(uri: str) -> str:
     return os.path.abspath(uri.removeprefix("file://")) if storage.is_local(uri) else uri
 
 
-def _local_image_paths(root: str) -> list[str]:
-    """Paths under a local folder with image names, links included as they are.
-
-    Broken links, symlink loops and folders named like images are listed too,
-    so that they end as error rows with their reason instead of vanishing.
-    Symlinked folders are not followed (no cycles).
-    """
-    found = []
-    for folder, dirnames, filenames in os.walk(root, followlinks=False):
-        found += [os.path.join(folder, name) for name in dirnames + filenames if _is_image_name(name)]
-    return found
-
-
-def _folder(source: str) -> SourceListing:
+def _folder(source: str) -> SourceEntries:
     source = absolute(source)
     fs, root = storage.filesystem(source)
     if not fs.isdir(root):
         raise LabelerError(f"{source}: not a folder, prefix, .txt list or COCO .json")
     if storage.is_local(source):
-        paths = sorted(_local_image_paths(root))
-    else:
-        found = fs.find(root, withdirs=False, detail=True)
-        paths = sorted(path for path, info in found.items() if info.get("type") == "file" and _is_image_name(path))
-    root_prefix = root.rstrip("/") + "/"
-    ids = [stable_image_id(path.removeprefix(root_prefix)) for path in paths]
-    uris = [_with_protocol(fs, path, source) for path in paths]
-    return SourceListing(_table(ids, uris, source), "folder")
+        return SourceEntries("folder", prefix_listing.iter_local(root, _is_image_name))
+    return SourceEntries("folder", prefix_listing.iter_remote(source, _is_image_name))
 
 
-def _uri_list(source: str) -> SourceListing:
-    text = storage.read_bytes(source).decode("utf-8", errors="replace")
+def _lines(fs: Any, path: str) -> Iterator[str]:
+    """The lines of a text file, read as they are consumed."""
+    with fs.open(path, "rb") as binary:
+        yield from io.TextIOWrapper(binary, encoding="utf-8", errors="replace")
+
+
+def _uri_list(source: str) -> SourceEntries:
+    fs, path = storage.filesystem(source)
+    if not fs.exists(path):
+        raise LabelerError(f"{source}: no such file")
+    if not fs.isfile(path):
+        raise LabelerError(f"{source}: not a regular file")
     folder = posixpath.dirname(source) if not storage.is_local(source) else os.path.dirname(absolute(source))
-    uris: list[str] = []
-    seen: set[str] = set()
-    for line in text.splitlines():
-        uri = line.strip()
-        if not uri or uri.startswith("#"):
-            continue
-        if "://" not in uri and not os.path.isabs(uri):
-            uri = f"{folder}/{uri}" if not storage.is_local(source) else os.path.normpath(os.path.join(folder, uri))
-        if uri in seen:
-            log.warning("%s: %s is listed more than once; labelled once", source, uri)
-            continue
-        seen.add(uri)
-        uris.append(uri)
-    return SourceListing(_table([stable_image_id(u) for u in uris], uris, source), "list")
+
+    def batches() -> Iterator[list[str]]:
+        batch: list[str] = []
+        try:
+            for line in _lines(fs, path):
+                uri = line.strip()
+                if not uri or uri.startswith("#"):
+                    continue
+                if "://" not in uri and not os.path.isabs(uri):
+                    uri = f"{folder}/{uri}" if not storage.is_local(source) else os.path.normpath(
+                        os.path.join(folder, uri))
+                batch.append(uri)
+                if len(batch) >= LIST_BATCH:
+                    yield batch
+                    batch = []
+        except storage.storage_errors() as error:
+            raise LabelerError(f"{source}: {storage.describe_read_error(error)}") from None
+        if batch:
+            yield batch
+
+    return SourceEntries("list", batches())
 
 
-def _coco(source: str, image_root: str | None) -> SourceListing:
+def _coco(source: str, image_root: str | None) -> SourceEntries:
     dataset = read_coco(source)
     root = absolute(image_root) if image_root else (
         posixpath.dirname(source) if not storage.is_local(source) else os.path.dirname(absolute(source))
@@ -122,17 +104,12 @@ def _coco(source: str, image_root: str | None) -> SourceListing:
     for image in sorted(dataset.images.values(), key=lambda i: i.id):
         ids.append(image.id)
         uris.append(storage.join_under(root, image.file_name, what=f"{source}: image {image.id}"))
-    return SourceListing(_table(ids, uris, source, check_collisions=False), "coco")
+    table = pa.table({"image_id": pa.array(ids, pa.int64()), "uri": pa.array(uris, pa.string())})
+    return SourceEntries("coco", coco_images=table)
 
 
-def _table(ids: list[int], uris: list[str], source: str, check_collisions: bool = True) -> pa.Table:
-    if check_collisions and len(set(ids)) != len(ids):
-        raise LabelerError(f"{source}: two images hash to the same id; rename one of them")
-    return pa.table({"image_id": pa.array(ids, pa.int64()), "uri": pa.array(uris, pa.string())})
-
-
-def list_source(source: str, image_root: str | None = None) -> SourceListing:
-    """List the images of a source.
+def read_source(source: str, image_root: str | None = None) -> SourceEntries:
+    """Open a source for listing; folders and lists are read as the entries are consumed.
 
     Raises:
         LabelerError: the source does not exist or cannot be read.
