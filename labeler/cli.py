@@ -321,7 +321,8 @@ def demo_command(
     typer.echo(
         f"\nreferences: {result.references}\ntargets:    {result.targets} (ground truth)\n"
         f"bank:       {result.bank_path}\n"
-        f"labels:     {result.labels}/labels/*.parquet, {result.labels}/coco.json, {result.labels}/run.json\n"
+        f"labels:     {result.labels}/labels/*.parquet, {result.labels}/coco/*.json, {result.labels}/coco.json, "
+        f"{result.labels}/run.json\n"
         f"            {counts.images_ok} images labelled, {counts.images_error} error row(s), "
         f"{counts.detections} detections\n"
         f"eval:       {result.labels.parent / 'eval.json'}\n"

@@ -13,6 +13,7 @@ set) and a read of each shard's ids and footer.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -203,9 +204,10 @@ def _label(config: RunConfig, listing: Listing, index: ShardIndex, bank_file: Ba
             fit = fit_actors(current_cluster(), config.sam2_actors, config.dinov2_actors, config.gpus_per_actor)
             watchdog = Watchdog(start_tracker(), listing.images - index.finished(), config.rows_per_shard,
                                 config.stall_timeout, config.replan_after)
+            done = copy.deepcopy(index.done)  # what this pass skips; the index grows while it runs
             try:
-                with watchdog:
-                    run_pipeline(config, listing, index.done, bank_file, fit, watchdog.tracker,
+                with index.following(), watchdog:
+                    run_pipeline(config, listing, done, bank_file, fit, watchdog.tracker,
                                  categories=categories, sam2_size=sam2_size, dino_size=dino_size)
             except PassAbandoned:
                 log.warning("pass %d abandoned (%s); planning the next one on what the cluster has now",

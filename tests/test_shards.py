@@ -199,3 +199,29 @@ def test_merged_coco_streams_into_out_and_an_interrupted_write_leaves_nothing(tm
     with pytest.raises(RuntimeError):
         coco_merge.write_coco(str(out), [])
     assert sorted(p.name for p in out.iterdir()) == ["labels"] and list(staging.iterdir()) == []
+
+
+def test_while_a_pass_runs_the_index_follows_the_shards_it_publishes(tmp_path):
+    import time
+
+    out = str(tmp_path)
+    index = index_of(out, [1, 2, 3, 4])
+    with index.following(every=0.05):
+        write_shard(out, table([1, 2]))
+        deadline = time.monotonic() + 10
+        while index.finished() < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert index.finished() == 2 and index.shards == 1  # read during the pass, not after it
+        write_shard(out, table([3]))
+    index.update()
+    assert index.finished() == 3 and index.shards == 2
+
+
+def test_a_write_call_cuts_its_rows_into_shards_of_about_rows_per_shard():
+    from labeler.actors.writer import split_rows
+
+    assert [t.num_rows for t in split_rows(table(range(7)), 1000)] == [7]
+    assert [t.num_rows for t in split_rows(table(range(25)), 10)] == [12, 13]
+    parts = split_rows(table(range(3100)), 1000)
+    assert [t.num_rows for t in parts] == [1033, 1034, 1033]
+    assert [i for t in parts for i in t.column("image_id").to_pylist()] == list(range(3100))

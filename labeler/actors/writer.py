@@ -23,8 +23,10 @@ class LabelShardSink(Datasink[list[str]]):
     """Writes each write task's rows as one Parquet shard under ``OUT/labels`` and
     its COCO twin under ``OUT/coco`` (:mod:`labeler.io.shards`).
 
-    Ray Data gathers at least ``rows_per_shard`` rows per write call, so
-    shards have a useful size; each is published whole.
+    Ray Data gathers at least ``rows_per_shard`` rows per write call (more when
+    its blocks hold more, as blocks of error rows do), and the call cuts them
+    into shards of ``rows_per_shard`` to ``2 * rows_per_shard - 1`` rows
+    (fewer only for the last rows of a pass); each shard is published whole.
     """
 
     def __init__(self, out: str, rows_per_shard: int, categories: list[Category],
@@ -46,10 +48,21 @@ class LabelShardSink(Datasink[list[str]]):
         if not tables:
             return []
         table = pa.concat_tables([t.cast(LABELS_SCHEMA) for t in tables])
-        try:
-            uri = write_shard(self.out, table, categories=self.categories)
-        except OSError as error:  # a full disk or a read-only OUT: no retry or later pass can help
-            report_fatal(self.tracker, "write", OSError(f"writing to {self.out} failed: {error.strerror or error}"))
-            raise
-        report(self.tracker, "write", table.num_rows)
-        return [uri]
+        uris = []
+        for part in split_rows(table, self.rows_per_shard):
+            try:
+                uris.append(write_shard(self.out, part, categories=self.categories))
+            except OSError as error:  # a full disk or a read-only OUT: no retry or later pass can help
+                report_fatal(self.tracker, "write",
+                             OSError(f"writing to {self.out} failed: {error.strerror or error}"))
+                raise
+            report(self.tracker, "write", part.num_rows)
+        return uris
+
+
+def split_rows(table: pa.Table, rows_per_shard: int) -> list[pa.Table]:
+    """``table`` cut into near-equal parts of ``rows_per_shard`` to ``2 * rows_per_shard - 1``
+    rows (one part when it has fewer rows than that)."""
+    parts = max(1, table.num_rows // rows_per_shard)
+    bounds = [round(k * table.num_rows / parts) for k in range(parts + 1)]
+    return [table.slice(start, end - start) for start, end in zip(bounds[:-1], bounds[1:])]

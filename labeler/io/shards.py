@@ -16,16 +16,19 @@ and is deleted by the next run. A Parquet shard's footer carries its counts
 (a bitmap for labeler's own dense ids), the totals, and the rows to take out
 at the end (second copies of an image, images no longer listed). It reads
 only the id column and the footer of each shard, each shard once per run,
-many at a time. A shard that cannot be read anyway (truncated by something
+many at a time, and while a pass runs it follows the shards as they are
+published, so that the end of a run reads only the last few. A shard that cannot be read anyway (truncated by something
 other than labeler) is moved aside under a name that is not a shard's, so
 its images are labelled again instead of every rerun failing on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +56,8 @@ COUNTS_KEY = b"labeler.counts"
 REMOVED_DIR = f"{out_folder.STATE_DIR}/removed"
 #: Shards read at once by :class:`ShardIndex` (object stores answer many requests in parallel).
 SCAN_THREADS = 16
+#: Seconds between reads of new shards while a pass runs.
+FOLLOW_SECONDS = 20.0
 
 
 @dataclass
@@ -212,9 +217,36 @@ class ShardIndex:
         self.counts = LabelCounts()
         self._seen: set[str] = set()
         self._fixes: dict[str, np.ndarray] = {}  # shard -> rows to keep
+        self._updating = threading.Lock()
+
+    @contextlib.contextmanager
+    def following(self, every: float = FOLLOW_SECONDS) -> Iterator[None]:
+        """Keep reading new shards every ``every`` seconds while the block runs (a pipeline
+        pass), so that little is left to read after its last image."""
+        stop = threading.Event()
+
+        def follow() -> None:
+            while not stop.wait(every):
+                try:
+                    with self._updating:
+                        self._update()
+                except Exception as error:  # noqa: BLE001 - the update after the pass reads them again
+                    log.warning("reading new shards failed (%s); they are read at the end of the pass", error)
+
+        thread = threading.Thread(target=follow, name="labeler-shard-index", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def update(self) -> None:
         """Read the shards published since the last update."""
+        with self._updating:
+            self._update()
+
+    def _update(self) -> None:
         new = [uri for uri in list_shards(self.out) if uri not in self._seen]
         with ThreadPoolExecutor(SCAN_THREADS) as pool:
             for start in range(0, len(new), 4 * SCAN_THREADS):
