@@ -167,7 +167,7 @@ def run_command(
     ),
     merged_coco: str = typer.Option(
         "auto", "--merged-coco",
-        help="Also write one OUT/coco.json: auto (up to 1,000,000 images + detections), always or never.",
+        help="Also write one OUT/coco.json: auto (up to 1,000,000 label rows + detections), always or never.",
     ),
     storage_options: Optional[str] = typer.Option(None, "--storage-options", help=STORAGE_HELP),
 ) -> None:

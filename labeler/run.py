@@ -44,7 +44,8 @@ from labeler.progress import DEFAULT_REPLAN_AFTER, DEFAULT_STALL_TIMEOUT
 
 log = logging.getLogger(__name__)
 
-#: ``--merged-coco``: auto writes OUT/coco.json while it holds at most MERGED_COCO_MAX_ENTRIES images + annotations.
+#: ``--merged-coco``: auto writes OUT/coco.json while OUT holds at most MERGED_COCO_MAX_ENTRIES label rows
+#: (ok and error: the merge reads them all) plus detections.
 MERGED_COCO_CHOICES = ("auto", "always", "never")
 MERGED_COCO_MAX_ENTRIES = 1_000_000
 
@@ -245,12 +246,12 @@ def _listing(config: RunConfig, entries: SourceEntries) -> Listing:
 
 def _merged_coco(config: RunConfig, counts: LabelCounts, categories: list, out_id: str) -> bool:
     """Write OUT/coco.json if asked or small enough (``--merged-coco``); remove a stale one of ours otherwise."""
-    entries = counts.images_ok + counts.detections
+    entries = counts.images_ok + counts.images_error + counts.detections
     if config.merged_coco == "always" or (config.merged_coco == "auto" and entries <= MERGED_COCO_MAX_ENTRIES):
         write_coco(config.out, categories, out_id=out_id)
         return True
     out_folder.remove_own_file(config.out, out_folder.COCO_NAME, out_id)
-    log.info("%d images + detections: no merged coco.json (--merged-coco %s); the COCO shards are in %s/, "
+    log.info("%d label rows + detections: no merged coco.json (--merged-coco %s); the COCO shards are in %s/, "
              "`labeler export coco` merges them", entries, config.merged_coco, coco_dir(config.out))
     return False
 
