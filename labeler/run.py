@@ -195,6 +195,8 @@ def _label(config: RunConfig, listing: Listing, index: ShardIndex, bank_file: Ba
         LabelerError: the cluster cannot hold the run, a stage stalled or failed
             for good, or images were still missing after :data:`MAX_PASSES`.
     """
+    from ray.exceptions import NodeDiedError, RayActorError
+
     from labeler.cluster_fit import current_cluster, fit_actors
     from labeler.pipeline import ray_session, run_pipeline
     from labeler.progress import PassAbandoned, PipelineStopped, Watchdog, start_tracker
@@ -213,6 +215,9 @@ def _label(config: RunConfig, listing: Listing, index: ShardIndex, bank_file: Ba
             except PassAbandoned:
                 log.warning("pass %d abandoned (%s); planning the next one on what the cluster has now",
                             attempt, watchdog.reason)
+            except (RayActorError, NodeDiedError) as lost:  # Ray Data fails a pass whose actor dies while it starts
+                log.warning("pass %d lost a worker (%s); planning the next one on what the cluster has now",
+                            attempt, str(lost).splitlines()[0] if str(lost) else type(lost).__name__)
             except PipelineStopped:
                 raise LabelerError(
                     f"{watchdog.reason}; finished shards are kept, rerun the same command to resume"

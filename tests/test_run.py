@@ -227,8 +227,9 @@ def test_killed_run_resumes_to_each_image_exactly_once(tmp_path, bank_path, run_
     assert first_shards <= set(list_shards(str(out)))  # finished work kept, not redone
     assert assert_coco_shards_match_parquet(out) == json.loads((out / "run.json").read_text())["counts"]["detections"]
     manifest = json.loads((out / "run.json").read_text())
-    assert manifest["counts"]["images_skipped_as_done"] == len(done_before)
-    assert manifest["counts"]["images_processed_this_run"] == 43 - len(done_before)
+    # Workers of the killed run may publish a few more shards before they notice: those count as done too.
+    assert manifest["counts"]["images_skipped_as_done"] >= len(done_before)
+    assert manifest["counts"]["images_skipped_as_done"] + manifest["counts"]["images_processed_this_run"] == 43
     assert not [p for p in (out / "labels").iterdir() if ".tmp-" in p.name]
 
 
