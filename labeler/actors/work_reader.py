@@ -17,8 +17,9 @@ def unfinished_rows(batch: dict[str, np.ndarray], *, done: IdSet, storage_option
     ids, uris = [], []
     for part in batch["part"]:
         table = read_part(str(part))
-        todo = ~done.contains(table.column("image_id").to_numpy())
-        ids.append(table.column("image_id").to_numpy()[todo])
+        part_ids = table.column("image_id").to_numpy()
+        todo = ~done.contains(part_ids)
+        ids.append(part_ids[todo])
         uris.append(np.asarray(table.column("uri").to_numpy(zero_copy_only=False), dtype=object)[todo])
     return {"image_id": np.concatenate(ids) if ids else np.zeros(0, np.int64),
             "uri": np.concatenate(uris) if uris else np.zeros(0, dtype=object)}

@@ -37,13 +37,18 @@ class IdSet:
         return cls(values=np.zeros(0, np.int64))
 
     @classmethod
+    def for_ids(cls, id_bound: int, count: int) -> IdSet:
+        """An empty set for ``count`` ids below ``id_bound``: a bitmap when it is no larger
+        than the ids as int64 would be (64 bits each), else an array."""
+        return cls.empty(id_bound if id_bound <= 64 * count + 65_536 else None)
+
+    @classmethod
     def from_ids(cls, ids: np.ndarray) -> IdSet:
-        """The set of ``ids``; a bitmap when it is no larger than the ids as int64 would be."""
+        """The set of ``ids`` (:meth:`for_ids` picks the kind)."""
         ids = np.asarray(ids, dtype=np.int64)
-        bound = int(ids.max()) + 1 if ids.size else 0
-        dense = cls.empty(bound) if ids.size and bound <= 64 * ids.size else cls.empty()
-        dense.add(ids)
-        return dense
+        found = cls.for_ids(int(ids.max()) + 1 if ids.size else 0, ids.size)
+        found.add(ids)
+        return found
 
     def add(self, ids: np.ndarray) -> None:
         """Add ``ids`` (a bitmap set takes only ids below its bound)."""

@@ -83,7 +83,7 @@ class Listing:
     def empty_id_set(self) -> IdSet:
         """An empty set for ids of this listing: a bitmap unless the ids are sparse
         (a COCO file's own ids may be anything)."""
-        return IdSet.empty(self.next_id if self.next_id <= 64 * self.images + 65_536 else None)
+        return IdSet.for_ids(self.next_id, self.images)
 
     def iter_tables(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
         """The parts in order, one in memory at a time."""
