@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from labeler.actors.decode import decode_batch
-from labeler.actors.dinov2_scorer import Dinov2Scorer, choose_detections, detections_from_choice
+from labeler.actors.dinov2_scorer import Dinov2Scorer, detections_from_choice, merge_and_select, rank_on_grid
 from labeler.actors.sam2_proposer import Sam2Proposer, payload_from_row
 from labeler.bank import BankFile
 from labeler.build_bank import build_bank
@@ -80,8 +80,8 @@ STAGE_TITLES = {
     "sam2_decoder": "SAM2 prompt decoding (+ best-of-3, filter)",
     "handoff": "proposal hand-off (pack + unpack)",
     "dinov2": "DINOv2 features",
-    "scoring": "scoring + NMS + soft merging",
-    "masks_rle": "final mask upsampling + boxes + RLE",
+    "scoring": "embeddings, classes, NMS on the low-res grid",
+    "masks_rle": "masks at image size + boxes + RLE + soft merging + top 100",
     "writing": "Parquet writing (CPU)",
 }
 
@@ -341,7 +341,7 @@ def _count_work(proposer: Sam2Proposer, scorer: Dinov2Scorer, decoded: dict, pro
     work["sam2_decoder"] = count_work(
         lambda: proposer.decode(features[0], [proposer.grid[:batch]], pred_iou_thr=-1.0)
     ).scaled(prompts_per_image / decoded_prompts)
-    work["dinov2"] = count_work(lambda: scorer.features({"dino_pixels": decoded["dino_pixels"][:1]}, np.array([0])))
+    work["dinov2"] = count_work(lambda: scorer.features({"sam2_pixels": decoded["sam2_pixels"][:1]}, np.array([0])))
     return work
 
 
@@ -354,7 +354,7 @@ def _time_batch(
         decoded = decode_batch(batch, **sizes)
     ok = np.flatnonzero(decoded["status"] == STATUS_OK)
     with clock.stage("dinov2"):
-        points, dino_features = proposer.prompt_points(decoded["dino_pixels"][ok])
+        points, dino_features = proposer.prompt_points(decoded["sam2_pixels"][ok])
         features = dino_features if dino_features is not None else scorer.features(decoded, ok)
     with clock.stage("sam2_encoder"):
         sam2_features = proposer.encode(decoded["sam2_pixels"][ok])
@@ -366,24 +366,26 @@ def _time_batch(
                      for (logits, iou), image_id in zip(proposals, decoded["image_id"][ok])]
     with clock.stage("handoff"):
         unpacked = []
-        for logits, iou in proposals:
-            payload = encode_proposals(logits, iou)
+        for (logits, iou), index in zip(proposals, ok):
+            payload = encode_proposals(logits, iou, (int(decoded["height"][index]), int(decoded["width"][index])))
             row = {"rle_blob": [payload.rle_blob], "rle_lengths": [payload.rle_lengths],
                    "band_logits": [payload.band_logits], "iou": [payload.iou],
-                   "lowres_height": [payload.height], "lowres_width": [payload.width]}
+                   "lowres_height": [payload.height], "lowres_width": [payload.width],
+                   "band_radius": [payload.band_radius]}
             masks, received = decode_proposals(payload_from_row(row, 0), scorer.device)
             unpacked.append((masks, received, torch.from_numpy(payload.iou).to(scorer.device)))
-    choices = []
+    ranked = []
     with clock.stage("scoring"):
         for k, (masks, _, iou) in enumerate(unpacked):
-            choices.append(choose_detections(masks, iou, features[k].float(), scorer.class_prototypes,
-                                             scorer.nms_thr, scorer.max_dets, scorer.min_score))
+            ranked.append(rank_on_grid(masks, iou, features[k].float(), scorer.class_prototypes,
+                                       scorer.nms_thr, scorer.max_dets))
     rows = LabelRows()
     detections_total = 0
     with clock.stage("masks_rle"):
         for k, index in enumerate(ok):
             hw = (int(decoded["height"][index]), int(decoded["width"][index]))
-            detections = detections_from_choice(unpacked[k][1], choices[k], scorer.category_ids, hw)
+            chosen = merge_and_select(ranked[k], unpacked[k][1], hw, scorer.max_dets, scorer.min_score)
+            detections = detections_from_choice(chosen, scorer.category_ids)
             detections_total += len(detections)
             rows.add(int(decoded["image_id"][index]), str(decoded["uri"][index]), hw[1], hw[0], STATUS_OK, None,
                      detections, proposals=int(unpacked[k][0].shape[0]))
@@ -459,7 +461,7 @@ def run_bench(
         )
         scorer = Dinov2Scorer(bank, device=str(device), nms_thr=DEFAULT_NMS_THR,
                               max_dets=DEFAULT_MAX_DETS, dtype=config.dtype, compile=config.compile)
-        sizes = {"sam2_size": proposer.image_size, "dino_size": scorer.encoder.input_size}
+        sizes = {"sam2_size": proposer.image_size}
         phase("models loaded")
         batches = _batches(images_dir, config.batch_size)
         warmup = [batches[i % len(batches)] for i in range(config.warmup_batches)]

@@ -37,7 +37,7 @@ class _Reference:
     """One reference instance ready for the encoder."""
 
     annotation: CocoAnnotation
-    crop: torch.Tensor  # [3, input_size, input_size], 0..255
+    crop: torch.Tensor  # [3, input_size, input_size], floats on the 0..1 scale
     weights: torch.Tensor  # [grid, grid]
 
 
@@ -114,8 +114,9 @@ class _BoxMasker:
             self._model = load_sam2(self.spec, self.device)
         model = self._model
         height, width = pixels.shape[1:]
-        resized = resize_square(pixels.permute(1, 2, 0).numpy(), model.image_size, "bilinear")
-        features = encode_images(model, sam2_input(resized[None], self.device))
+        resized = resize_square(pixels.permute(1, 2, 0).numpy(), model.image_size)
+        # Box prompts as SAM2's own image predictor makes them (the reference has no box-only references).
+        features = encode_images(model, sam2_input(resized[None], self.device), add_no_mem_embed=True)
         xyxy = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in boxes], device=self.device)
         coords, labels = box_prompts(xyxy, (height, width), model.image_size)
         low_res, _ = decode_prompts(model, features, coords, labels, multimask_output=False)

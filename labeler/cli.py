@@ -31,6 +31,10 @@ STORAGE_HELP = (
 
 DTYPE_HELP = "Model precision: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16."
 COMPILE_HELP = "torch.compile the networks (slow first batch, faster after)."
+GRID_LAYOUT_HELP = (
+    "edge-to-edge: the reference's grid, outer points half a pixel inside the border (default); "
+    "cell-centres: SAM's automatic mask generator grid, fewer prompts on objects cut by the border."
+)
 PROMPTS_HELP = "grid: every grid point; matched: only the points most like a class prototype (faster)."
 
 
@@ -136,6 +140,7 @@ def run_command(
     sam2: str = typer.Option("facebook/sam2.1-hiera-large", "--sam2", help="SAM2 spec."),
     image_root: Optional[str] = typer.Option(None, "--image-root", help="Root of a COCO source's file_names."),
     points_per_side: int = typer.Option(32, "--points-per-side", help="Prompt grid side."),
+    grid_layout: str = typer.Option("edge-to-edge", "--grid-layout", help=GRID_LAYOUT_HELP),
     points_per_batch: int = typer.Option(256, "--points-per-batch", help="Prompts decoded together."),
     pred_iou_thr: float = typer.Option(0.4, "--pred-iou-thr", help="Keep proposals above this predicted IoU."),
     nms_thr: float = typer.Option(0.5, "--nms-thr", help="Class-aware NMS IoU threshold."),
@@ -179,8 +184,8 @@ def run_command(
 
     summary = run_labeling(RunConfig(
         bank=bank, images=images, out=out, sam2=sam2, image_root=image_root, points_per_side=points_per_side,
-        points_per_batch=points_per_batch, pred_iou_thr=pred_iou_thr, nms_thr=nms_thr, max_dets=max_dets,
-        min_score=min_score, batch_size=batch_size, sam2_actors=sam2_actors, dinov2_actors=dinov2_actors,
+        grid_layout=grid_layout, points_per_batch=points_per_batch, pred_iou_thr=pred_iou_thr, nms_thr=nms_thr,
+        max_dets=max_dets, min_score=min_score, batch_size=batch_size, sam2_actors=sam2_actors, dinov2_actors=dinov2_actors,
         gpus_per_actor=gpus_per_actor, address=address, overwrite=overwrite, max_pixels=max_pixels,
         max_bytes=max_bytes, read_timeout=read_timeout, stall_timeout=stall_timeout,
         rows_per_shard=rows_per_shard, dtype=dtype, compile=compile, prompts=prompts,

@@ -82,7 +82,6 @@ def run_pipeline(
     *,
     categories: list[Category],
     sam2_size: int,
-    dino_size: int,
 ) -> None:
     """Run read -> SAM2 -> DINOv2 -> write over the images of ``listing`` not in ``done``.
 
@@ -103,7 +102,7 @@ def run_pipeline(
         decode_batch,
         batch_size=config.batch_size,
         num_cpus=DECODE_CPUS,
-        fn_kwargs=dict(sam2_size=sam2_size, dino_size=dino_size, max_pixels=config.max_pixels,
+        fn_kwargs=dict(sam2_size=sam2_size, max_pixels=config.max_pixels,
                        max_bytes=config.max_bytes, read_timeout=config.read_timeout,
                        storage_options=config.storage_options, tracker=tracker),
     )
@@ -124,7 +123,7 @@ def run_pipeline(
 
     proposals = model_stage(
         decoded, Sam2Proposer, fit.sam2_actors, sam2=config.sam2, points_per_side=config.points_per_side,
-        points_per_batch=config.points_per_batch, pred_iou_thr=config.pred_iou_thr, dtype=config.dtype,
+        grid_layout=config.grid_layout,        points_per_batch=config.points_per_batch, pred_iou_thr=config.pred_iou_thr, dtype=config.dtype,
         compile=config.compile, prompts=config.prompts, matched_points=config.matched_points,
         bank=bank if config.prompts == "matched" else None,
     )

@@ -36,7 +36,13 @@ from labeler.io.out_lock import OutputLock
 from labeler.io.shards import LabelCounts, ShardIndex, coco_dir, labels_dir, list_shards, remove_orphan_coco_shards
 from labeler.io.sources import SourceEntries, read_source
 from labeler.method.matched_prompts import DEFAULT_MATCHED_POINTS, PROMPT_MODES
-from labeler.method.proposals import DEFAULT_POINTS_PER_BATCH, DEFAULT_POINTS_PER_SIDE, DEFAULT_PRED_IOU_THR
+from labeler.method.proposals import (
+    DEFAULT_GRID_LAYOUT,
+    DEFAULT_POINTS_PER_BATCH,
+    DEFAULT_POINTS_PER_SIDE,
+    DEFAULT_PRED_IOU_THR,
+    GRID_LAYOUTS,
+)
 from labeler.method.scoring import DEFAULT_MAX_DETS, DEFAULT_NMS_THR
 from labeler.models import DEFAULT_SAM2, load_dinov2, load_sam2
 from labeler.models.speedups import DTYPE_CHOICES
@@ -60,6 +66,7 @@ class RunConfig:
     sam2: str = DEFAULT_SAM2
     image_root: str | None = None
     points_per_side: int = DEFAULT_POINTS_PER_SIDE
+    grid_layout: str = DEFAULT_GRID_LAYOUT
     points_per_batch: int = DEFAULT_POINTS_PER_BATCH
     pred_iou_thr: float = DEFAULT_PRED_IOU_THR
     nms_thr: float = DEFAULT_NMS_THR
@@ -88,6 +95,7 @@ class RunConfig:
     def validate(self) -> None:
         checks = [
             (self.points_per_side >= 1, "--points-per-side must be at least 1"),
+            (self.grid_layout in GRID_LAYOUTS, f"--grid-layout must be one of {', '.join(GRID_LAYOUTS)}"),
             (self.points_per_batch >= 1, "--points-per-batch must be at least 1"),
             (0.0 <= self.pred_iou_thr < 1.0, "--pred-iou-thr must be in [0, 1)"),
             (0.0 < self.nms_thr <= 1.0, "--nms-thr must be in (0, 1]"),
@@ -120,6 +128,7 @@ class RunConfig:
             "images": self.images,
             "image_root": self.image_root,
             "points_per_side": self.points_per_side,
+            "grid_layout": self.grid_layout,
             "pred_iou_thr": self.pred_iou_thr,
             "nms_thr": self.nms_thr,
             "max_dets": self.max_dets,
@@ -188,7 +197,7 @@ MAX_PASSES = 3
 
 
 def _label(config: RunConfig, listing: Listing, index: ShardIndex, bank_file: BankFile,
-           categories: list, *, sam2_size: int, dino_size: int) -> None:
+           categories: list, *, sam2_size: int) -> None:
     """Label the images of ``listing`` that ``index`` does not hold yet, in passes until none is missing.
 
     Raises:
@@ -211,7 +220,7 @@ def _label(config: RunConfig, listing: Listing, index: ShardIndex, bank_file: Ba
             try:
                 with index.following(), watchdog:
                     run_pipeline(config, listing, done, bank_file, fit, watchdog.tracker,
-                                 categories=categories, sam2_size=sam2_size, dino_size=dino_size)
+                                 categories=categories, sam2_size=sam2_size)
             except PassAbandoned:
                 log.warning("pass %d abandoned (%s); planning the next one on what the cluster has now",
                             attempt, watchdog.reason)
@@ -293,8 +302,7 @@ def run_labeling(config: RunConfig) -> RunSummary:
             todo = listing.images - skipped
             log.info("%d images listed, %d already labelled, %d to do", listing.images, skipped, todo)
             if todo:
-                _label(config, listing, index, bank_file, bank.categories, sam2_size=sam2_size,
-                       dino_size=bank.input_size)
+                _label(config, listing, index, bank_file, bank.categories, sam2_size=sam2_size)
             lock.check()
             labelled = time.monotonic()
             reconciled = index.reconcile(bank.categories)

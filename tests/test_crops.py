@@ -27,6 +27,13 @@ def test_zero_context_is_the_bounding_square():
     assert context_crop_box((10, 10, 10, 10), (50, 50), 0.0) == (10, 10, 20, 20)
 
 
+def test_window_bounds_are_truncated_as_the_reference_does():
+    """Corners int()-truncated to (10, 20, 41, 35); side 31 * 1.2 = 37.2 around (25.5, 27.5);
+    bounds int(6.9), int(8.9), int(44.1), int(46.1). (Floor and ceil of the exact box would
+    give (7, 8, 45, 47).)"""
+    assert context_crop_box((10.7, 20.2, 30.6, 15.5), (100, 100), 0.2) == (6, 8, 44, 46)
+
+
 def test_window_never_empty_on_the_last_pixel():
     x0, y0, x1, y1 = context_crop_box((99.5, 99.5, 0.0, 0.0), (100, 100), 0.2)
     assert x1 > x0 and y1 > y0 and x1 <= 100 and y1 <= 100
@@ -38,8 +45,10 @@ def test_crop_sizes_and_fractional_mask_weights():
     mask = torch.zeros(10, 10)
     mask[2:8, 2:8] = 1
     crop, weights = crop_reference(image, mask, (0, 0, 10, 10), input_size=20, grid_size=5)
-    assert crop.shape == (3, 20, 20) and weights.shape == (5, 5)
-    assert crop.min() >= 0 and crop.max() <= 255
+    assert crop.shape == (3, 20, 20) and weights.shape == (5, 5) and crop.dtype == torch.float32
+    # Pixels on the 0..1 scale, bicubic without clamping: the black/white edge overshoots both ways.
+    assert crop[:, :, :2].eq(0).all() and crop[:, :, -2:].eq(1).all()
+    assert crop.min() < 0 and crop.max() > 1
     # Bilinear 10 -> 20 puts output column j at source x = (j + 0.5) / 2 - 0.5; nearest
     # 20 -> 5 keeps columns 0, 4, 8, 12, 16, i.e. x = -0.25, 1.75, 3.75, 5.75, 7.75.
     profile = torch.tensor([0.0, 0.75, 1.0, 1.0, 0.25])

@@ -32,7 +32,7 @@ def setup(tmp_path_factory):
     bank.save(bank_path)
     uris = sorted(str(p) for p in (targets.parent / "images").glob("*.jpg"))
     batch = {"image_id": np.arange(len(uris)), "uri": np.array(uris, dtype=object)}
-    decoded = decode_batch(batch, sam2_size=256, dino_size=bank.input_size)
+    decoded = decode_batch(batch, sam2_size=256)
     return bank_path, decoded
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from labeler.actors.decode import decode_one
 
-SIZES = dict(sam2_size=64, dino_size=28, max_pixels=10_000_000)
+SIZES = dict(sam2_size=64, max_pixels=10_000_000)
 
 
 def encoded(image: Image.Image, fmt: str, **options) -> bytes:
@@ -75,7 +75,7 @@ def test_usable_images_decode_in_the_displayed_frame(tmp_path, name):
     path.write_bytes(make())
     result = decode_one(str(path), **SIZES)
     assert (result.status, result.error, result.width, result.height) == ("ok", None, width, height)
-    assert result.sam2_pixels.shape == (64, 64, 3) and result.dino_pixels.shape == (28, 28, 3)
+    assert result.sam2_pixels.shape == (64, 64, 3)
 
 
 def test_sixteen_bit_values_are_scaled_not_clipped(tmp_path):
@@ -190,7 +190,7 @@ def test_fuzzed_files_decode_or_end_as_one_error_row_each(tmp_path, extension):
         path.write_bytes(data)
         uris.append(str(path))
     decoded = decode_batch({"image_id": np.arange(len(uris)), "uri": np.array(uris, dtype=object)},
-                           sam2_size=32, dino_size=28)
+                           sam2_size=32)
     errors = decoded["error"][decoded["status"] == "error"]
     assert len(decoded["status"]) == len(uris)
     assert all(e.startswith(("decode failed: ", "read failed: ")) and "\n" not in e for e in errors)
@@ -244,7 +244,7 @@ def test_a_read_that_never_returns_times_out_as_an_error_row(tmp_path):
 
         started = time.monotonic()
         decoded = decode_batch({"image_id": np.array([1, 2]), "uri": np.array([hung, str(good)], dtype=object)},
-                               sam2_size=32, dino_size=28, read_timeout=1.5)
+                               sam2_size=32, read_timeout=1.5)
         assert time.monotonic() - started < 30
     finally:
         server.close()

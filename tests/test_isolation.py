@@ -30,7 +30,7 @@ def stages(tmp_path_factory):
     Image.new("RGB", (64, 48), (POISON,) * 3).save(root / "poison.png")
     uris = [str(images[0]), str(root / "poison.png"), *map(str, images[1:])]
     batch = decode_batch({"image_id": np.arange(4), "uri": np.array(uris, dtype=object)},
-                         sam2_size=proposer.image_size, dino_size=scorer.encoder.input_size)
+                         sam2_size=proposer.image_size)
     return proposer, scorer, batch
 
 

@@ -2,16 +2,20 @@
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+from labeler.method.mask_overlaps import overlap_fractions
 from labeler.method.proposals import best_of_three, keep_proposals, point_grid
 from labeler.method.scoring import (
     boxes_from_masks,
     class_aware_nms,
     classify,
     mask_embeddings,
-    score_proposals,
+    nms_boxes,
+    rank_proposals,
+    select_detections,
     soft_merge,
     upsample_features,
 )
@@ -23,10 +27,23 @@ def box_mask(x0, y0, x1, y1, size=8):
     return mask
 
 
-def test_point_grid_is_cell_centres():
-    grid = point_grid(2, 100)
-    assert torch.allclose(grid, torch.tensor([[25.0, 25.0], [75.0, 25.0], [25.0, 75.0], [75.0, 75.0]]))
-    assert point_grid(32, 1024).shape == (1024, 2)
+def test_point_grid_is_edge_to_edge_with_x_slowest():
+    """The reference's grid: linspace(0, S - 1, n) + 0.5 per axis, x varying slowest."""
+    grid = point_grid(3, 10)
+    expected = [[x, y] for x in (0.5, 5.0, 9.5) for y in (0.5, 5.0, 9.5)]
+    assert grid.tolist() == expected
+    full = point_grid(32, 1024)
+    assert full.shape == (1024, 2)
+    assert full.min().item() == 0.5 and full.max().item() == 1023.5
+    assert torch.equal(full[:32, 0], torch.full((32,), 0.5))  # the first column of points, top to bottom
+    assert full[1, 1].item() == 1023 / 31 + 0.5
+
+
+def test_cell_centre_grid_is_a_named_option():
+    grid = point_grid(2, 100, "cell-centres")
+    assert grid.tolist() == [[25.0, 25.0], [75.0, 25.0], [25.0, 75.0], [75.0, 75.0]]
+    with pytest.raises(ValueError, match="grid layout"):
+        point_grid(2, 100, "corners")
 
 
 def test_best_of_three_picks_highest_predicted_iou_per_prompt():
@@ -55,15 +72,40 @@ def test_nms_ranks_by_predicted_iou_not_by_score():
     assert class_aware_nms(boxes, predicted_iou, labels, 0.5, 1).tolist() == [1]
 
 
-def test_nms_inside_scoring_ignores_similarity_scores():
+def test_nms_inside_ranking_ignores_similarity_scores():
     masks = torch.stack([box_mask(0, 0, 6, 6), box_mask(0, 0, 6, 5)])
     features = torch.zeros(8, 8, 2)
     features[:5, :, 0] = 1.0  # rows 0-4 point along x, row 5 along y
     features[5:, :, 1] = 1.0
     prototypes = F.normalize(torch.tensor([[1.0, 0.0]]), dim=1)
     # mask 1 (rows 0-4) has the higher similarity (1.0) but the lower predicted IoU.
-    result = score_proposals(masks, torch.tensor([0.9, 0.5]), features, prototypes)
+    result = rank_proposals(masks, torch.tensor([0.9, 0.5]), features, prototypes)
     assert result.index.tolist() == [0]
+
+
+def test_nms_boxes_have_inclusive_far_edges():
+    assert nms_boxes(box_mask(2, 1, 5, 3)[None]).tolist() == [[2.0, 1.0, 4.0, 2.0]]
+    assert nms_boxes(box_mask(3, 3, 4, 4)[None]).tolist() == [[3.0, 3.0, 3.0, 3.0]]  # one pixel: zero area
+
+
+def test_inclusive_nms_boxes_decide_what_survives():
+    """Columns 0-3 and 1-4 of 10 rows: inclusive boxes have IoU 2/4 = 0.5 (both kept at
+    threshold 0.5); boxes one pixel wider would have IoU 3/5 = 0.6 and drop one."""
+    masks = torch.stack([box_mask(0, 0, 4, 10, size=10), box_mask(1, 0, 5, 10, size=10)])
+    features = torch.zeros(10, 10, 2)
+    features[..., 0] = 1.0
+    ranked = rank_proposals(masks, torch.tensor([0.9, 0.8]), features, torch.tensor([[1.0, 0.0]]), nms_thr=0.5)
+    assert ranked.index.tolist() == [0, 1]
+    wider = boxes_from_masks(masks)
+    assert class_aware_nms(wider, torch.tensor([0.9, 0.8]), torch.tensor([0, 0]), 0.5, 800).tolist() == [0]
+
+
+def test_one_pixel_proposals_are_never_suppressed():
+    masks = torch.stack([box_mask(3, 3, 4, 4), box_mask(3, 3, 4, 4)])
+    features = torch.zeros(8, 8, 2)
+    features[..., 0] = 1.0
+    ranked = rank_proposals(masks, torch.tensor([0.9, 0.8]), features, torch.tensor([[1.0, 0.0]]))
+    assert ranked.index.tolist() == [0, 1]  # zero-area boxes: IoU 0, as with the reference's boxes
 
 
 def test_mask_embeddings_and_classify():
@@ -79,6 +121,10 @@ def test_mask_embeddings_and_classify():
     assert torch.allclose(scores, torch.tensor([0.0, 0.5 / math.hypot(1.5, 0.5)]))
 
 
+def merge(masks, embeddings, labels, scores):
+    return soft_merge(overlap_fractions(masks, labels), embeddings, labels, scores)
+
+
 def test_soft_merge_known_numbers():
     m0 = box_mask(0, 0, 4, 4)  # 16 px
     m1 = box_mask(2, 0, 6, 4)  # 16 px, 8 shared with m0
@@ -87,7 +133,7 @@ def test_soft_merge_known_numbers():
     e = F.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8], [1.0, 0.0]]), dim=1)
     labels = torch.tensor([0, 0, 1])
     scores = torch.tensor([0.9, 0.8, 0.7])
-    merged = soft_merge(masks, e, labels, scores)
+    merged = merge(masks, e, labels, scores)
     # mask 1: ios = (8 / 16) * cos = 0.5 * 0.6 = 0.3 -> 0.8 * sqrt(0.7)
     assert torch.allclose(merged, torch.tensor([0.9, 0.8 * math.sqrt(0.7), 0.7]))
 
@@ -97,49 +143,51 @@ def test_soft_merge_uses_only_higher_ranked_and_clamps_negative_cosine():
     m1 = box_mask(0, 0, 4, 4)  # 16 px
     masks = torch.stack([m0, m1])
     same = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.0]]), dim=1)
-    merged = soft_merge(masks, same, torch.tensor([0, 0]), torch.tensor([0.5, 0.5]))
+    merged = merge(masks, same, torch.tensor([0, 0]), torch.tensor([0.5, 0.5]))
     # m0 is first: untouched; m1: overlap 4/16 with cos 1 -> 0.5 * sqrt(0.75)
     assert torch.allclose(merged, torch.tensor([0.5, 0.5 * math.sqrt(0.75)]))
     opposite = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
-    assert torch.allclose(soft_merge(masks.flip(0), opposite, torch.tensor([0, 0]), torch.tensor([0.5, 0.5])),
+    assert torch.allclose(merge(masks.flip(0), opposite, torch.tensor([0, 0]), torch.tensor([0.5, 0.5])),
                           torch.tensor([0.5, 0.5]))
 
 
-def test_a_mask_covered_by_an_identical_one_scores_zero_and_is_dropped():
+def test_a_mask_inside_a_same_class_twin_merges_to_zero():
+    """m1 lies inside m0 with the same embedding: ios = 1 and its merged score is 0."""
+    masks = torch.stack([box_mask(0, 0, 6, 6), box_mask(1, 1, 3, 3)])
+    same = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    merged = merge(masks, same, torch.tensor([0, 0]), torch.tensor([0.9, 0.8]))
+    assert merged.tolist() == [pytest.approx(0.9), 0.0]
+
+
+def test_identical_boxes_are_suppressed_before_merging():
     masks = torch.stack([box_mask(0, 0, 4, 4), box_mask(0, 0, 4, 4), box_mask(5, 5, 8, 8)])
     features = torch.zeros(8, 8, 2)
     features[..., 0] = 1.0
     prototypes = torch.tensor([[1.0, 0.0]])
-    # Identical boxes: NMS removes the second before merging; the third stays.
-    result = score_proposals(masks, torch.tensor([0.9, 0.8, 0.7]), features, prototypes)
+    result = rank_proposals(masks, torch.tensor([0.9, 0.8, 0.7]), features, prototypes)
     assert result.index.tolist() == [0, 2] and torch.allclose(result.scores, torch.ones(2))
 
 
 def test_zero_proposals_give_zero_detections():
-    result = score_proposals(torch.zeros(0, 8, 8, dtype=torch.bool), torch.zeros(0), torch.zeros(8, 8, 4),
-                             torch.eye(2, 4))
+    result = rank_proposals(torch.zeros(0, 8, 8, dtype=torch.bool), torch.zeros(0), torch.zeros(8, 8, 4),
+                            torch.eye(2, 4))
     assert result.index.numel() == result.labels.numel() == result.scores.numel() == 0
+    assert result.embeddings.shape == (0, 4)
 
 
-def test_zero_similarity_proposals_are_dropped():
+def test_zero_similarity_proposals_are_dropped_before_merging():
     features = torch.zeros(8, 8, 2)
     features[..., 1] = 1.0
-    result = score_proposals(box_mask(0, 0, 3, 3)[None], torch.tensor([0.9]), features, torch.tensor([[1.0, 0.0]]))
+    result = rank_proposals(box_mask(0, 0, 3, 3)[None], torch.tensor([0.9]), features, torch.tensor([[1.0, 0.0]]))
     assert result.index.numel() == 0
 
 
-def test_max_dets_and_min_score_and_sorted_output():
-    masks = torch.stack([box_mask(i, i, i + 1, i + 1) for i in range(6)])
-    features = torch.zeros(8, 8, 2)
-    for i in range(6):
-        features[i, i] = torch.tensor([1.0, 0.2 * i])
-    prototypes = torch.tensor([[1.0, 0.0]])
-    full = score_proposals(masks, torch.full((6,), 0.9), features, prototypes)
-    assert full.index.tolist() == [0, 1, 2, 3, 4, 5]
-    assert torch.all(full.scores[:-1] >= full.scores[1:])
-    assert score_proposals(masks, torch.full((6,), 0.9), features, prototypes, max_dets=2).index.tolist() == [0, 1]
-    threshold = float(full.scores[2])
-    assert score_proposals(masks, torch.full((6,), 0.9), features, prototypes, min_score=threshold).index.tolist() == [0, 1, 2]
+def test_selection_keeps_zero_merged_scores_and_sorts_stably():
+    merged = torch.tensor([0.0, 0.7, 0.0, 0.9, 0.7])
+    assert select_detections(merged).tolist() == [3, 1, 4, 0, 2]  # merged score 0 stays, as in the reference
+    assert select_detections(merged, max_dets=3).tolist() == [3, 1, 4]
+    assert select_detections(merged, min_score=0.7).tolist() == [3, 1, 4]
+    assert select_detections(torch.zeros(0)).numel() == 0
 
 
 def test_boxes_from_masks_have_exclusive_far_edges():

@@ -33,14 +33,13 @@ class DecodedImage:
     width: int
     height: int
     sam2_pixels: np.ndarray
-    dino_pixels: np.ndarray
 
 
 NO_PIXELS = np.zeros((0, 0, 3), dtype=np.uint8)
 
 
 def _error(reason: str) -> DecodedImage:
-    return DecodedImage(STATUS_ERROR, reason, 0, 0, NO_PIXELS, NO_PIXELS)
+    return DecodedImage(STATUS_ERROR, reason, 0, 0, NO_PIXELS)
 
 
 def pixel_column(arrays: list[np.ndarray]) -> np.ndarray:
@@ -59,10 +58,10 @@ def stack_rows(column: np.ndarray, rows) -> np.ndarray:
     return np.stack([np.asarray(column[row]) for row in rows])
 
 
-def decode_one(
-    uri: str, sam2_size: int, dino_size: int, max_pixels: int, max_bytes: int = DEFAULT_MAX_BYTES
-) -> DecodedImage:
-    """Read and decode one image; any failure becomes an error result, never an exception."""
+def decode_one(uri: str, sam2_size: int, max_pixels: int, max_bytes: int = DEFAULT_MAX_BYTES) -> DecodedImage:
+    """Read and decode one image, resized to the SAM2 input; any failure becomes an error
+    result, never an exception. (The DINOv2 input is made from the SAM2 input on the
+    GPU, as the reference makes it: :meth:`Dinov2Encoder.target_features`.)"""
     try:
         pixels = read_image(uri, max_pixels=max_pixels, max_bytes=max_bytes)
     except ImageDecodeError as error:
@@ -71,11 +70,7 @@ def decode_one(
         return _error(f"read failed: {storage.describe_read_error(error)}")
     try:
         height, width = pixels.shape[:2]
-        return DecodedImage(
-            STATUS_OK, None, width, height,
-            resize_square(pixels, sam2_size, "bilinear"),
-            resize_square(pixels, dino_size, "bicubic"),
-        )
+        return DecodedImage(STATUS_OK, None, width, height, resize_square(pixels, sam2_size))
     except Exception as error:  # noqa: BLE001 - out of memory on a huge image, ...
         return _error(f"decode failed: resizing: {type(error).__name__}: {error}")
 
@@ -84,7 +79,6 @@ def decode_batch(
     batch: dict[str, np.ndarray],
     *,
     sam2_size: int,
-    dino_size: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_BYTES,
     read_timeout: float = DEFAULT_READ_TIMEOUT,
@@ -93,9 +87,9 @@ def decode_batch(
 ) -> dict[str, np.ndarray]:
     """Ray Data ``map_batches`` function: ``image_id, uri`` -> decoded columns.
 
-    Adds ``width``, ``height``, ``status``, ``error``, ``sam2_pixels``
-    (``[B, S, S, 3]`` uint8, bilinear) and ``dino_pixels`` (``[B, G, G, 3]``
-    uint8, bicubic), ragged when an error row has none (module doc). Reads run on a few threads to overlap storage latency,
+    Adds ``width``, ``height``, ``status``, ``error`` and ``sam2_pixels``
+    (``[B, S, S, 3]`` uint8, :func:`resize_square`), ragged when an error row
+    has none (module doc). Reads run on a few threads to overlap storage latency,
     each image within ``read_timeout`` seconds; ``storage_options`` are
     applied in this worker first (:func:`storage.configure`). The rows are
     reported to ``tracker`` (:mod:`labeler.progress`).
@@ -103,7 +97,7 @@ def decode_batch(
     storage.configure(storage_options)
     uris = [str(u) for u in batch["uri"]]
     results = map_with_deadline(
-        lambda uri: decode_one(uri, sam2_size, dino_size, max_pixels, max_bytes),
+        lambda uri: decode_one(uri, sam2_size, max_pixels, max_bytes),
         uris,
         threads=IO_THREADS,
         timeout=read_timeout,
@@ -118,5 +112,4 @@ def decode_batch(
         "status": np.array([r.status for r in results], dtype=object),
         "error": np.array([r.error or "" for r in results], dtype=object),
         "sam2_pixels": pixel_column([r.sam2_pixels for r in results]),
-        "dino_pixels": pixel_column([r.dino_pixels for r in results]),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,12 +19,15 @@ from labeler.devices import to_device
 from labeler.io.labels import STATUS_ERROR, STATUS_OK, Detections, LabelRows
 from labeler.io.proposal_payload import decode_proposals
 from labeler.io.rle import PackedRle, pack_counts, run_lengths
+from labeler.method.mask_overlaps import rle_overlap_fractions
 from labeler.method.scoring import (
     DEFAULT_MAX_DETS,
     DEFAULT_NMS_THR,
-    ScoredProposals,
+    RankedProposals,
     boxes_from_masks,
-    score_proposals,
+    rank_proposals,
+    select_detections,
+    soft_merge,
     upsample_features,
 )
 from labeler.models import load_dinov2
@@ -43,22 +47,23 @@ if TYPE_CHECKING:
 FINAL_MASK_PIXELS_PER_CHUNK = {"cuda": 1 << 26, "cpu": 1 << 23}
 
 
-def final_masks(
+def full_size_masks(
     logits: torch.Tensor, image_hw: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, PackedRle]:
-    """Upsample chosen low-res logits to the image, threshold at 0, and measure them.
+    """Resize low-res logits to the image (:func:`upsample_logits`), threshold at 0, and measure them.
 
     Works in chunks of masks on the logits' device; only run boundaries
     reach the host, where all masks are RLE-encoded at once.
 
     Returns:
         ``present`` (``[K]`` bool: the mask kept any pixel), and for the
-        present masks: ``[K', 4]`` xyxy boxes, ``[K']`` areas, packed RLE.
+        present masks: ``[K', 4]`` xyxy boxes (exclusive far edges), ``[K']``
+        areas, packed RLE.
     """
     height, width = image_hw
     chunk_pixels = FINAL_MASK_PIXELS_PER_CHUNK.get(logits.device.type, FINAL_MASK_PIXELS_PER_CHUNK["cpu"])
     step = max(1, chunk_pixels // (height * width))
-    present, boxes, areas, counts, runs = [], [], [], [], []
+    present, boxes, areas, counts, runs = [], [], [], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for start in range(0, logits.shape[0], step):
         masks = upsample_logits(logits[start : start + step, None], image_hw)[:, 0] > 0
         nonempty = masks.flatten(1).any(dim=1)
@@ -69,50 +74,94 @@ def final_masks(
         chunk_counts, chunk_runs = run_lengths(masks)
         counts.append(chunk_counts)
         runs.append(chunk_runs)
+    device = logits.device
     packed = pack_counts(np.concatenate(counts), np.concatenate(runs), height, width)
-    return torch.cat(present), torch.cat(boxes), torch.cat(areas), packed
+    return (
+        torch.cat(present) if present else torch.zeros(0, dtype=torch.bool, device=device),
+        torch.cat(boxes) if boxes else torch.zeros(0, 4, device=device),
+        torch.cat(areas) if areas else torch.zeros(0, dtype=torch.long, device=device),
+        packed,
+    )
+
+
+@dataclass
+class ChosenDetections:
+    """The final detections of one image, best first."""
+
+    labels: torch.Tensor  # [K] class rows of the bank
+    scores: torch.Tensor  # [K] merged scores in [0, 1]
+    boxes: torch.Tensor  # [K, 4] xyxy, exclusive far edges
+    areas: torch.Tensor  # [K]
+    rle: pa.Array  # [K] compressed COCO RLE strings
 
 
 def choose_detections(
     masks: torch.Tensor,
+    logits: torch.Tensor,
     iou: torch.Tensor,
     features: torch.Tensor,
     class_prototypes: torch.Tensor,
+    image_hw: tuple[int, int],
     nms_thr: float,
     max_dets: int,
     min_score: float,
-) -> ScoredProposals:
-    """METHOD.md section 3 for one image: features onto the mask grid, then
-    classify, NMS, soft-merge and select (:func:`score_proposals`).
+) -> ChosenDetections:
+    """METHOD.md section 3 for one image: :func:`rank_on_grid`, then :func:`merge_and_select`.
 
     Args:
         masks: ``[P, h, w]`` boolean low-res masks.
+        logits: ``[P, h, w]`` their logits.
         iou: ``[P]`` SAM2 predicted IoUs.
         features: ``[g, g, D]`` DINOv2 patch features of the image.
         class_prototypes: ``[C, D]`` on the device.
+        image_hw: the original image size.
     """
+    ranked = rank_on_grid(masks, iou, features, class_prototypes, nms_thr, max_dets)
+    return merge_and_select(ranked, logits, image_hw, max_dets, min_score)
+
+
+def rank_on_grid(
+    masks: torch.Tensor, iou: torch.Tensor, features: torch.Tensor, class_prototypes: torch.Tensor,
+    nms_thr: float, max_dets: int,
+) -> RankedProposals:
+    """The DINOv2 features onto the low-res mask grid, then :func:`rank_proposals`."""
     grid_features = upsample_features(features, tuple(masks.shape[1:]))
-    return score_proposals(
-        masks, iou, grid_features, class_prototypes, nms_thr=nms_thr, max_dets=max_dets, min_score=min_score
+    return rank_proposals(masks, iou, grid_features, class_prototypes, nms_thr=nms_thr, max_dets=max_dets)
+
+
+def merge_and_select(
+    ranked: RankedProposals, logits: torch.Tensor, image_hw: tuple[int, int], max_dets: int, min_score: float
+) -> ChosenDetections:
+    """The ranked proposals' masks at the image's size, made once as RLE; soft merging
+    with overlaps from those RLEs (:func:`rle_overlap_fractions`); the best ``max_dets``.
+
+    A mask with no pixel left at the image's size is dropped (the reference would
+    give it a NaN score); it overlaps nothing, so no other score changes.
+    """
+    present, boxes, areas, packed = full_size_masks(logits[ranked.index], image_hw)
+    labels, scores, embeddings = ranked.labels[present], ranked.scores[present], ranked.embeddings[present]
+    strings = packed.strings()
+    rles = [{"size": list(image_hw), "counts": text} for text in strings.to_pylist()]
+    overlap = torch.from_numpy(rle_overlap_fractions(rles, labels.cpu().numpy())).to(scores.device)
+    merged = soft_merge(overlap, embeddings, labels, scores)
+    order = select_detections(merged, max_dets, min_score)
+    return ChosenDetections(
+        labels=labels[order], scores=merged[order].clamp(0.0, 1.0), boxes=boxes[order], areas=areas[order],
+        rle=strings.take(pa.array(order.cpu().numpy())),
     )
 
 
-def detections_from_choice(
-    logits: torch.Tensor, chosen: ScoredProposals, category_ids: np.ndarray, image_hw: tuple[int, int]
-) -> Detections:
-    """The chosen proposals as detections: final masks at ``image_hw`` from the
-    ``[P, h, w]`` low-res logits, boxes, areas, RLE; ``category_ids`` maps the
-    bank's prototype rows to category ids."""
-    if chosen.index.numel() == 0:
-        return Detections.empty()
-    present, boxes, areas, packed = final_masks(logits[chosen.index], image_hw)
+def detections_from_choice(chosen: ChosenDetections, category_ids: np.ndarray) -> Detections:
+    """The chosen detections as label rows' detections; ``category_ids`` maps the bank's
+    prototype rows to category ids."""
+    boxes = chosen.boxes
     xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
     return Detections(
-        category_id=category_ids[chosen.labels[present].cpu().numpy()].astype(np.int64),
-        score=chosen.scores[present].cpu().numpy().astype(np.float32),
+        category_id=category_ids[chosen.labels.cpu().numpy()].astype(np.int64),
+        score=chosen.scores.cpu().numpy().astype(np.float32),
         bbox=xywh.cpu().numpy().astype(np.float32),
-        area=areas.cpu().numpy().astype(np.int64),
-        rle=packed.strings(),
+        area=chosen.areas.cpu().numpy().astype(np.int64),
+        rle=chosen.rle,
     )
 
 
@@ -120,8 +169,8 @@ class Dinov2Scorer:
     """Loads the bank and its encoder once per actor; scores batches of images.
 
     Uses the DINOv2 features the SAM2 stage computed (``dino_features``, with
-    ``--prompts matched``) when the batch carries them, else encodes
-    ``dino_pixels`` itself.
+    ``--prompts matched``) when the batch carries them, else encodes the
+    images from their SAM2 inputs (``sam2_pixels``), as the reference does.
     """
 
     def __init__(
@@ -153,19 +202,19 @@ class Dinov2Scorer:
         """``[len(rows), g, g, D]`` float32 DINOv2 features of those rows."""
         if "dino_features" in batch:
             return to_device(stack_rows(batch["dino_features"], rows), self.device).float()
-        pixels = to_device(stack_rows(batch["dino_pixels"], rows), self.device).permute(0, 3, 1, 2)
+        pixels = to_device(stack_rows(batch["sam2_pixels"], rows), self.device)
         with self.speedups.autocast(self.device):
-            return self.encoder.patch_features(pixels)
+            return self.encoder.target_features(pixels)
 
     def detections(self, batch: dict[str, np.ndarray], row: int, features: torch.Tensor) -> tuple[Detections, int]:
         """One image's detections from its proposal payload and ``[g, g, D]`` features, and its proposal count."""
         payload = payload_from_row(batch, row)
         masks, logits = decode_proposals(payload, self.device)
         iou = torch.from_numpy(payload.iou).to(self.device)
-        chosen = choose_detections(masks, iou, features, self.class_prototypes, self.nms_thr, self.max_dets,
-                                   self.min_score)
         image_hw = (int(batch["height"][row]), int(batch["width"][row]))
-        return detections_from_choice(logits, chosen, self.category_ids, image_hw), payload.count
+        chosen = choose_detections(masks, logits, iou, features, self.class_prototypes, image_hw, self.nms_thr,
+                                   self.max_dets, self.min_score)
+        return detections_from_choice(chosen, self.category_ids), payload.count
 
     def _score_rows(self, batch: dict[str, np.ndarray], rows: Sequence[int]) -> list[tuple[Detections, int]]:
         features = self.features(batch, rows)

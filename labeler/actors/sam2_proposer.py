@@ -16,7 +16,13 @@ from labeler.devices import to_device
 from labeler.io.labels import STATUS_ERROR, STATUS_OK
 from labeler.io.proposal_payload import ProposalPayload, encode_proposals
 from labeler.method.matched_prompts import DEFAULT_MATCHED_POINTS, matched_points, prototype_similarity
-from labeler.method.proposals import DEFAULT_POINTS_PER_BATCH, DEFAULT_POINTS_PER_SIDE, DEFAULT_PRED_IOU_THR, point_grid
+from labeler.method.proposals import (
+    DEFAULT_GRID_LAYOUT,
+    DEFAULT_POINTS_PER_BATCH,
+    DEFAULT_POINTS_PER_SIDE,
+    DEFAULT_PRED_IOU_THR,
+    point_grid,
+)
 from labeler.models import load_dinov2, load_sam2
 from labeler.models.sam2_inference import Sam2Features, encode_images, point_proposals, sam2_input
 from labeler.models.speedups import Speedups, compile_modules, compile_sam2, decoder_in_dtype
@@ -32,7 +38,7 @@ NO_FEATURES = np.zeros((0, 0, 0), dtype=np.float16)  # an error row's DINOv2 fea
 def row_nbytes(batch: dict[str, np.ndarray], index: int) -> int:
     """Bytes one row of a SAM2-stage output batch carries to the next stage."""
     total = FIXED_ROW_BYTES + len(str(batch["uri"][index])) + len(str(batch["error"][index]))
-    for column in ("dino_pixels", "dino_features", "rle_lengths", "band_logits", "iou"):
+    for column in ("sam2_pixels", "dino_features", "rle_lengths", "band_logits", "iou"):
         if column in batch:
             total += np.asarray(batch[column][index]).nbytes
     return total + len(batch["rle_blob"][index])
@@ -40,14 +46,15 @@ def row_nbytes(batch: dict[str, np.ndarray], index: int) -> int:
 
 class Sam2Proposer:
     """Encodes a batch of images at once, then decodes the prompts of all its
-    images in batches of ``points_per_batch``. Replaces ``sam2_pixels`` with
-    the proposal payload columns (:mod:`labeler.io.proposal_payload`).
+    images in batches of ``points_per_batch``. Adds the proposal payload
+    columns (:mod:`labeler.io.proposal_payload`); ``sam2_pixels`` go on to
+    the scoring stage, which makes the DINOv2 input from them.
 
     With ``prompts="matched"`` it also holds the bank's DINOv2 encoder,
     prompts only the ``matched_points`` grid points most similar to a class
     prototype (:mod:`labeler.method.matched_prompts`), and passes the DINOv2
-    features on (``dino_features``, float16) so the scoring stage does not
-    encode the images again.
+    features on (``dino_features``, float16) in place of the pixels, so the
+    scoring stage does not encode the images again.
     """
 
     def __init__(
@@ -55,6 +62,7 @@ class Sam2Proposer:
         sam2: str,
         device: str = "auto",
         points_per_side: int = DEFAULT_POINTS_PER_SIDE,
+        grid_layout: str = DEFAULT_GRID_LAYOUT,
         points_per_batch: int = DEFAULT_POINTS_PER_BATCH,
         pred_iou_thr: float = DEFAULT_PRED_IOU_THR,
         dtype: str = "auto",
@@ -74,7 +82,7 @@ class Sam2Proposer:
         decoder_in_dtype(self.model, self.speedups)
         if self.speedups.compile:
             compile_sam2(self.model)
-        self.grid = point_grid(points_per_side, self.model.image_size).to(self.device)
+        self.grid = point_grid(points_per_side, self.model.image_size, grid_layout).to(self.device)
         self.points_per_batch = points_per_batch
         self.pred_iou_thr = pred_iou_thr
         self.matched_points = matched_points
@@ -90,13 +98,13 @@ class Sam2Proposer:
     def image_size(self) -> int:
         return int(self.model.image_size)
 
-    def prompt_points(self, dino_pixels: np.ndarray | None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """Each image's prompt points, and the DINOv2 features when prompts are matched."""
+    def prompt_points(self, resized: np.ndarray) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Each image's prompt points, and the DINOv2 features when prompts are matched,
+        for ``[B, S, S, 3]`` uint8 SAM2 inputs."""
         if self.encoder is None:
-            return [self.grid] * len(dino_pixels), None
-        pixels = to_device(dino_pixels, self.device).permute(0, 3, 1, 2)
+            return [self.grid] * len(resized), None
         with self.speedups.autocast(self.device):
-            features = self.encoder.patch_features(pixels)
+            features = self.encoder.target_features(to_device(resized, self.device))
         similarity = prototype_similarity(features, self.class_prototypes)
         points = matched_points(similarity, self.grid, self.image_size, self.matched_points)
         return list(points), features
@@ -122,29 +130,31 @@ class Sam2Proposer:
             )
 
     def propose(
-        self, resized: np.ndarray, dino_pixels: np.ndarray, points_per_batch: int | None = None
+        self, resized: np.ndarray, image_hws: Sequence[tuple[int, int]], points_per_batch: int | None = None
     ) -> tuple[list[ProposalPayload], torch.Tensor | None]:
-        """Payloads for ``[B, S, S, 3]`` uint8 images (and DINOv2 features if matched)."""
-        points, dino_features = self.prompt_points(dino_pixels)
+        """Payloads for ``[B, S, S, 3]`` uint8 SAM2 inputs of images of ``image_hws``
+        (original sizes), and their DINOv2 features if prompts are matched."""
+        points, dino_features = self.prompt_points(resized)
         proposals = self.decode(self.encode(resized), points, points_per_batch=points_per_batch)
-        return [encode_proposals(logits, iou) for logits, iou in proposals], dino_features
+        payloads = [encode_proposals(logits, iou, hw) for (logits, iou), hw in zip(proposals, image_hws)]
+        return payloads, dino_features
 
-    def _propose_rows(self, pixels: np.ndarray, dino_pixels: np.ndarray, rows: Sequence[int],
+    def _propose_rows(self, batch: dict[str, np.ndarray], rows: Sequence[int],
                       points_per_batch: int | None = None) -> list[tuple[ProposalPayload, np.ndarray | None]]:
-        payloads, features = self.propose(stack_rows(pixels, rows), stack_rows(dino_pixels, rows), points_per_batch)
+        image_hws = [(int(batch["height"][row]), int(batch["width"][row])) for row in rows]
+        payloads, features = self.propose(stack_rows(batch["sam2_pixels"], rows), image_hws, points_per_batch)
         features = features.half().cpu().numpy() if features is not None else [None] * len(payloads)
         return list(zip(payloads, features))
 
-    def _propose_alone(self, pixels: np.ndarray, dino_pixels: np.ndarray,
-                       row: int) -> tuple[ProposalPayload, np.ndarray | None]:
+    def _propose_alone(self, batch: dict[str, np.ndarray], row: int) -> tuple[ProposalPayload, np.ndarray | None]:
         """One image; out of memory, once more with a quarter of the prompts at a time."""
         try:
-            return self._propose_rows(pixels, dino_pixels, [row])[0]
+            return self._propose_rows(batch, [row])[0]
         except Exception as error:
             if not is_out_of_memory(error) or self.points_per_batch < 4:
                 raise
             free_device_memory()
-            return self._propose_rows(pixels, dino_pixels, [row], self.points_per_batch // 4)[0]
+            return self._propose_rows(batch, [row], self.points_per_batch // 4)[0]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A batch in, its proposal payloads out; an image SAM2 fails on becomes an error row."""
@@ -155,17 +165,16 @@ class Sam2Proposer:
             raise
 
     def _label(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        pixels = batch.pop("sam2_pixels")
         ok = np.flatnonzero(batch["status"] == STATUS_OK)
         size = len(batch["image_id"])
-        empty = ProposalPayload(b"", np.zeros(0, np.int32), np.zeros(0, np.float16), np.zeros(0, np.float32), 0, 0)
+        empty = ProposalPayload(b"", np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.float32), 0, 0)
         payloads = [empty] * size
         features: list[np.ndarray] | None = None
         if self.encoder is not None:  # matched prompts: the features replace the pixels downstream
             features = [NO_FEATURES] * size
         outcomes = each_image(
-            lambda rows: self._propose_rows(pixels, batch["dino_pixels"], rows),
-            lambda row: self._propose_alone(pixels, batch["dino_pixels"], row),
+            lambda rows: self._propose_rows(batch, rows),
+            lambda row: self._propose_alone(batch, row),
             ok, "SAM2",
         )
         batch["status"], batch["error"] = batch["status"].copy(), batch["error"].copy()
@@ -180,13 +189,14 @@ class Sam2Proposer:
                 features[index] = outcome[1]
         if features is not None:
             batch["dino_features"] = pixel_column(features)
-            del batch["dino_pixels"]
+            del batch["sam2_pixels"]
         batch["rle_blob"] = np.array([p.rle_blob for p in payloads], dtype=object)
         batch["rle_lengths"] = _ragged([p.rle_lengths for p in payloads])
         batch["band_logits"] = _ragged([p.band_logits for p in payloads])
         batch["iou"] = _ragged([p.iou for p in payloads])
         batch["lowres_height"] = np.array([p.height for p in payloads], dtype=np.int32)
         batch["lowres_width"] = np.array([p.width for p in payloads], dtype=np.int32)
+        batch["band_radius"] = np.array([p.band_radius for p in payloads], dtype=np.int32)
         batch["transfer_bytes"] = np.array([row_nbytes(batch, i) for i in range(size)], dtype=np.int64)
         report(self.tracker, "sam2", size)
         return batch
@@ -204,8 +214,9 @@ def payload_from_row(batch: dict[str, np.ndarray], index: int) -> ProposalPayloa
     return ProposalPayload(
         rle_blob=bytes(batch["rle_blob"][index]),
         rle_lengths=np.asarray(batch["rle_lengths"][index], dtype=np.int32),
-        band_logits=np.asarray(batch["band_logits"][index], dtype=np.float16),
+        band_logits=np.asarray(batch["band_logits"][index], dtype=np.float32),
         iou=np.asarray(batch["iou"][index], dtype=np.float32),
         height=int(batch["lowres_height"][index]),
         width=int(batch["lowres_width"][index]),
+        band_radius=int(batch["band_radius"][index]),
     )

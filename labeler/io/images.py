@@ -13,8 +13,6 @@ import warnings
 from functools import cache
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from labeler.io import storage
@@ -109,17 +107,16 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
         raise ImageDecodeError(f"corrupt or truncated image: {type(error).__name__}: {error}") from None
 
 
-def resize_square(pixels: np.ndarray, size: int, resample: str) -> np.ndarray:
+def resize_square(pixels: np.ndarray, size: int) -> np.ndarray:
     """Resize ``[H, W, 3]`` uint8 pixels to ``[size, size, 3]`` without keeping the aspect
-    ratio, with an antialiased ``bilinear`` or ``bicubic`` filter.
+    ratio, with Pillow's bicubic filter (antialiased, rounded to uint8).
 
-    torch's uint8 kernel (the one torchvision's ``Resize`` runs, as SAM2's own
-    transforms do): within 2 grey levels of PIL's filters and 3 to 9 times
-    faster than them on 1 to 12 megapixel images (docs/PERFORMANCE.md).
+    This is how the reference makes its SAM2 input (``sam2.utils.misc``'s
+    ``_load_img_as_tensor``: ``Image.resize`` with Pillow's default filter,
+    bicubic for RGB), so the pixels both models see match it exactly.
     """
-    image = torch.from_numpy(np.require(pixels, dtype=np.uint8, requirements=["C", "W"])).permute(2, 0, 1)[None]
-    resized = F.interpolate(image, size=(size, size), mode=resample, align_corners=False, antialias=True)
-    return resized[0].permute(1, 2, 0).contiguous().numpy()
+    image = Image.fromarray(np.require(pixels, dtype=np.uint8, requirements=["C"]))
+    return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC))
 
 
 def _peak(values: np.ndarray, floating: bool) -> float:

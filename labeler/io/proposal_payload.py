@@ -1,27 +1,30 @@
 """The compact form in which proposals travel from the SAM2 stage to the DINOv2 stage.
 
-Scoring needs each proposal's binary low-res mask; the final masks need the
-low-res logits, upsampled bilinearly and thresholded at 0. Bilinear
-interpolation reads the 2x2 low-res pixels around each output pixel: where
-those four share a sign, the output has that sign whatever their values.
-So only the logits on the *boundary band* (pixels with a 3x3 neighbour of
-the other sign) change the final mask. The payload is therefore
+Scoring needs each proposal's binary low-res mask; the final masks (and the
+overlaps of soft merging) need the low-res logits, resized to the image with
+antialiased bilinear interpolation and thresholded at 0. Each output pixel
+is a weighted mean of a few low-res pixels (the 2x2 around it when the image
+is larger than the low-res grid; a wider window, up to ``2 * scale`` pixels
+across, when it is smaller). Where all pixels with a weight share a sign,
+the output has that sign whatever their values. So only the logits on the
+*boundary band* (pixels within :func:`band_radius` of a pixel of the other
+sign) change the final mask. The payload is therefore
 
 * the binary masks as COCO RLE strings, concatenated into one blob,
-* the logits on the boundary band as float16, in mask order,
+* the logits on the boundary band as float32, in mask order,
 * the predicted IoUs,
 
-and the receiver rebuilds logits that equal the originals (to float16
-precision, sign kept from the exact binary mask) on the band and ``+/-32``
-(SAM2's own logit clamp) elsewhere. Binary low-res masks, and so all
-scoring, are exact; final masks can differ from upsampling the float32
-logits only at pixels whose interpolated logit is within float16 rounding
-of 0 (``tests/test_proposal_payload.py`` bounds it), at a fraction of the
-bytes of float16 logits.
+and the receiver rebuilds logits equal to the originals on the band and
+``+/-32`` (SAM2's own logit clamp) elsewhere. Every output pixel whose
+window holds both signs is then computed from the very same numbers, and
+every other one keeps its sign: the final masks are bit for bit those of
+the float32 logits (``tests/test_proposal_payload.py``), at a fraction of
+their bytes.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,21 +34,26 @@ import torch.nn.functional as F
 from labeler.io.rle import PackedRle, pack_masks, unpack_masks
 
 LOGIT_CLAMP = 32.0
-SMALLEST_POSITIVE = 1e-7
 
 
-def _window3(masks: torch.Tensor, combine) -> torch.Tensor:
-    """``combine`` (``|`` or ``&``) over each pixel's 3x3 window, edges replicated;
-    separable, on boolean tensors."""
-    rows = F.pad(masks[:, None].to(torch.uint8), (1, 1, 0, 0), mode="replicate")[:, 0].bool()
-    across = combine(combine(rows[:, :, :-2], rows[:, :, 1:-1]), rows[:, :, 2:])
-    cols = F.pad(across[:, None].to(torch.uint8), (0, 0, 1, 1), mode="replicate")[:, 0].bool()
-    return combine(combine(cols[:, :-2], cols[:, 1:-1]), cols[:, 2:])
+def band_radius(lowres_hw: tuple[int, int], image_hw: tuple[int, int]) -> int:
+    """Chebyshev radius of the boundary band for masks resized from ``lowres_hw`` to
+    ``image_hw``: 1 when the image is at least as large in both directions (the 2x2
+    bilinear window), else ``ceil(2 * scale)`` for the widest antialiasing window."""
+    scale = max(lowres_hw[0] / max(image_hw[0], 1), lowres_hw[1] / max(image_hw[1], 1))
+    return 1 if scale <= 1 else math.ceil(2 * scale)
 
 
-def boundary_band(masks: torch.Tensor) -> torch.Tensor:
-    """Pixels of ``[P, h, w]`` boolean masks with a 3x3 neighbour of the other value."""
-    return _window3(masks, torch.bitwise_or) != _window3(masks, torch.bitwise_and)
+def boundary_band(masks: torch.Tensor, radius: int = 1) -> torch.Tensor:
+    """Pixels of ``[P, h, w]`` boolean masks with a pixel of the other value within
+    ``radius`` (a ``(2 * radius + 1)`` square window, clipped at the edges)."""
+    if masks.shape[0] == 0:
+        return masks.clone()
+    values = masks[:, None].float()
+    window = dict(kernel_size=2 * radius + 1, stride=1, padding=radius)
+    any_on = F.max_pool2d(values, **window)
+    all_on = -F.max_pool2d(-values, **window)
+    return (any_on != all_on)[:, 0]
 
 
 @dataclass
@@ -54,10 +62,11 @@ class ProposalPayload:
 
     rle_blob: bytes
     rle_lengths: np.ndarray  # int32 [P]
-    band_logits: np.ndarray  # float16 [B]
+    band_logits: np.ndarray  # float32 [B]
     iou: np.ndarray  # float32 [P]
     height: int  # low-res grid
     width: int
+    band_radius: int = 1  # :func:`band_radius`
 
     @property
     def count(self) -> int:
@@ -68,11 +77,12 @@ class ProposalPayload:
         return len(self.rle_blob) + self.rle_lengths.nbytes + self.band_logits.nbytes + self.iou.nbytes
 
 
-def encode_proposals(logits: torch.Tensor, iou: torch.Tensor) -> ProposalPayload:
-    """Pack ``[P, h, w]`` low-res logits and their ``[P]`` predicted IoUs."""
+def encode_proposals(logits: torch.Tensor, iou: torch.Tensor, image_hw: tuple[int, int]) -> ProposalPayload:
+    """Pack ``[P, h, w]`` low-res logits and their ``[P]`` predicted IoUs, for an image of ``image_hw``."""
     masks = logits > 0
     packed = pack_masks(masks)
-    band_logits = logits[boundary_band(masks)].half().cpu().numpy()
+    radius = band_radius(tuple(logits.shape[1:]), image_hw)
+    band_logits = logits[boundary_band(masks, radius)].float().cpu().numpy()
     return ProposalPayload(
         rle_blob=packed.blob,
         rle_lengths=packed.lengths,
@@ -80,6 +90,7 @@ def encode_proposals(logits: torch.Tensor, iou: torch.Tensor) -> ProposalPayload
         iou=iou.float().cpu().numpy(),
         height=int(logits.shape[1]),
         width=int(logits.shape[2]),
+        band_radius=radius,
     )
 
 
@@ -87,10 +98,5 @@ def decode_proposals(payload: ProposalPayload, device: torch.device | str) -> tu
     """Unpack to ``[P, h, w]`` boolean masks and equivalent logits on ``device``."""
     masks = unpack_masks(PackedRle(payload.rle_blob, payload.rle_lengths, payload.height, payload.width), device)
     logits = torch.where(masks, LOGIT_CLAMP, -LOGIT_CLAMP).float()
-    band = boundary_band(masks)
-    values = torch.from_numpy(payload.band_logits).to(device).float()
-    inside = masks[band]
-    # float16 can round a tiny logit to 0: keep the sign the exact mask says.
-    values = torch.where(inside, values.clamp_min(SMALLEST_POSITIVE), values.clamp_max(0.0))
-    logits[band] = values
+    logits[boundary_band(masks, payload.band_radius)] = torch.from_numpy(payload.band_logits).to(device).float()
     return masks, logits

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from sam2.utils.amg import batched_mask_to_box
 from torchvision.ops import batched_nms, masks_to_boxes
 
 DEFAULT_NMS_THR = 0.5
@@ -44,11 +45,18 @@ def classify(embeddings: torch.Tensor, class_prototypes: torch.Tensor) -> tuple[
 
 
 def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
-    """``[P, 4]`` (x0, y0, x1, y1) boxes of non-empty boolean masks, with exclusive far edges."""
+    """``[P, 4]`` (x0, y0, x1, y1) boxes of non-empty boolean masks, with exclusive far
+    edges (COCO's, as pycocotools' ``toBbox``): the boxes labeler writes."""
     if masks.shape[0] == 0:
         return torch.zeros(0, 4, device=masks.device)
     boxes = masks_to_boxes(masks)
     return boxes + torch.tensor([0.0, 0.0, 1.0, 1.0], device=boxes.device)
+
+
+def nms_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """``[P, 4]`` float boxes NMS compares: ``sam2.utils.amg.batched_mask_to_box``, whose far
+    edges are inclusive (a one-pixel mask has a zero-area box), as the reference uses."""
+    return batched_mask_to_box(masks).float()
 
 
 def class_aware_nms(
@@ -62,45 +70,17 @@ def class_aware_nms(
     return keep[:max_keep]
 
 
-def soft_merge(masks: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """Semantic-aware soft merging, masks given in NMS rank order (best first).
-
-    ``ios_i = max_{j < i, label_j = label_i} (|m_i & m_j| / |m_i|) * max(0, cos(e_i, e_j))``
-    and ``score_i * (1 - ios_i) ** 0.5``.
-
-    Args:
-        masks: ``[P, h, w]`` boolean masks in rank order.
-        embeddings: ``[P, D]`` unit-norm mask embeddings.
-        labels: ``[P]`` class labels.
-        scores: ``[P]`` scores.
-
-    Returns:
-        ``[P]`` merged scores.
-    """
-    count = masks.shape[0]
-    if count == 0:
-        return scores
-    flat = masks.flatten(1).to(embeddings.dtype)
-    intersection = flat @ flat.T
-    areas = flat.sum(dim=1).clamp_min(1.0)
-    overlap = intersection / areas[:, None]  # row i: |m_i & m_j| / |m_i|
-    cosine = (embeddings @ embeddings.T).clamp_min(0.0)
-    higher_ranked = torch.ones(count, count, dtype=torch.bool, device=masks.device).tril(diagonal=-1)
-    same_class = labels[:, None] == labels[None, :]
-    ios = torch.where(higher_ranked & same_class, overlap * cosine, torch.zeros_like(overlap)).amax(dim=1)
-    return scores * (1.0 - ios.clamp(0.0, 1.0)).sqrt()
-
-
 @dataclass
-class ScoredProposals:
-    """The detections chosen for one image, as positions into its proposals."""
+class RankedProposals:
+    """The proposals of one image that survive NMS with a positive score, in NMS rank order."""
 
     index: torch.Tensor  # [K] positions into the image's proposals
     labels: torch.Tensor  # [K] class rows of the bank
-    scores: torch.Tensor  # [K] final scores in [0, 1]
+    scores: torch.Tensor  # [K] similarity scores, > 0
+    embeddings: torch.Tensor  # [K, D] unit-norm mask embeddings
 
 
-def score_proposals(
+def rank_proposals(
     masks: torch.Tensor,
     iou_predictions: torch.Tensor,
     features: torch.Tensor,
@@ -108,38 +88,58 @@ def score_proposals(
     *,
     nms_thr: float = DEFAULT_NMS_THR,
     max_dets: int = DEFAULT_MAX_DETS,
-    min_score: float = 0.0,
-) -> ScoredProposals:
-    """Classify, NMS, soft-merge and select the final detections of one image.
+) -> RankedProposals:
+    """METHOD.md 3.2-3.4: embed and classify every proposal, class-aware NMS ranked by
+    predicted IoU on :func:`nms_boxes`, keep at most ``8 * max_dets``, then drop score 0.
 
     Args:
         masks: ``[P, h, w]`` boolean low-res proposal masks (non-empty).
         iou_predictions: ``[P]`` SAM2 predicted IoUs.
         features: ``[h, w, D]`` DINOv2 features on the mask grid.
         class_prototypes: ``[C, D]`` unit-norm prototypes.
-        nms_thr: NMS IoU threshold.
-        max_dets: detections kept per image (NMS keeps ``8 * max_dets``).
-        min_score: detections scoring below this are dropped.
-
-    Returns:
-        The chosen detections sorted by decreasing score; empty when there
-        is nothing left (a normal result).
     """
     device = masks.device
-    empty = ScoredProposals(
-        torch.zeros(0, dtype=torch.long, device=device),
-        torch.zeros(0, dtype=torch.long, device=device),
-        torch.zeros(0, device=device),
-    )
     if masks.shape[0] == 0:
-        return empty
+        none = torch.zeros(0, dtype=torch.long, device=device)
+        return RankedProposals(none, none, torch.zeros(0, device=device), torch.zeros(0, features.shape[-1], device=device))
     embeddings = mask_embeddings(masks, features)
     labels, scores = classify(embeddings, class_prototypes)
-    keep = class_aware_nms(boxes_from_masks(masks), iou_predictions, labels, nms_thr, NMS_KEEP_FACTOR * max_dets)
+    keep = class_aware_nms(nms_boxes(masks), iou_predictions, labels, nms_thr, NMS_KEEP_FACTOR * max_dets)
     keep = keep[scores[keep] > 0]
-    if keep.numel() == 0:
-        return empty
-    merged = soft_merge(masks[keep], embeddings[keep], labels[keep], scores[keep])
+    return RankedProposals(index=keep, labels=labels[keep], scores=scores[keep], embeddings=embeddings[keep])
+
+
+def soft_merge(overlap: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """Semantic-aware soft merging (METHOD.md 3.5), proposals given in NMS rank order (best first).
+
+    ``ios_i = max_{j < i, label_j = label_i} overlap_ij * max(0, cos(e_i, e_j))`` and
+    ``score_i * (1 - ios_i) ** 0.5``, with ``ios`` clamped to ``[0, 1]`` (a cosine
+    of unit vectors can round above 1, where the reference's power gives NaN).
+
+    Args:
+        overlap: ``[K, K]``, row i: ``|m_i & m_j| / |m_i|`` of the masks at the
+            original image size (:mod:`labeler.method.mask_overlaps`).
+        embeddings: ``[K, D]`` unit-norm mask embeddings.
+        labels: ``[K]`` class labels.
+        scores: ``[K]`` scores.
+
+    Returns:
+        ``[K]`` merged scores.
+    """
+    count = scores.shape[0]
+    if count == 0:
+        return scores
+    cosine = (embeddings @ embeddings.T).clamp_min(0.0)
+    higher_ranked = torch.ones(count, count, dtype=torch.bool, device=scores.device).tril(diagonal=-1)
+    same_class = labels[:, None] == labels[None, :]
+    weighted = overlap.to(cosine.dtype) * cosine
+    ios = torch.where(higher_ranked & same_class, weighted, torch.zeros_like(weighted)).amax(dim=1)
+    return scores * (1.0 - ios.clamp(0.0, 1.0)).sqrt()
+
+
+def select_detections(merged: torch.Tensor, max_dets: int = DEFAULT_MAX_DETS, min_score: float = 0.0) -> torch.Tensor:
+    """Positions of the final detections: the ``max_dets`` best merged scores, best first
+    (ties in rank order). Merged scores of 0 stay, as in the reference; ``min_score > 0``
+    then drops those below it."""
     order = torch.argsort(merged, descending=True, stable=True)[:max_dets]
-    order = order[merged[order] >= min_score] if min_score > 0 else order[merged[order] > 0]
-    return ScoredProposals(index=keep[order], labels=labels[keep[order]], scores=merged[order].clamp(0.0, 1.0))
+    return order[merged[order] >= min_score] if min_score > 0 else order

@@ -1,7 +1,9 @@
 """DINOv2 patch features as METHOD.md specifies them.
 
-Input images are resized to ``input_size`` (518) with bicubic interpolation
-and normalised with ImageNet mean/std; the features are the final
+Inputs are floats on the 0..1 scale, resized to ``input_size`` (518) with
+bicubic interpolation, without antialiasing or clamping (a target is the
+SAM2 input resized, as the reference does: :func:`unit_scale`,
+:func:`resize_to_input`), and normalised with ImageNet mean/std; the features are the final
 layer-normed patch tokens (CLS and register tokens dropped), as a
 ``[B, g, g, D]`` grid with ``g = input_size / patch_size`` (37 for 518/14).
 """
@@ -24,20 +26,24 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_INPUT_SIZE = 518
 
 
+def unit_scale(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels to float32 on the 0..1 scale (equal to the reference's float64 ``/ 255``, then float32)."""
+    return pixels.float() / 255.0
+
+
 def normalize_imagenet(images: torch.Tensor) -> torch.Tensor:
-    """Scale ``[B, 3, H, W]`` pixel values in 0..255 to ImageNet-normalised floats."""
+    """``[B, 3, H, W]`` floats on the 0..1 scale, ImageNet-normalised (as torchvision's ``Normalize``)."""
     mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - mean) / std
+    return (images.float() - mean) / std
 
 
-def resize_bicubic(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize one ``[3, H, W]`` (or batch ``[B, 3, H, W]``) image to ``size``x``size``,
-    bicubic with antialiasing, clamped to the 0..255 range."""
-    batch = image if image.dim() == 4 else image.unsqueeze(0)
-    resized = F.interpolate(batch.float(), size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-    resized = resized.clamp_(0.0, 255.0)
-    return resized if image.dim() == 4 else resized[0]
+def resize_to_input(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``[B, 3, H, W]`` floats to ``size`` x ``size``: bicubic, no antialiasing, no clamping
+    (the reference's ``F.interpolate(..., mode="bicubic")``); a no-op at that size."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False)
 
 
 @dataclass
@@ -82,7 +88,7 @@ class Dinov2Encoder:
 
     @torch.inference_mode()
     def patch_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Features of a batch of ``[B, 3, input_size, input_size]`` images in 0..255.
+        """Features of a batch of ``[B, 3, input_size, input_size]`` float images on the 0..1 scale.
 
         Returns ``[B, g, g, D]`` float32 features.
         """
@@ -93,6 +99,12 @@ class Dinov2Encoder:
         patches = tokens[:, self.prefix_tokens :, :]
         grid = self.grid_size
         return patches.reshape(patches.shape[0], grid, grid, patches.shape[-1]).float()
+
+    def target_features(self, sam2_pixels: torch.Tensor) -> torch.Tensor:
+        """Features of target images from their ``[B, S, S, 3]`` uint8 SAM2 inputs, which
+        are resized to the encoder's input as the reference does (:func:`resize_to_input`)."""
+        images = unit_scale(sam2_pixels.to(self.device).permute(0, 3, 1, 2))
+        return self.patch_features(resize_to_input(images, self.input_size))
 
 
 def load_dinov2(text: str, device: torch.device | str = "cpu", input_size: int = DEFAULT_INPUT_SIZE) -> Dinov2Encoder:

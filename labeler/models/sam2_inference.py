@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from labeler.devices import to_device
 from labeler.method.proposals import best_of_three, keep_proposals
-from labeler.models.dinov2_encoder import normalize_imagenet
+from labeler.models.dinov2_encoder import normalize_imagenet, unit_scale
 
 
 @dataclass
@@ -48,17 +48,22 @@ class Sam2Features:
 
 def sam2_input(resized: np.ndarray, device: torch.device | str) -> torch.Tensor:
     """Normalise ``[B, S, S, 3]`` uint8 images, already resized to the model's
-    square input (:func:`labeler.io.images.resize_square`, bilinear), to a
+    square input (:func:`labeler.io.images.resize_square`), to a
     ``[B, 3, S, S]`` float batch on ``device``."""
-    return normalize_imagenet(to_device(resized, device).permute(0, 3, 1, 2))
+    return normalize_imagenet(unit_scale(to_device(resized, device).permute(0, 3, 1, 2)))
 
 
 @torch.inference_mode()
-def encode_images(model: torch.nn.Module, batch: torch.Tensor) -> Sam2Features:
-    """Run the SAM2 image encoder on a normalised ``[B, 3, S, S]`` batch."""
+def encode_images(model: torch.nn.Module, batch: torch.Tensor, add_no_mem_embed: bool = False) -> Sam2Features:
+    """Run the SAM2 image encoder on a normalised ``[B, 3, S, S]`` batch.
+
+    The reference uses the backbone features as they are; SAM2's own image
+    predictor adds ``no_mem_embed`` to the lowest level (``add_no_mem_embed``,
+    used for box prompts of references, which the reference does not make).
+    """
     backbone_out = model.forward_image(batch)
     _, vision_feats, _, feat_sizes = model._prepare_backbone_features(backbone_out)
-    if model.directly_add_no_mem_embed:
+    if add_no_mem_embed and model.directly_add_no_mem_embed:
         vision_feats[-1] = vision_feats[-1] + model.no_mem_embed
     # vision_feats are [HW, B, C] per level; the decoder wants [B, C, H, W].
     levels = [
@@ -183,5 +188,7 @@ def point_proposals(
 
 
 def upsample_logits(low_res: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
-    """Bilinearly upsample ``[N, K, h, w]`` mask logits to the original image size."""
-    return F.interpolate(low_res.float(), size=image_hw, mode="bilinear", align_corners=False)
+    """Resize ``[N, K, h, w]`` mask logits to the original image size as the reference
+    does: bilinear with antialiasing (which differs from plain bilinear by float
+    rounding when upsampling, and widens the filter when the image is smaller)."""
+    return F.interpolate(low_res.float(), size=image_hw, mode="bilinear", align_corners=False, antialias=True)
