@@ -70,7 +70,7 @@ def full_size_masks(
         masks = masks[nonempty]
         present.append(nonempty)
         boxes.append(boxes_from_masks(masks))
-        areas.append(masks.flatten(1).sum(dim=1))
+        areas.append(torch.count_nonzero(masks.flatten(1), dim=1))
         chunk_counts, chunk_runs = run_lengths(masks)
         counts.append(chunk_counts)
         runs.append(chunk_runs)
@@ -88,6 +88,7 @@ def full_size_masks(
 class ChosenDetections:
     """The final detections of one image, best first."""
 
+    index: torch.Tensor  # [K] positions into the image's proposals
     labels: torch.Tensor  # [K] class rows of the bank
     scores: torch.Tensor  # [K] merged scores in [0, 1]
     boxes: torch.Tensor  # [K, 4] xyxy, exclusive far edges
@@ -146,7 +147,7 @@ def merge_and_select(
     merged = soft_merge(overlap, embeddings, labels, scores)
     order = select_detections(merged, max_dets, min_score)
     return ChosenDetections(
-        labels=labels[order], scores=merged[order].clamp(0.0, 1.0), boxes=boxes[order], areas=areas[order],
+        index=ranked.index[present][order], labels=labels[order], scores=merged[order].clamp(0.0, 1.0), boxes=boxes[order], areas=areas[order],
         rle=strings.take(pa.array(order.cpu().numpy())),
     )
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from sam2.utils.amg import batched_mask_to_box
-from torchvision.ops import batched_nms, masks_to_boxes
+from torchvision.ops import batched_nms
 
 DEFAULT_NMS_THR = 0.5
 DEFAULT_MAX_DETS = 100
@@ -47,10 +47,7 @@ def classify(embeddings: torch.Tensor, class_prototypes: torch.Tensor) -> tuple[
 def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
     """``[P, 4]`` (x0, y0, x1, y1) boxes of non-empty boolean masks, with exclusive far
     edges (COCO's, as pycocotools' ``toBbox``): the boxes labeler writes."""
-    if masks.shape[0] == 0:
-        return torch.zeros(0, 4, device=masks.device)
-    boxes = masks_to_boxes(masks)
-    return boxes + torch.tensor([0.0, 0.0, 1.0, 1.0], device=boxes.device)
+    return nms_boxes(masks) + torch.tensor([0.0, 0.0, 1.0, 1.0], device=masks.device)
 
 
 def nms_boxes(masks: torch.Tensor) -> torch.Tensor:
