@@ -7,7 +7,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from labeler.io.labels import Detections, LabelRows
-from labeler.io.rle import PackedRle, pack_masks, unpack_masks
+from labeler.io.rle import PackedRle, pack_masks, run_areas, run_lengths, unpack_masks
 
 
 def reference_strings(masks: np.ndarray) -> list[str]:
@@ -47,10 +47,18 @@ def test_long_runs_and_negative_deltas():
     assert torch.equal(unpack_masks(packed), torch.from_numpy(masks))
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_areas_from_run_lengths_equal_pycocotools(seed):
+    masks = edge_case_masks(seed)
+    encoded = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    assert run_areas(*run_lengths(torch.from_numpy(masks))).tolist() == mask_utils.area(encoded).tolist()
+
+
 def test_no_masks():
     packed = pack_masks(torch.zeros(0, 4, 5, dtype=torch.bool))
     assert packed.count == 0 and packed.strings().to_pylist() == []
     assert unpack_masks(PackedRle(b"", np.zeros(0, np.int32), 4, 5)).shape == (0, 4, 5)
+    assert run_areas(np.zeros(0, np.int64), np.zeros(0, np.int64)).shape == (0,)
 
 
 def test_columnar_detections_make_the_same_table_as_dicts():

@@ -18,7 +18,7 @@ from labeler.bank import BankFile
 from labeler.devices import to_device
 from labeler.io.labels import STATUS_ERROR, STATUS_OK, Detections, LabelRows
 from labeler.io.proposal_payload import decode_proposals
-from labeler.io.rle import PackedRle, pack_counts, run_lengths
+from labeler.io.rle import PackedRle, pack_counts, run_areas, run_lengths
 from labeler.method.mask_overlaps import rle_overlap_fractions
 from labeler.method.scoring import (
     DEFAULT_MAX_DETS,
@@ -63,24 +63,23 @@ def full_size_masks(
     height, width = image_hw
     chunk_pixels = FINAL_MASK_PIXELS_PER_CHUNK.get(logits.device.type, FINAL_MASK_PIXELS_PER_CHUNK["cpu"])
     step = max(1, chunk_pixels // (height * width))
-    present, boxes, areas, counts, runs = [], [], [], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    present, boxes, counts, runs = [], [], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for start in range(0, logits.shape[0], step):
         masks = upsample_logits(logits[start : start + step, None], image_hw)[:, 0] > 0
         nonempty = masks.flatten(1).any(dim=1)
         masks = masks[nonempty]
         present.append(nonempty)
         boxes.append(boxes_from_masks(masks))
-        areas.append(torch.count_nonzero(masks.flatten(1), dim=1))
         chunk_counts, chunk_runs = run_lengths(masks)
         counts.append(chunk_counts)
         runs.append(chunk_runs)
     device = logits.device
-    packed = pack_counts(np.concatenate(counts), np.concatenate(runs), height, width)
+    counts, runs = np.concatenate(counts), np.concatenate(runs)
     return (
         torch.cat(present) if present else torch.zeros(0, dtype=torch.bool, device=device),
         torch.cat(boxes) if boxes else torch.zeros(0, 4, device=device),
-        torch.cat(areas) if areas else torch.zeros(0, dtype=torch.long, device=device),
-        packed,
+        torch.from_numpy(run_areas(counts, runs)).to(device),
+        pack_counts(counts, runs, height, width),
     )
 
 

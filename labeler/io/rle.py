@@ -86,6 +86,17 @@ def run_lengths(masks: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return counts.cpu().numpy(), per_mask.cpu().numpy()
 
 
+def run_areas(counts: np.ndarray, per_mask: np.ndarray) -> np.ndarray:
+    """Pixels set in each mask (int64 ``[K]``): the sum of its odd-position run lengths."""
+    per_mask = np.asarray(per_mask, dtype=np.int64)
+    if per_mask.size == 0:
+        return np.zeros(0, np.int64)
+    starts = np.concatenate(([0], np.cumsum(per_mask)[:-1])).astype(np.int64)
+    on = (np.arange(counts.size) - np.repeat(starts, per_mask)) % 2 == 1
+    return np.bincount(np.repeat(np.arange(per_mask.size), per_mask), weights=counts * on,
+                       minlength=per_mask.size).astype(np.int64)
+
+
 def pack_counts(counts: np.ndarray, per_mask: np.ndarray, height: int, width: int) -> PackedRle:
     """COCO compressed strings of run lengths (as pycocotools' ``rleToString``), all masks at once."""
     per_mask = np.asarray(per_mask, dtype=np.int64)
