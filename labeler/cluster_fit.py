@@ -111,3 +111,49 @@ def current_cluster() -> Cluster:
             nodes += [dict(group.resources)] * count
         return Cluster([{k: float(v) for k, v in node.items()} for node in nodes], autoscaling=True)
     return Cluster([dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")])
+
+
+#: Seconds to wait, after a pass lost a worker, for Ray to tell live nodes from dead ones.
+NODE_SETTLE_TIMEOUT = 60.0
+#: Seconds a live node has to answer a probe.
+NODE_PROBE_TIMEOUT = 5.0
+
+
+def settle_nodes(timeout: float = NODE_SETTLE_TIMEOUT) -> bool:
+    """Wait until every node Ray lists as alive answers a probe task, at most ``timeout`` seconds.
+
+    A node that went away is listed as alive until Ray's health checks give
+    up on it (tens of seconds); a pass planned in that window can place its
+    actors there and lose them before they start. Each round pins a no-CPU
+    task to every listed node; a node that does not answer in
+    :data:`NODE_PROBE_TIMEOUT` is waited on until Ray declares it dead.
+
+    Returns:
+        True when every listed node answered; False when ``timeout`` ran out
+        first (the next pass then goes ahead on what Ray lists).
+    """
+    import time
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def probe() -> bool:
+        return True
+
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = [node["NodeID"] for node in ray.nodes() if node.get("Alive")]
+        probes = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+                  for node in nodes]
+        wait = max(0.0, min(NODE_PROBE_TIMEOUT, deadline - time.monotonic()))
+        ready, pending = ray.wait(probes, num_returns=len(probes), timeout=wait)
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        if not pending:
+            return True
+        if time.monotonic() >= deadline:
+            log.warning("%d node(s) listed as alive did not answer within %.0f s", len(pending), timeout)
+            return False
+        log.info("waiting for Ray to settle %d unresponsive node(s)", len(pending))
+        time.sleep(1.0)

@@ -206,7 +206,7 @@ def _label(config: RunConfig, listing: Listing, index: ShardIndex, bank_file: Ba
     """
     from ray.exceptions import NodeDiedError, RayActorError
 
-    from labeler.cluster_fit import current_cluster, fit_actors
+    from labeler.cluster_fit import current_cluster, fit_actors, settle_nodes
     from labeler.pipeline import ray_session, run_pipeline
     from labeler.progress import PassAbandoned, PipelineStopped, Watchdog, start_tracker
 
@@ -237,6 +237,7 @@ def _label(config: RunConfig, listing: Listing, index: ShardIndex, bank_file: Ba
                 return
             log.warning("%d images were lost with failed workers or nodes in pass %d; labelling them again",
                         missing, attempt)
+            settle_nodes()  # a node lost in this pass may still be listed, and would take the next pass's actors
     raise LabelerError(
         f"{missing} images were still unlabelled after {MAX_PASSES} passes (their work was lost with "
         "failed workers or nodes each time); finished shards are kept, rerun the same command to resume"

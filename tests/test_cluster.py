@@ -135,6 +135,22 @@ def cluster_of_workers():
     cluster.shutdown()
 
 
+def test_settling_waits_until_a_lost_node_is_no_longer_listed(cluster_of_workers):
+    """A worker killed without notice stays listed as alive for a while; settle_nodes returns
+    only once Ray has declared it dead (its probe never answers), and a live cluster settles at once."""
+    import ray
+
+    from labeler.cluster_fit import settle_nodes
+
+    assert settle_nodes(timeout=30)
+    victim = cluster_of_workers.worker_nodes.copy().pop()
+    victim_id = victim.node_id
+    cluster_of_workers.remove_node(victim, allow_graceful=False)
+    assert settle_nodes(timeout=120)
+    listed = {node["NodeID"] for node in ray.nodes() if node.get("Alive")}
+    assert victim_id not in listed and len(listed) == 2  # the head and the other worker
+
+
 def _node_hosting(cluster, actor_class: str, skip: set):
     """A worker node hosting a live actor of ``actor_class`` not in ``skip``; records the actor in ``skip``."""
     from ray._private.state import actors  # the GCS actor table; the dashboard is not running
