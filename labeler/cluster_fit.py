@@ -144,6 +144,8 @@ def settle_nodes(timeout: float = NODE_SETTLE_TIMEOUT) -> bool:
     deadline = time.monotonic() + timeout
     while True:
         nodes = [node["NodeID"] for node in ray.nodes() if node.get("Alive")]
+        if not nodes:
+            return True
         probes = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
                   for node in nodes]
         wait = max(0.0, min(NODE_PROBE_TIMEOUT, deadline - time.monotonic()))

@@ -47,7 +47,7 @@ def classify(embeddings: torch.Tensor, class_prototypes: torch.Tensor) -> tuple[
 def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
     """``[P, 4]`` (x0, y0, x1, y1) boxes of non-empty boolean masks, with exclusive far
     edges (COCO's, as pycocotools' ``toBbox``): the boxes labeler writes."""
-    return nms_boxes(masks) + torch.tensor([0.0, 0.0, 1.0, 1.0], device=masks.device)
+    return batched_mask_to_box(masks).float() + torch.tensor([0.0, 0.0, 1.0, 1.0], device=masks.device)
 
 
 def nms_boxes(masks: torch.Tensor) -> torch.Tensor:
