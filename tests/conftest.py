@@ -131,7 +131,8 @@ def fake_run(out: Path, gt_path: Path, scores=None, extra_rows=()) -> Path:
                 "rle": rle["counts"],
             })
         uri = str(Path(gt_path).parent / "images" / image["file_name"])
-        rows.add(image["id"], uri, width, height, "ok", None, Detections.from_dicts(detections), len(detections), 0)
+        rows.add(image["id"], uri, width, height, "ok", None, Detections.from_dicts(detections), len(detections), 0,
+                 file_name=image["file_name"])
     for row in extra_rows:
         rows.add(*row)
     out.mkdir(parents=True, exist_ok=True)
@@ -143,7 +144,8 @@ def fake_run(out: Path, gt_path: Path, scores=None, extra_rows=()) -> Path:
     for part in (table.slice(0, half), table.slice(half)):
         if part.num_rows:
             write_shard(str(out), part, categories=categories)
-    write_json(out / "run.json", {"categories": document["categories"]})
+    write_json(out / "run.json", {"categories": document["categories"],
+                                  "source_root": str(Path(gt_path).parent / "images")})
     return out
 
 

@@ -225,3 +225,47 @@ def test_a_write_call_cuts_its_rows_into_shards_of_about_rows_per_shard():
     parts = split_rows(table(range(3100)), 1000)
     assert [t.num_rows for t in parts] == [1033, 1034, 1033]
     assert [i for t in parts for i in t.column("image_id").to_pylist()] == list(range(3100))
+
+
+def test_class_names_read_back_from_a_parquet_shard_alone(tmp_path):
+    """A shard names its classes: per detection (for SQL readers) and in its footer (for the whole list)."""
+    out = str(tmp_path)
+    shard = write_shard(out, table([1, 2, 3], detections_per_image=2), categories=CATEGORIES)
+    loaded = pq.read_table(shard)  # nothing but the Parquet file
+    names = {c["id"]: c["name"] for c in json.loads(loaded.schema.metadata[b"labeler.categories"])}
+    assert names == {c.id: c.name for c in CATEGORIES}
+    detections = [d for row in loaded.to_pylist() for d in row["detections"]]
+    assert len(detections) == 6 and all(d["category"] == names[d["category_id"]] for d in detections)
+    index = index_of(out, [1, 2])  # image 3 left the source: its shard is written anew, names kept
+    index.reconcile(CATEGORIES)
+    for uri in list_shards(out):
+        rewritten = pq.read_table(uri)
+        assert json.loads(rewritten.schema.metadata[b"labeler.categories"]) == [
+            {"id": c.id, "name": c.name} for c in CATEGORIES]
+        assert all(d["category"] == names[d["category_id"]] for r in rewritten.to_pylist() for d in r["detections"])
+    removed = pq.read_table(list_shards(out, f"{out}/{REMOVED_DIR}")[0])
+    assert b"labeler.categories" in removed.schema.metadata
+    assert all(d["category"] for r in removed.to_pylist() for d in r["detections"])
+
+
+def test_error_reasons_are_tallied_in_footers_and_summed_by_the_index(tmp_path):
+    out = str(tmp_path)
+    rows = LabelRows()
+    for image_id, reason in [(1, "read failed: no such file"), (2, "read failed: no such file"),
+                             (3, "decode failed: cannot identify image file '/data/3.jpg'")]:
+        rows.add(image_id, f"/data/{image_id}.jpg", 0, 0, "error", reason)
+    rows.add(4, "/data/4.jpg", 4, 3, "ok", None)
+    write_shard(out, rows.table(), categories=CATEGORIES)
+    more = LabelRows()
+    more.add(5, "/data/5.jpg", 0, 0, "error", "decode failed: cannot identify image file '/data/5.jpg'")
+    write_shard(out, more.table(), categories=CATEGORIES)
+    index = index_of(out, [1, 2, 3, 4, 5])
+    assert index.errors.errors == 4
+    top = index.errors.most_common(5)
+    assert [(kind, entry.count) for kind, entry in top] == [
+        ("decode failed: cannot identify image file …", 2), ("read failed: no such file", 2)]
+    assert top[0][1].example_reason.startswith("decode failed: cannot identify image file '/data/")
+    assert index_of(out, [1, 2, 4, 5]).reconcile(CATEGORIES).not_listed == 1  # image 3 left the source
+    again = index_of(out, [1, 2, 4, 5])
+    assert [(kind, e.count) for kind, e in again.errors.most_common(5)] == [
+        ("read failed: no such file", 2), ("decode failed: cannot identify image file …", 1)]

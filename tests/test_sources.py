@@ -9,7 +9,8 @@ from labeler.io import listing as listing_module
 from labeler.io.external_sort import ExternalSort
 from labeler.io.id_set import IdSet
 from labeler.io.listing import load_listing, part_rows_for, store_listing
-from labeler.io.sources import read_source
+from labeler.io.labels import relative_file_name
+from labeler.io.sources import read_source, source_root
 
 from .conftest import source_uris, stored_listing, write_json
 
@@ -154,3 +155,19 @@ def test_relative_roots_and_list_entries_become_absolute(tmp_path, monkeypatch):
     assert coco.column("uri").to_pylist() == [str(tmp_path / "data/imgs/a.jpg")]
     assert source_uris("data/list.txt") == [  # relative to the list, as COCO file_names are
         str(tmp_path / "data" / "imgs" / "a.jpg"), str(tmp_path / "elsewhere" / "b.png"), "s3://bucket/c.jpg"]
+
+
+def test_each_source_kind_has_the_root_its_file_names_are_relative_to(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert source_root("photos/") == str(tmp_path / "photos")
+    assert source_root("lists/today.txt") == str(tmp_path / "lists")
+    assert source_root("gt/annotations.json") == str(tmp_path / "gt")
+    assert source_root("gt/annotations.json", "data/images/") == str(tmp_path / "data" / "images")
+    assert source_root("s3://bucket/photos/") == "s3://bucket/photos"
+    assert source_root("s3://bucket/lists/today.txt") == "s3://bucket/lists"
+    assert source_root("s3://bucket/gt.json", "s3://bucket/images") == "s3://bucket/images"
+    root = str(tmp_path / "photos")
+    assert relative_file_name(f"{root}/part0/a.jpg", root) == "part0/a.jpg"
+    assert relative_file_name(f"{root}-other/a.jpg", root) == f"{root}-other/a.jpg"  # a sibling is not below it
+    assert relative_file_name("s3://other/a.jpg", root) == "s3://other/a.jpg"
+    assert relative_file_name("s3://bucket/photos/x/y.png", "s3://bucket/photos") == "x/y.png"

@@ -104,7 +104,7 @@ def choose_detections(
     image_hw: tuple[int, int],
     nms_thr: float,
     max_dets: int,
-    min_score: float,
+    min_score: float | torch.Tensor,
 ) -> ChosenDetections:
     """METHOD.md section 3 for one image: :func:`rank_on_grid`, then :func:`merge_and_select`.
 
@@ -115,6 +115,7 @@ def choose_detections(
         features: ``[g, g, D]`` DINOv2 patch features of the image.
         class_prototypes: ``[C, D]`` on the device.
         image_hw: the original image size.
+        min_score: one threshold, or ``[C]`` one per class (infinity for a class left out).
     """
     ranked = rank_on_grid(masks, iou, features, class_prototypes, nms_thr, max_dets)
     return merge_and_select(ranked, logits, image_hw, max_dets, min_score)
@@ -130,7 +131,8 @@ def rank_on_grid(
 
 
 def merge_and_select(
-    ranked: RankedProposals, logits: torch.Tensor, image_hw: tuple[int, int], max_dets: int, min_score: float
+    ranked: RankedProposals, logits: torch.Tensor, image_hw: tuple[int, int], max_dets: int,
+    min_score: float | torch.Tensor,
 ) -> ChosenDetections:
     """The ranked proposals' masks at the image's size, made once as RLE; soft merging
     with overlaps from those RLEs (:func:`rle_overlap_fractions`); the best ``max_dets``.
@@ -144,7 +146,7 @@ def merge_and_select(
     rles = [{"size": list(image_hw), "counts": text} for text in strings.to_pylist()]
     overlap = torch.from_numpy(rle_overlap_fractions(rles, labels.cpu().numpy())).to(scores.device)
     merged = soft_merge(overlap, embeddings, labels, scores)
-    order = select_detections(merged, max_dets, min_score)
+    order = select_detections(merged, max_dets, min_score[labels] if isinstance(min_score, torch.Tensor) else min_score)
     return ChosenDetections(
         index=ranked.index[present][order], labels=labels[order], scores=merged[order].clamp(0.0, 1.0), boxes=boxes[order], areas=areas[order],
         rle=strings.take(pa.array(order.cpu().numpy())),
@@ -179,7 +181,7 @@ class Dinov2Scorer:
         device: str = "auto",
         nms_thr: float = DEFAULT_NMS_THR,
         max_dets: int = DEFAULT_MAX_DETS,
-        min_score: float = 0.0,
+        min_score: float | Sequence[float] = 0.0,
         dtype: str = "auto",
         compile: bool = False,
         cpu_threads: int | None = None,
@@ -196,7 +198,9 @@ class Dinov2Scorer:
             compile_modules(self.encoder.model)
         self.class_prototypes = self.bank.class_prototypes.to(self.device)
         self.category_ids = np.asarray(self.bank.category_ids, dtype=np.int64)
-        self.nms_thr, self.max_dets, self.min_score = nms_thr, max_dets, min_score
+        self.nms_thr, self.max_dets = nms_thr, max_dets
+        self.min_score = min_score if isinstance(min_score, (int, float)) else torch.tensor(
+            list(min_score), dtype=torch.float32, device=self.device)
 
     def features(self, batch: dict[str, np.ndarray], rows: Sequence[int]) -> torch.Tensor:
         """``[len(rows), g, g, D]`` float32 DINOv2 features of those rows."""

@@ -11,7 +11,7 @@ from ray.data.block import BlockAccessor
 
 from labeler.io import storage
 from labeler.io.coco import Category
-from labeler.io.labels import LABELS_SCHEMA
+from labeler.io.labels import LABELS_SCHEMA, with_file_names
 from labeler.io.shards import write_shard
 from labeler.progress import report, report_fatal
 
@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 class LabelShardSink(Datasink[list[str]]):
     """Writes each write task's rows as one Parquet shard under ``OUT/labels`` and
-    its COCO twin under ``OUT/coco`` (:mod:`labeler.io.shards`).
+    its COCO twin under ``OUT/coco`` (:mod:`labeler.io.shards`), each image's
+    ``file_name`` relative to ``source_root``.
 
     Ray Data gathers at least ``rows_per_shard`` rows per write call (more when
     its blocks hold more, as blocks of error rows do), and the call cuts them
@@ -29,9 +30,10 @@ class LabelShardSink(Datasink[list[str]]):
     (fewer only for the last rows of a pass); each shard is published whole.
     """
 
-    def __init__(self, out: str, rows_per_shard: int, categories: list[Category],
+    def __init__(self, out: str, rows_per_shard: int, categories: list[Category], source_root: str,
                  storage_options: dict | None = None, tracker: ActorHandle | None = None):
         self.out = out
+        self.source_root = source_root
         self.rows_per_shard = rows_per_shard
         self.categories = categories
         self.storage_options = storage_options
@@ -47,7 +49,7 @@ class LabelShardSink(Datasink[list[str]]):
         tables = [t for t in tables if t.num_rows]
         if not tables:
             return []
-        table = pa.concat_tables([t.cast(LABELS_SCHEMA) for t in tables])
+        table = with_file_names(pa.concat_tables([t.cast(LABELS_SCHEMA) for t in tables]), self.source_root)
         uris = []
         for part in split_rows(table, self.rows_per_shard):
             try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -15,6 +15,7 @@ from labeler.io import storage
 from labeler.io.coco import Category
 from labeler.io.coco_writer import COCO_COLUMNS, CocoCounts, write_document
 from labeler.io.shards import iter_shard_tables, list_coco_shards
+from labeler.label_filter import LabelFilter
 
 
 def write_coco(
@@ -22,28 +23,37 @@ def write_coco(
     categories: list[Category],
     *,
     target: str | None = None,
-    min_score: float = 0.0,
+    label_filter: LabelFilter | None = None,
     with_scores: bool = True,
+    drop_empty: bool = False,
+    image_root: str | None = None,
     out_id: str | None = None,
+    transform: Callable[[pa.Table], pa.Table] | None = None,
 ) -> CocoCounts:
     """Write one COCO file (``OUT/coco.json`` by default) merged from the Parquet
     shards, one shard in memory at a time; annotation ids are numbered across the file.
 
-    Detections scoring below ``min_score`` are left out; ``with_scores=False``
-    writes a training set rather than results. ``out_id`` marks the file as the
+    Detections ``label_filter`` drops are left out, and with ``drop_empty`` the
+    images left without any; ``with_scores=False`` writes a training set
+    rather than results. ``image_root`` (the root the ``file_name`` entries
+    are relative to) is recorded in ``info``. ``transform`` is applied to each
+    shard's table first (an export picks its split and names there). ``out_id`` marks the file as the
     run folder's own (labeler may replace it). The file is published
     atomically (:func:`storage.open_atomic`).
     """
-    info = {"description": "labeler predictions" if with_scores else f"labeler labels, score >= {min_score}"}
+    info: dict[str, Any] = {"description": "labeler predictions" if with_scores else (
+        "labeler labels, " + (label_filter.describe(categories) if label_filter else "every detection"))}
+    if image_root:
+        info["image_root"] = image_root
     if out_id:
         info["labeler_out"] = out_id
 
     def tables() -> Iterator[pa.Table]:
-        return (table for _, table in iter_shard_tables(out, COCO_COLUMNS))
+        return (transform(table) if transform else table for _, table in iter_shard_tables(out, COCO_COLUMNS))
 
     with storage.open_atomic(target or out.rstrip("/") + "/coco.json") as binary:
         handle = io.TextIOWrapper(binary, encoding="utf-8")
-        counts = write_document(handle, tables, categories, info, min_score, with_scores)
+        counts = write_document(handle, tables, categories, info, label_filter, with_scores, drop_empty)
         handle.detach()  # flushes; the atomic writer closes the file
     return counts
 

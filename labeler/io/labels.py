@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 DETECTION_TYPE = pa.struct([
     pa.field("category_id", pa.int64(), nullable=False),
+    pa.field("category", pa.string()),  # the class name; filled in when a shard is written
     pa.field("score", pa.float32(), nullable=False),
     pa.field("bbox", pa.list_(pa.float32(), 4), nullable=False),  # x, y, w, h in original pixels
     pa.field("area", pa.int64(), nullable=False),
@@ -21,7 +23,8 @@ DETECTION_TYPE = pa.struct([
 
 LABELS_SCHEMA = pa.schema([
     pa.field("image_id", pa.int64(), nullable=False),
-    pa.field("uri", pa.string(), nullable=False),
+    pa.field("uri", pa.string(), nullable=False),  # where the image was read: absolute, or with its protocol
+    pa.field("file_name", pa.string(), nullable=False),  # relative to the source root (docs/formats.md)
     pa.field("width", pa.int32(), nullable=False),  # 0 for error rows
     pa.field("height", pa.int32(), nullable=False),
     pa.field("status", pa.string(), nullable=False),  # "ok" or "error"
@@ -30,6 +33,9 @@ LABELS_SCHEMA = pa.schema([
     pa.field("proposals", pa.int32(), nullable=False),  # SAM2 proposals scored (0 for error rows)
     pa.field("transfer_bytes", pa.int64(), nullable=False),  # bytes from the SAM2 to the DINOv2 stage
 ])
+
+#: Schema metadata key of a shard's categories: JSON ``[{"id": ..., "name": ...}]`` in bank order.
+CATEGORIES_KEY = b"labeler.categories"
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -83,11 +89,13 @@ class LabelRows:
     detections: list[Detections] = field(default_factory=list)
 
     def add(self, image_id: int, uri: str, width: int, height: int, status: str, error: str | None,
-            detections: Detections | None = None, proposals: int = 0, transfer_bytes: int = 0) -> None:
-        values = (image_id, uri, width, height, status, error, None, proposals, transfer_bytes)
-        for name, value in zip(LABELS_SCHEMA.names, values):
-            if name != "detections":
-                self.columns[name].append(value)
+            detections: Detections | None = None, proposals: int = 0, transfer_bytes: int = 0,
+            file_name: str | None = None) -> None:
+        """One image's row; ``file_name`` defaults to ``uri`` (the writer sets it, see :func:`with_file_names`)."""
+        values = dict(image_id=image_id, uri=uri, file_name=uri if file_name is None else file_name, width=width,
+                      height=height, status=status, error=error, proposals=proposals, transfer_bytes=transfer_bytes)
+        for name, value in values.items():
+            self.columns[name].append(value)
         self.detections.append(detections if detections is not None else Detections.empty())
 
     def table(self) -> pa.Table:
@@ -106,6 +114,7 @@ def _detections_column(per_image: list[Detections]) -> pa.ListArray:
         bbox = np.concatenate([d.bbox for d in per_image]).astype(np.float32).reshape(-1)
         columns = [
             pa.array(np.concatenate([d.category_id for d in per_image]).astype(np.int64)),
+            pa.nulls(int(sizes.sum()), pa.string()),
             pa.array(np.concatenate([d.score for d in per_image]).astype(np.float32)),
             pa.FixedSizeListArray.from_arrays(pa.array(bbox), 4),
             pa.array(np.concatenate([d.area for d in per_image]).astype(np.int64)),
@@ -115,3 +124,30 @@ def _detections_column(per_image: list[Detections]) -> pa.ListArray:
         columns = [pa.array([], field.type) for field in fields]
     structs = pa.StructArray.from_arrays(columns, fields=fields)
     return pa.ListArray.from_arrays(offsets, structs, type=pa.list_(DETECTION_TYPE))
+
+
+def relative_file_name(uri: str, root: str) -> str:
+    """``uri`` relative to the source root ``root`` when it lies under it, else ``uri`` itself."""
+    prefix = root.rstrip("/") + "/"
+    return uri[len(prefix):] if uri.startswith(prefix) and len(uri) > len(prefix) else uri
+
+
+def with_file_names(table: pa.Table, root: str) -> pa.Table:
+    """``table`` with its ``file_name`` column made from ``uri`` relative to ``root``."""
+    names = pa.array([relative_file_name(uri, root) for uri in table.column("uri").to_pylist()], pa.string())
+    return table.set_column(table.schema.get_field_index("file_name"), LABELS_SCHEMA.field("file_name"), names)
+
+
+def with_category_names(table: pa.Table, names: dict[int, str]) -> pa.Table:
+    """``table`` (of :data:`LABELS_SCHEMA`) with each detection's ``category`` set from ``names`` (id -> name)."""
+    column = table.column("detections").combine_chunks()
+    structs = column.flatten()  # the values of the rows in view, also for a sliced table
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    offsets = pa.array(np.concatenate(([0], np.cumsum(lengths))).astype(np.int32))
+    ids = structs.field("category_id").to_numpy(zero_copy_only=False)
+    category = pa.array([names.get(int(i)) for i in ids], pa.string())
+    fields = list(DETECTION_TYPE)
+    arrays = [category if f.name == "category" else structs.field(f.name) for f in fields]
+    rebuilt = pa.ListArray.from_arrays(offsets, pa.StructArray.from_arrays(arrays, fields=fields),
+                                       type=pa.list_(DETECTION_TYPE))
+    return table.set_column(table.schema.get_field_index("detections"), LABELS_SCHEMA.field("detections"), rebuilt)

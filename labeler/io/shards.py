@@ -42,8 +42,9 @@ import pyarrow.parquet as pq
 from labeler.io import out_folder, storage
 from labeler.io.coco import Category
 from labeler.io.coco_writer import coco_shard_bytes
+from labeler.io.error_tally import ERRORS_KEY, ErrorTally
 from labeler.io.id_set import IdSet
-from labeler.io.labels import LABELS_SCHEMA, STATUS_OK
+from labeler.io.labels import CATEGORIES_KEY, LABELS_SCHEMA, STATUS_OK, with_category_names
 
 log = logging.getLogger(__name__)
 
@@ -113,17 +114,26 @@ def write_shard(out: str, table: pa.Table, folder: str | None = None,
                 categories: list[Category] | None = None) -> str:
     """Publish one shard under ``labels/`` (or ``folder``), each file atomically; returns its URI.
 
-    With ``categories``, its COCO twin is published first; the footer of the
-    Parquet shard carries the table's :class:`LabelCounts`.
+    With ``categories``, each detection gets its class name and its COCO twin
+    is published first; the footer of the Parquet shard carries the table's
+    :class:`LabelCounts` and, with ``categories``, the categories themselves,
+    so that a shard names its classes on its own.
     """
+    stored_categories = (table.schema.metadata or {}).get(CATEGORIES_KEY)
     table = table.cast(LABELS_SCHEMA)
     uri = f"{folder or labels_dir(out)}/{SHARD_PREFIX}{uuid.uuid4().hex}{SHARD_SUFFIX}"
+    metadata = {COUNTS_KEY: json.dumps(asdict(LabelCounts.of_table(table))).encode(),
+                ERRORS_KEY: json.dumps(ErrorTally.of_table(table).to_json()).encode()}
     if categories is not None:
+        table = with_category_names(table, {c.id: c.name for c in categories})
+        metadata[CATEGORIES_KEY] = json.dumps([{"id": c.id, "name": c.name} for c in categories],
+                                              ensure_ascii=False).encode()
         info = {"description": "labeler predictions", "shard": _name(uri)}
         storage.write_bytes_atomic(coco_twin(out, uri), coco_shard_bytes(table, categories, info))
-    counts = json.dumps(asdict(LabelCounts.of_table(table))).encode()
+    elif stored_categories:
+        metadata[CATEGORIES_KEY] = stored_categories
     buffer = io.BytesIO()
-    pq.write_table(table.replace_schema_metadata({COUNTS_KEY: counts}), buffer, compression="zstd")
+    pq.write_table(table.replace_schema_metadata(metadata), buffer, compression="zstd")
     storage.write_bytes_atomic(uri, buffer.getvalue())
     return uri
 
@@ -179,20 +189,22 @@ def iter_shard_tables(out: str, columns: list[str] | None = None) -> Iterator[tu
         yield uri, read_shard(uri, columns)
 
 
-def read_ids_and_counts(uri: str) -> tuple[np.ndarray, LabelCounts]:
-    """A shard's image ids and the counts in its footer (from its rows if the footer has none)."""
+def read_ids_and_counts(uri: str) -> tuple[np.ndarray, LabelCounts, ErrorTally]:
+    """A shard's image ids, and the counts and error tally in its footer (from its rows if the footer has none)."""
     fs, path = storage.filesystem(uri)
     with fs.open(path, "rb") as handle:
         shard = pq.ParquetFile(handle)
-        stored = (shard.schema_arrow.metadata or {}).get(COUNTS_KEY)
-        if stored is not None:
+        metadata = shard.schema_arrow.metadata or {}
+        if COUNTS_KEY in metadata and ERRORS_KEY in metadata:
             ids = shard.read(columns=["image_id"]).column("image_id").to_numpy()
-            return ids, LabelCounts(**json.loads(stored))
-        table = shard.read(columns=["image_id", "status", "detections", "proposals", "transfer_bytes"])
-        return table.column("image_id").to_numpy(), LabelCounts.of_table(table)
+            return (ids, LabelCounts(**json.loads(metadata[COUNTS_KEY])),
+                    ErrorTally.from_json(json.loads(metadata[ERRORS_KEY])))
+        table = shard.read(columns=["image_id", "uri", "status", "error", "detections", "proposals",
+                                    "transfer_bytes"])
+        return table.column("image_id").to_numpy(), LabelCounts.of_table(table), ErrorTally.of_table(table)
 
 
-def _scan_one(uri: str) -> tuple[np.ndarray, LabelCounts] | Exception:
+def _scan_one(uri: str) -> tuple[np.ndarray, LabelCounts, ErrorTally] | Exception:
     try:
         return read_ids_and_counts(uri)
     except (pa.ArrowInvalid, KeyError, TypeError, ValueError) as error:
@@ -215,6 +227,7 @@ class ShardIndex:
         self.listed = listed
         self.done = done  # the listed ids found in shards; empty at first
         self.counts = LabelCounts()
+        self.errors = ErrorTally()
         self._seen: set[str] = set()
         self._fixes: dict[str, np.ndarray] = {}  # shard -> rows to keep
         self._updating = threading.Lock()
@@ -257,7 +270,7 @@ class ShardIndex:
                     else:
                         self._add(uri, *result)
 
-    def _add(self, uri: str, ids: np.ndarray, counts: LabelCounts) -> None:
+    def _add(self, uri: str, ids: np.ndarray, counts: LabelCounts, errors: ErrorTally) -> None:
         self._seen.add(uri)
         order = np.argsort(ids, kind="stable")
         repeat = np.zeros(ids.size, dtype=bool)
@@ -266,6 +279,7 @@ class ShardIndex:
         keep = ~repeat & ~self.done.contains(ids) & listed
         self.done.add(ids[listed])
         self.counts.add(counts)
+        self.errors.add(errors)
         if not keep.all():
             self._fixes[uri] = keep
 
@@ -306,6 +320,8 @@ class ShardIndex:
                 self._seen.add(write_shard(self.out, kept, categories=categories))
             self.counts.add(LabelCounts.of_table(table), -1)
             self.counts.add(LabelCounts.of_table(kept))
+            self.errors.add(ErrorTally.of_table(table), -1)
+            self.errors.add(ErrorTally.of_table(kept))
             _remove(uri)
             _remove(coco_twin(self.out, uri))
             self._seen.discard(uri)

@@ -49,6 +49,27 @@ def absolute(uri: str) -> str:
     return os.path.abspath(uri.removeprefix("file://")) if storage.is_local(uri) else uri
 
 
+def _folder_of(source: str) -> str:
+    """The folder or prefix that holds the file ``source`` (absolute when local)."""
+    return os.path.dirname(absolute(source)) if storage.is_local(source) else posixpath.dirname(source)
+
+
+def source_root(source: str, image_root: str | None = None) -> str:
+    """The root the ``file_name`` of each image of ``source`` is relative to.
+
+    A folder or prefix: itself. A ``.txt`` list: the folder holding it (its
+    relative lines are relative to it). A COCO JSON: ``image_root`` if given,
+    else the folder holding the JSON, so a COCO source's ``file_name`` is
+    kept as it was written. Local roots are absolute, others keep their protocol.
+    """
+    lowered = source.lower()
+    if lowered.endswith(".json"):
+        return absolute(image_root).rstrip("/") if image_root else _folder_of(source)
+    if lowered.endswith(".txt"):
+        return _folder_of(source)
+    return absolute(source).rstrip("/") or "/"
+
+
 def _folder(source: str) -> SourceEntries:
     source = absolute(source)
     fs, root = storage.filesystem(source)
@@ -71,7 +92,7 @@ def _uri_list(source: str) -> SourceEntries:
         raise LabelerError(f"{source}: no such file")
     if not fs.isfile(path):
         raise LabelerError(f"{source}: not a regular file")
-    folder = posixpath.dirname(source) if not storage.is_local(source) else os.path.dirname(absolute(source))
+    folder = _folder_of(source)
 
     def batches() -> Iterator[list[str]]:
         batch: list[str] = []
@@ -97,9 +118,7 @@ def _uri_list(source: str) -> SourceEntries:
 
 def _coco(source: str, image_root: str | None) -> SourceEntries:
     dataset = read_coco(source)
-    root = absolute(image_root) if image_root else (
-        posixpath.dirname(source) if not storage.is_local(source) else os.path.dirname(absolute(source))
-    )
+    root = source_root(source, image_root)
     ids, uris = [], []
     for image in sorted(dataset.images.values(), key=lambda i: i.id):
         ids.append(image.id)

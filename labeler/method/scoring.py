@@ -134,9 +134,20 @@ def soft_merge(overlap: torch.Tensor, embeddings: torch.Tensor, labels: torch.Te
     return scores * (1.0 - ios.clamp(0.0, 1.0)).sqrt()
 
 
-def select_detections(merged: torch.Tensor, max_dets: int = DEFAULT_MAX_DETS, min_score: float = 0.0) -> torch.Tensor:
+def select_detections(
+    merged: torch.Tensor, max_dets: int = DEFAULT_MAX_DETS, min_score: float | torch.Tensor = 0.0
+) -> torch.Tensor:
     """Positions of the final detections: the ``max_dets`` best merged scores, best first
-    (ties in rank order). Merged scores of 0 stay, as in the reference; ``min_score > 0``
-    then drops those below it."""
-    order = torch.argsort(merged, descending=True, stable=True)[:max_dets]
-    return order[merged[order] >= min_score] if min_score > 0 else order
+    (ties in rank order). Merged scores of 0 stay, as in the reference.
+
+    ``min_score`` is one threshold, or one per candidate (``[N]``, from per-class
+    thresholds; infinity for a class left out): candidates below theirs are
+    dropped before the best ``max_dets`` are taken. With one threshold that is
+    the same as dropping them after.
+    """
+    order = torch.argsort(merged, descending=True, stable=True)
+    if isinstance(min_score, torch.Tensor):
+        order = order[merged[order] >= min_score[order]]
+    elif min_score > 0:
+        order = order[merged[order] >= min_score]
+    return order[:max_dets]

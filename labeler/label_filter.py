@@ -1,0 +1,151 @@
+"""Which detections a command keeps: a score threshold, per class where asked, and a class subset.
+
+``--min-score`` (``run``, ``export``, ``visualize``) takes
+
+* a number: one threshold for every class (``0.5``);
+* ``class=value`` pairs, with an optional bare number as the default for the
+  other classes (``0.5,person=0.7,car=0.3``); a class is its name or its id;
+* a JSON file (a path or URI ending in ``.json``), as ``labeler estimate``
+  writes it or by hand: ``{"default": 0.5, "classes": {"person": 0.7}}``.
+
+``--classes`` keeps only the listed classes (names or ids, comma-separated).
+A detection is kept when its class is kept and its score is at least its
+class's threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from labeler.errors import LabelerError
+from labeler.io import storage
+from labeler.io.coco import Category
+
+
+@dataclass(frozen=True)
+class LabelFilter:
+    """Per-class score thresholds and the kept classes (the module doc)."""
+
+    default: float
+    per_class: dict[int, float]  # category id -> threshold, for classes not at the default
+    classes: frozenset[int] | None = None  # the kept category ids; None keeps every class
+
+    def threshold(self, category_id: int) -> float:
+        """The lowest score kept for ``category_id``; infinity for a class left out."""
+        if self.classes is not None and category_id not in self.classes:
+            return math.inf
+        return self.per_class.get(category_id, self.default)
+
+    def keeps(self, category_id: int, score: float) -> bool:
+        return score >= self.threshold(category_id)
+
+    def kept(self, detections: list[dict]) -> list[dict]:
+        """The detections (dicts with ``category_id`` and ``score``) this filter keeps, in their order."""
+        return [d for d in detections if self.keeps(d["category_id"], d["score"])]
+
+    def thresholds(self, category_ids: list[int]) -> np.ndarray:
+        """``float32 [C]``: the threshold of each of ``category_ids`` (infinity for left-out classes)."""
+        return np.array([self.threshold(c) for c in category_ids], dtype=np.float32)
+
+    @property
+    def is_plain(self) -> bool:
+        """One threshold for every class, every class kept."""
+        return not self.per_class and self.classes is None
+
+    def describe(self, categories: list[Category]) -> str:
+        """One line, e.g. ``score >= 0.5 (person >= 0.7); classes person, car``."""
+        names = {c.id: c.name for c in categories}
+        text = f"score >= {self.default:g}"
+        if self.per_class:
+            text += " (" + ", ".join(f"{names.get(c, c)} >= {t:g}" for c, t in sorted(self.per_class.items())) + ")"
+        if self.classes is not None:
+            text += "; classes " + ", ".join(str(names.get(c, c)) for c in sorted(self.classes))
+        return text
+
+    def to_json(self, categories: list[Category]) -> dict:
+        """The file form (class names as keys), plus the kept classes when not all."""
+        names = {c.id: c.name for c in categories}
+        data: dict = {"default": self.default,
+                      "classes": {names.get(c, str(c)): t for c, t in sorted(self.per_class.items())}}
+        if self.classes is not None:
+            data["only"] = [names.get(c, str(c)) for c in sorted(self.classes)]
+        return data
+
+
+def _category_id(token: str, categories: list[Category], option: str) -> int:
+    token = token.strip()
+    by_name = {c.name: c.id for c in categories}
+    if token in by_name:
+        return by_name[token]
+    if token.lstrip("-").isdigit() and int(token) in {c.id for c in categories}:
+        return int(token)
+    known = ", ".join(c.name for c in categories)
+    raise LabelerError(f"{option}: no class {token!r} in this run (its classes: {known})")
+
+
+def _score(text: object, where: str) -> float:
+    try:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise LabelerError(f"{where}: {text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise LabelerError(f"{where}: {value:g} is not in [0, 1]")
+    return value
+
+
+def _from_file(uri: str, categories: list[Category]) -> tuple[float, dict[int, float]]:
+    if not storage.exists(uri):
+        raise LabelerError(f"--min-score {uri}: no such file")
+    try:
+        data = json.loads(storage.read_bytes(uri))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LabelerError(f"--min-score {uri}: not a JSON file ({error})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("classes", {}), dict):
+        raise LabelerError(f'--min-score {uri}: expected {{"default": 0.5, "classes": {{"name": 0.7}}}}')
+    default = _score(data.get("default", 0.0), f"--min-score {uri}: default")
+    per_class = {_category_id(str(name), categories, f"--min-score {uri}"):
+                 _score(value, f"--min-score {uri}: class {name}") for name, value in data.get("classes", {}).items()}
+    return default, per_class
+
+
+def _from_text(text: str, categories: list[Category]) -> tuple[float | None, dict[int, float]]:
+    default, per_class = None, {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if "=" in item:
+            name, value = item.rsplit("=", 1)
+            per_class[_category_id(name, categories, "--min-score")] = _score(value, f"--min-score {name.strip()}")
+        elif default is None:
+            default = _score(item, "--min-score")
+        else:
+            raise LabelerError(f"--min-score {text!r}: more than one default; give the others as class=value")
+    return default, per_class
+
+
+def parse_label_filter(min_score: str | float | None, classes: str | None, categories: list[Category],
+                       *, default: float = 0.0) -> LabelFilter:
+    """The filter of ``--min-score`` and ``--classes`` over ``categories``; ``default`` when no number is given.
+
+    Raises:
+        LabelerError: a malformed value, a score outside [0, 1], or a class the run does not have.
+    """
+    per_class: dict[int, float] = {}
+    chosen: float | None = None
+    if isinstance(min_score, (int, float)):
+        chosen = _score(min_score, "--min-score")
+    elif min_score is not None and min_score.strip().lower().endswith(".json"):
+        chosen, per_class = _from_file(min_score.strip(), categories)
+    elif min_score is not None:
+        chosen, per_class = _from_text(min_score, categories)
+    base = default if chosen is None else chosen
+    kept = None
+    if classes is not None:
+        kept = frozenset(_category_id(token, categories, "--classes") for token in classes.split(",") if token.strip())
+        if not kept:
+            raise LabelerError("--classes: name at least one class")
+    return LabelFilter(base, {c: t for c, t in per_class.items() if t != base}, kept)
