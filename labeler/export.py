@@ -2,15 +2,23 @@
 
 Formats:
 
-* ``coco``: a COCO dataset of the detections scoring at least ``min_score``
-  (RLE segmentations, no scores), written without holding it in memory.
-* ``yolo``: Ultralytics' segmentation layout: ``images/`` (links to, or for
-  remote sources copies of, the labelled images), ``labels/`` with one
-  ``.txt`` per image (``class x1 y1 x2 y2 ...``, coordinates normalised to
-  0..1) and ``data.yaml``. A mask's outer contours are traced with OpenCV;
-  several parts are joined into one polygon by zero-width bridges (as
-  Ultralytics does when it converts COCO masks), and holes are filled, since
-  a YOLO polygon cannot carry them.
+* ``coco``: ``annotations/instances_{train,val}.json`` with the kept
+  detections (RLE segmentations, no scores), written without holding them in
+  memory; images optionally copied or linked under ``images/``.
+* ``yolo``: Ultralytics' segmentation layout: ``images/{train,val}/`` (copies
+  of the labelled images, or relative links), ``labels/{train,val}/`` with
+  one ``.txt`` per image (``class x1 y1 x2 y2 ...``, coordinates normalised
+  to 0..1) and ``data.yaml`` without an absolute path, so the folder can be
+  moved. A mask's outer contours are traced with OpenCV and simplified to
+  ``--simplify`` pixels; several parts are joined into one polygon by
+  zero-width bridges (as Ultralytics does when it converts COCO masks), and
+  holes are filled, since a YOLO polygon cannot carry them.
+
+Every format keeps the detections ``--min-score``/``--classes`` keep
+(:mod:`labeler.label_filter`), and leaves out the images left without any
+unless ``--keep-empty`` (a training run would take them as background, each
+dropped object a false negative). The train/val split is seeded and decided
+per image id (:func:`split_of`).
 * ``semantic``: one PNG class-index map per image (0 = background, class
   ``k`` = the k-th category of the bank; a pixel claimed by several
   detections goes to the highest score), with ``legend.json`` and
@@ -19,13 +27,18 @@ Formats:
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
-from dataclasses import dataclass
-from pathlib import Path
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
+import pyarrow as pa
 import yaml
 from PIL import Image, ImageDraw
 
@@ -35,7 +48,8 @@ from labeler.io.coco import Category
 from labeler.io.coco_merge import write_coco
 from labeler.io.labels import STATUS_OK
 from labeler.io.rle import decode_masks
-from labeler.io.run_output import iter_label_rows, run_categories
+from labeler.io.run_output import iter_label_rows, read_manifest, run_categories
+from labeler.label_filter import LabelFilter, parse_label_filter
 from labeler.visualize import category_colours
 
 FORMATS = ("coco", "yolo", "semantic")
@@ -46,8 +60,15 @@ class ExportResult:
     """What an export wrote."""
 
     folder: Path
-    images: int
-    instances: int
+    images: int = 0
+    instances: int = 0
+    images_left_out: int = 0  # ok images without a kept detection (kept only with keep_empty)
+    splits: dict[str, int] = field(default_factory=dict)  # images per split
+
+    def count(self, split: str, instances: int) -> None:
+        self.images += 1
+        self.instances += instances
+        self.splits[split] = self.splits.get(split, 0) + 1
 
 
 def _bridge(polygon: np.ndarray, part: np.ndarray) -> np.ndarray:
@@ -58,9 +79,16 @@ def _bridge(polygon: np.ndarray, part: np.ndarray) -> np.ndarray:
     return np.concatenate([polygon[: i + 1], rotated, rotated[:1], polygon[i:]])
 
 
-def mask_to_polygon(mask: np.ndarray) -> np.ndarray:
-    """One polygon ``[N, 2]`` (x, y pixel coordinates) covering every part of a mask, holes filled."""
+def mask_to_polygon(mask: np.ndarray, tolerance: float = 0.0) -> np.ndarray:
+    """One polygon ``[N, 2]`` (x, y pixel coordinates) covering every part of a mask, holes filled.
+
+    With ``tolerance > 0`` each part's outline is simplified (Douglas-Peucker,
+    ``cv2.approxPolyDP``): no point of the outline moves more than
+    ``tolerance`` pixels away from the polygon.
+    """
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if tolerance > 0:
+        contours = [cv2.approxPolyDP(c, tolerance, True) if len(c) > 3 else c for c in contours]
     parts = sorted((c[:, 0, :].astype(np.float64) for c in contours if len(c) >= 1), key=len, reverse=True)
     if not parts:
         return np.zeros((0, 2))
@@ -78,68 +106,125 @@ def polygon_to_mask(polygon: np.ndarray, height: int, width: int) -> np.ndarray:
     return mask
 
 
-def _kept(row: dict, min_score: float) -> list[dict]:
-    return [d for d in row["detections"] if d["score"] >= min_score]
+#: ``--images``: how an export holds its images.
+IMAGE_MODES = ("copy", "link", "none")
+#: ``--simplify`` default: polygon vertices may move this many pixels (docs/formats.md has its IoU effect).
+DEFAULT_SIMPLIFY = 1.0
+DEFAULT_VAL_FRACTION = 0.1
+SPLITS = ("train", "val")
 
 
-def _export_name(row: dict) -> str:
-    base = Path(row["uri"].split("?")[0]).name or "image"
+def split_of(image_id: int, val_fraction: float, seed: int) -> str:
+    """``val`` for a share ``val_fraction`` of the images, chosen by a hash of ``seed`` and
+    the image id: the same image falls in the same split on every export, of any size."""
+    digest = hashlib.blake2b(f"{seed}:{image_id}".encode(), digest_size=8).digest()
+    return "val" if int.from_bytes(digest, "big") / 2**64 < val_fraction else "train"
+
+
+def export_name(row: dict) -> str:
+    """Where an image goes inside an export: its ``file_name`` when that is a plain
+    relative path (sub-folders kept), else ``<image_id>_<base name>``."""
+    name = row.get("file_name") or ""
+    parts = PurePosixPath(name).parts
+    if name and "://" not in name and not PurePosixPath(name).is_absolute() and ".." not in parts and "\\" not in name:
+        return name
+    base = PurePosixPath(row["uri"].split("?")[0]).name or "image"
     return f"{row['image_id']}_{base}"
 
 
-def _place_image(uri: str, target: Path) -> None:
+def place_image(uri: str, target: Path, mode: str) -> None:
+    """Put the image at ``uri`` at ``target``: a copy, or a relative symbolic link (local images only)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() or target.is_symlink():
         target.unlink()
-    if storage.is_local(uri):
-        os.symlink(os.path.abspath(uri.removeprefix("file://")), target)
+    local = storage.is_local(uri)
+    if mode == "link":
+        if not local:
+            raise LabelerError(f"--images link: {uri} is not a local file; use --images copy")
+        os.symlink(os.path.relpath(os.path.abspath(uri.removeprefix("file://")), target.parent), target)
+    elif local:
+        shutil.copyfile(uri.removeprefix("file://"), target)
     else:
         target.write_bytes(storage.read_bytes(uri))
 
 
-def export_yolo(pred: str, folder: Path, categories: list[Category], min_score: float) -> ExportResult:
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    (folder / "labels").mkdir(parents=True, exist_ok=True)
-    index = {category.id: position for position, category in enumerate(categories)}
-    images = instances = 0
+@dataclass(frozen=True)
+class ExportOptions:
+    """What every format shares: which detections and images go in, and how images are held."""
+
+    label_filter: LabelFilter
+    keep_empty: bool = False  # keep images without a kept detection (as background)
+    images: str = "none"
+    val_fraction: float = 0.0
+    seed: int = 0
+    simplify: float = DEFAULT_SIMPLIFY
+
+
+def _exported_rows(pred: str, options: ExportOptions, result: ExportResult) -> Iterator[tuple[dict, list[dict]]]:
+    """The ok rows that go into the export with their kept detections; counts those left out."""
     for row in iter_label_rows(pred):
         if row["status"] != STATUS_OK:
             continue
-        kept = _kept(row, min_score)
-        masks = decode_masks([d["rle"] for d in kept], row["height"], row["width"])
-        lines = []
-        for detection, mask in zip(kept, masks):
-            polygon = mask_to_polygon(mask)
-            if len(polygon) < 3:
-                continue
-            normalised = polygon / np.array([row["width"], row["height"]], dtype=np.float64)
-            coordinates = " ".join(f"{v:.6f}" for v in normalised.clip(0.0, 1.0).flatten())
-            lines.append(f"{index[detection['category_id']]} {coordinates}")
-        name = _export_name(row)
-        _place_image(row["uri"], folder / "images" / name)
-        (folder / "labels" / f"{Path(name).stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
-        images += 1
-        instances += len(lines)
-    data = {"path": str(folder.resolve()), "train": "images", "val": "images",
+        kept = options.label_filter.kept(row["detections"])
+        if not kept and not options.keep_empty:
+            result.images_left_out += 1
+            continue
+        yield row, kept
+
+
+def _polygon_lines(row: dict, kept: list[dict], index: dict[int, int], simplify: float) -> list[str]:
+    masks = decode_masks([d["rle"] for d in kept], row["height"], row["width"])
+    lines = []
+    for detection, mask in zip(kept, masks):
+        polygon = mask_to_polygon(mask, simplify)
+        if len(polygon) < 3:
+            continue
+        normalised = polygon / np.array([row["width"], row["height"]], dtype=np.float64)
+        coordinates = " ".join(f"{v:.6f}" for v in normalised.clip(0.0, 1.0).flatten())
+        lines.append(f"{index[detection['category_id']]} {coordinates}")
+    return lines
+
+
+def export_yolo(pred: str, folder: Path, categories: list[Category], options: ExportOptions) -> ExportResult:
+    """Ultralytics' segmentation layout (module doc), split into ``train``/``val``."""
+    if options.images == "none":
+        raise LabelerError("--images none: a YOLO set needs its images beside its labels; use copy or link")
+    index = {category.id: position for position, category in enumerate(categories)}
+    result = ExportResult(folder)
+    for row, kept in _exported_rows(pred, options, result):
+        lines = _polygon_lines(row, kept, index, options.simplify)
+        if not lines and not options.keep_empty:  # every kept mask too thin for a polygon
+            result.images_left_out += 1
+            continue
+        split = split_of(row["image_id"], options.val_fraction, options.seed)
+        name = export_name(row)
+        place_image(row["uri"], folder / "images" / split / name, options.images)
+        label = (folder / "labels" / split / name).with_suffix(".txt")
+        label.parent.mkdir(parents=True, exist_ok=True)
+        label.write_text("\n".join(lines) + ("\n" if lines else ""))
+        result.count(split, len(lines))
+    splits = {split: f"images/{split}" for split in SPLITS if result.splits.get(split)}
+    data = {"train": splits.get("train", "images/val"), "val": splits.get("val", splits.get("train", "images/train")),
             "names": {position: c.name for position, c in enumerate(categories)}}
     (folder / "data.yaml").write_text(
-        f"# labeler export (min score {min_score}); Ultralytics segmentation dataset\n"
+        f"# labeler export ({options.label_filter.describe(categories)}); Ultralytics segmentation dataset.\n"
+        "# No `path`: Ultralytics resolves train and val against this file's folder, so the set can be moved.\n"
         + yaml.safe_dump(data, allow_unicode=True, sort_keys=False),
         encoding="utf-8",
     )
-    return ExportResult(folder, images, instances)
+    return result
 
 
-def export_semantic(pred: str, folder: Path, categories: list[Category], min_score: float) -> ExportResult:
+def export_semantic(pred: str, folder: Path, categories: list[Category], options: ExportOptions) -> ExportResult:
+    """One class-index PNG per image (module doc); no split."""
     folder.mkdir(parents=True, exist_ok=True)
     index = {category.id: position + 1 for position, category in enumerate(categories)}
     dtype = np.uint8 if len(categories) < 256 else np.uint16
     colours = category_colours(categories)
     palette = [0, 0, 0] + [v for c in categories for v in colours[c.id]]
-    images = instances = 0
-    for row in iter_label_rows(pred):
-        if row["status"] != STATUS_OK:
-            continue
-        kept = sorted(_kept(row, min_score), key=lambda d: d["score"])  # highest score painted last
+    result = ExportResult(folder)
+    for row, kept in _exported_rows(pred, options, result):
+        kept = sorted(kept, key=lambda d: d["score"])  # highest score painted last
         masks = decode_masks([d["rle"] for d in kept], row["height"], row["width"]).astype(bool)
         classes = np.zeros((row["height"], row["width"]), dtype=dtype)
         for detection, mask in zip(kept, masks):
@@ -149,14 +234,13 @@ def export_semantic(pred: str, folder: Path, categories: list[Category], min_sco
             image = image.convert("P")
             image.putpalette(palette)
         image.save(folder / f"{row['image_id']}.png")
-        images += 1
-        instances += len(kept)
+        result.count("train", len(kept))
     legend = {"0": {"category_id": None, "name": "background", "colour": [0, 0, 0]}}
     legend.update({str(index[c.id]): {"category_id": c.id, "name": c.name, "colour": list(colours[c.id])}
                    for c in categories})
     (folder / "legend.json").write_text(json.dumps(legend, indent=2))
     _legend_picture(legend, folder / "legend.png")
-    return ExportResult(folder, images, instances)
+    return result
 
 
 def _legend_picture(legend: dict, path: Path) -> None:
@@ -169,19 +253,68 @@ def _legend_picture(legend: dict, path: Path) -> None:
     picture.save(path)
 
 
-def export(pred: str, fmt: str, out_dir: str, min_score: float = 0.0) -> ExportResult:
-    """Export the labels of the run in ``pred`` as ``fmt`` into ``out_dir``."""
+def export_coco(pred: str, folder: Path, categories: list[Category], options: ExportOptions) -> ExportResult:
+    """``annotations/instances_<split>.json`` (no scores); with ``--images copy`` or ``link``
+    the images under ``images/`` and each ``file_name`` relative to it, else each
+    ``file_name`` relative to the run's source root (``info.image_root``)."""
+    result = ExportResult(folder)
+    if options.images != "none":
+        for row, _ in _exported_rows(pred, options, ExportResult(folder)):  # the documents count what is left out
+            place_image(row["uri"], folder / "images" / export_name(row), options.images)
+    image_root = str((folder / "images").resolve()) if options.images != "none" else read_manifest(pred).get("source_root")
+    for split in SPLITS:
+        def pick(table: pa.Table, split: str = split) -> pa.Table:
+            ids = table.column("image_id").to_pylist()
+            table = table.filter(pa.array([split_of(i, options.val_fraction, options.seed) == split for i in ids]))
+            if options.images == "none":
+                return table
+            names = [export_name(row) for row in table.select(["image_id", "uri", "file_name"]).to_pylist()]
+            return table.set_column(table.schema.get_field_index("file_name"), "file_name", pa.array(names, pa.string()))
+
+        target = folder / "annotations" / f"instances_{split}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        counts = write_coco(pred, categories, target=str(target), label_filter=options.label_filter, with_scores=False,
+                            drop_empty=not options.keep_empty, image_root=image_root, transform=pick)
+        result.images_left_out += counts.images_left_out
+        if not counts.images and split == "val":
+            target.unlink()
+            continue
+        result.splits[split] = counts.images
+        result.instances += counts.annotations
+        result.images += counts.images
+    return result
+
+
+def export(pred: str, fmt: str, out_dir: str, *, min_score: str | float | None = None, classes: str | None = None,
+           images: str | None = None, val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0,
+           keep_empty: bool = False, simplify: float = DEFAULT_SIMPLIFY) -> ExportResult:
+    """Export the labels of the run in ``pred`` as ``fmt`` into ``out_dir``.
+
+    ``min_score`` and ``classes`` choose the detections (:mod:`labeler.label_filter`);
+    ok images left without one are left out unless ``keep_empty``. ``images``
+    is ``copy``, ``link`` (relative links) or ``none``; by default ``copy`` for
+    ``yolo`` and ``none`` otherwise. ``val_fraction`` of the images go to the
+    ``val`` split (``coco`` and ``yolo``), chosen by ``seed``. ``simplify`` is the
+    YOLO polygons' tolerance in pixels (0 keeps every contour vertex).
+    """
     if fmt not in FORMATS:
         raise LabelerError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if not 0.0 <= min_score <= 1.0:
-        raise LabelerError("--min-score must be in [0, 1]")
+    images = images or ("copy" if fmt == "yolo" else "none")
+    checks = [
+        (images in IMAGE_MODES, f"--images must be one of {', '.join(IMAGE_MODES)}"),
+        (0.0 <= val_fraction < 1.0, "--val-fraction must be in [0, 1)"),
+        (simplify >= 0.0 and math.isfinite(simplify), "--simplify must be a non-negative number of pixels"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise LabelerError(message)
     categories = run_categories(pred)
+    options = ExportOptions(parse_label_filter(min_score, classes, categories), keep_empty, images,
+                            val_fraction, seed, simplify)
     folder = Path(out_dir)
-    if fmt == "yolo":
-        return export_yolo(pred, folder, categories, min_score)
-    if fmt == "semantic":
-        return export_semantic(pred, folder, categories, min_score)
     folder.mkdir(parents=True, exist_ok=True)
-    counts = write_coco(pred, categories, target=str(folder / "annotations.json"), min_score=min_score,
-                        with_scores=False)
-    return ExportResult(folder, counts.images, counts.annotations)
+    if fmt == "yolo":
+        return export_yolo(pred, folder, categories, options)
+    if fmt == "semantic":
+        return export_semantic(pred, folder, categories, options)
+    return export_coco(pred, folder, categories, options)

@@ -46,7 +46,8 @@ SHAPE_CLASSES: tuple[ShapeClass, ...] = (
 )
 
 
-def _outline(name: str, cx: float, cy: float, radius: float, angle: float) -> list[tuple[float, float]]:
+def outline(name: str, cx: float, cy: float, radius: float, angle: float) -> list[tuple[float, float]]:
+    """The polygon of a shape class ``name`` centred at ``(cx, cy)``, ``radius`` pixels out, turned by ``angle``."""
     if name == "disc":
         corners, radii = 48, [radius]
     elif name == "square":
@@ -156,15 +157,15 @@ def generate_dataset(
             radius = float(rng.uniform(0.28, 0.4) * min(cell, height))
             cx = cell * (slot + 0.5) + float(rng.uniform(-0.05, 0.05) * cell)
             cy = float(rng.uniform(radius + 12, height - radius - 12))
-            outline = _outline(shape.name, cx, cy, radius, float(rng.uniform(0, 2 * math.pi)))
+            corners = outline(shape.name, cx, cy, radius, float(rng.uniform(0, 2 * math.pi)))
             stencil = Image.new("L", (width, height), 0)
-            ImageDraw.Draw(stencil).polygon(outline, fill=1)
+            ImageDraw.Draw(stencil).polygon(corners, fill=1)
             mask = np.asarray(stencil, dtype=np.uint8)
             if not mask.any():
                 continue
             canvas = np.where(mask[..., None] == 1, _texture(shape, (height, width), rng), canvas)
             kind = SEGMENTATION_KINDS[annotation_id % 4] if segmentation == "mixed" else segmentation
-            polygon = [round(v, 2) for point in outline for v in point]
+            polygon = [round(v, 2) for point in corners for v in point]
             ys, xs = np.nonzero(mask)
             bbox = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
             annotations.append({

@@ -24,6 +24,7 @@ from labeler.io.labels import STATUS_OK  # noqa: E402
 from labeler.io.masks import segmentation_to_mask  # noqa: E402
 from labeler.io.rle import decode_masks  # noqa: E402
 from labeler.io.run_output import iter_label_rows, run_categories  # noqa: E402
+from labeler.label_filter import LabelFilter, parse_label_filter  # noqa: E402
 
 MASK_ALPHA = 0.45
 
@@ -80,8 +81,8 @@ def _side_by_side(left: Image.Image, right: Image.Image) -> Image.Image:
     return joined
 
 
-def _prediction_overlays(row: dict, names: dict[int, str], min_score: float) -> list[Overlay]:
-    kept = [d for d in row["detections"] if d["score"] >= min_score]
+def _prediction_overlays(row: dict, names: dict[int, str], label_filter: LabelFilter) -> list[Overlay]:
+    kept = label_filter.kept(row["detections"])
     masks = decode_masks([d["rle"] for d in kept], row["height"], row["width"]).astype(bool)
     return [
         Overlay(d["category_id"], mask, tuple(d["bbox"]), f"{names.get(d['category_id'], d['category_id'])} {d['score']:.2f}")
@@ -106,6 +107,11 @@ class VisualizeResult:
     pictures: list[Path]
     index: Path
     summary: Path
+    errors: int = 0  # error images of the run, listed in index.html
+
+
+#: Error images listed by name in index.html (the rest are counted).
+ERRORS_LISTED = 100
 
 
 def _summary_plot(counts: Counter, scores: list[float], categories: list[Category], path: Path) -> None:
@@ -123,26 +129,32 @@ def _summary_plot(counts: Counter, scores: list[float], categories: list[Categor
     plt.close(figure)
 
 
-def visualize(pred: str, out_dir: str, *, n: int = 32, min_score: float = 0.5, gt: str | None = None,
-              seed: int = 0) -> VisualizeResult:
+def visualize(pred: str, out_dir: str, *, n: int = 32, min_score: str | float | None = 0.5,
+              classes: str | None = None, gt: str | None = None, seed: int = 0) -> VisualizeResult:
     """Draw ``n`` sampled labelled images of the run in ``pred`` into ``out_dir``.
 
     Writes ``<image_id>.png`` per sampled image (ground truth beside it with
-    ``gt``), ``index.html`` and ``summary.png`` (detections per class and the
-    score histogram over all detections).
+    ``gt``), ``index.html`` (the pictures, then the error images with their
+    reasons) and ``summary.png`` (detections per class and the score
+    histogram over all detections). ``min_score`` and ``classes`` choose the
+    detections drawn (:mod:`labeler.label_filter`).
     """
     if n < 1:
         raise LabelerError("--n must be at least 1")
-    if not 0.0 <= min_score <= 1.0:
-        raise LabelerError("--min-score must be in [0, 1]")
     categories = run_categories(pred)
+    label_filter = parse_label_filter(min_score, classes, categories, default=0.5)
     names = {c.id: c.name for c in categories}
     colours = category_colours(categories)
     counts: Counter = Counter()
     scores: list[float] = []
     ok_ids: list[int] = []
-    for row in iter_label_rows(pred, ["image_id", "status", "detections"]):
+    failed: list[tuple[int, str, str]] = []
+    errors = 0
+    for row in iter_label_rows(pred, ["image_id", "uri", "status", "error", "detections"]):
         if row["status"] != STATUS_OK:
+            errors += 1
+            if len(failed) < ERRORS_LISTED:
+                failed.append((row["image_id"], row["uri"], row["error"] or ""))
             continue
         ok_ids.append(row["image_id"])
         for detection in row["detections"]:
@@ -166,8 +178,8 @@ def visualize(pred: str, out_dir: str, *, n: int = 32, min_score: float = 0.5, g
         if row["image_id"] not in chosen:
             continue
         pixels = read_image(row["uri"])
-        overlays = _prediction_overlays(row, names, min_score)
-        picture = _titled(draw_overlays(pixels, overlays, colours), f"prediction (score >= {min_score})")
+        overlays = _prediction_overlays(row, names, label_filter)
+        picture = _titled(draw_overlays(pixels, overlays, colours), f"prediction ({label_filter.describe(categories)})")
         if gt_annotations is not None:
             truth = _ground_truth_overlays(gt_annotations.get(row["image_id"], []), row["height"], row["width"], names)
             picture = _side_by_side(picture, _titled(draw_overlays(pixels, truth, colours), "ground truth"))
@@ -178,14 +190,31 @@ def visualize(pred: str, out_dir: str, *, n: int = 32, min_score: float = 0.5, g
     summary = folder / "summary.png"
     _summary_plot(counts, scores, categories, summary)
     index = folder / "index.html"
-    index.write_text(_contact_sheet(cards, pred, min_score))
-    return VisualizeResult(pictures=pictures, index=index, summary=summary)
+    index.write_text(_contact_sheet(cards, pred, label_filter.describe(categories), failed, errors), encoding="utf-8")
+    return VisualizeResult(pictures=pictures, index=index, summary=summary, errors=errors)
 
 
-def _contact_sheet(cards: list[tuple[str, int, str, int]], pred: str, min_score: float) -> str:
+def plural(count: int, noun: str) -> str:
+    """``1 detection``, ``2 detections``."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def _error_section(failed: list[tuple[int, str, str]], errors: int) -> str:
+    if not errors:
+        return ""
+    items = "\n".join(f"<li>{image_id} &middot; <code>{html.escape(uri)}</code>: {html.escape(reason)}</li>"
+                      for image_id, uri, reason in failed)
+    more = f"<p>... and {errors - len(failed)} more (all in the Parquet rows with status error).</p>" \
+        if errors > len(failed) else ""
+    return f"<h2>{plural(errors, 'error image')}</h2>\n<ul>\n{items}\n</ul>{more}"
+
+
+def _contact_sheet(cards: list[tuple[str, int, str, int]], pred: str, kept: str,
+                   failed: list[tuple[int, str, str]], errors: int) -> str:
     figures = "\n".join(
         f'<figure><a href="{html.escape(name)}"><img src="{html.escape(name)}" loading="lazy"></a>'
-        f"<figcaption>{image_id} &middot; {count} detections<br><small>{html.escape(uri)}</small></figcaption></figure>"
+        f"<figcaption>{image_id} &middot; {plural(count, 'detection')}<br><small>{html.escape(uri)}</small>"
+        "</figcaption></figure>"
         for name, image_id, uri, count in sorted(cards, key=lambda c: c[1])
     )
     return f"""<!doctype html>
@@ -193,9 +222,12 @@ def _contact_sheet(cards: list[tuple[str, int, str, int]], pred: str, min_score:
 <style>body{{font-family:sans-serif;margin:1em}} main{{display:flex;flex-wrap:wrap;gap:12px}}
 figure{{margin:0;width:360px}} img{{width:100%;border:1px solid #ccc}} figcaption{{font-size:12px}}</style>
 </head><body><h1>{html.escape(pred)}</h1>
-<p>{len(cards)} sampled images, detections with score &ge; {min_score}. <a href="summary.png">per-class counts and score histogram</a></p>
+<p>{plural(len(cards), 'sampled image')}, detections kept: {html.escape(kept)}.
+<a href="summary.png">per-class counts and score histogram</a></p>
 <img src="summary.png" style="max-width:900px;width:100%">
 <main>
 {figures}
-</main></body></html>
+</main>
+{_error_section(failed, errors)}
+</body></html>
 """

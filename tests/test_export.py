@@ -1,6 +1,9 @@
 """Exports: YOLO polygons round trip, COCO loads in pycocotools, semantic maps match the masks."""
 
 import json
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +12,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from labeler.errors import LabelerError
-from labeler.export import export, mask_to_polygon, polygon_to_mask
+from labeler.export import export, mask_to_polygon, polygon_to_mask, split_of
 from labeler.io.masks import segmentation_to_mask
 from labeler.io.rle import decode_masks
 from labeler.io.run_output import iter_label_rows
@@ -37,19 +40,30 @@ def gt_and_run(tmp_path):
     return gt, run, scores
 
 
+def mask_area(document, annotation):
+    image = next(i for i in document["images"] if i["id"] == annotation["image_id"])
+    return int(segmentation_to_mask(annotation["segmentation"], image["height"], image["width"], where="t").sum())
+
+
+def yolo_label_files(folder):
+    return sorted(p.relative_to(folder / "labels") for p in (folder / "labels").rglob("*.txt"))
+
+
 def test_yolo_round_trip(tmp_path, gt_and_run):
     gt, run, _ = gt_and_run
-    result = export(str(run), "yolo", str(tmp_path / "yolo"))
+    result = export(str(run), "yolo", str(tmp_path / "yolo"), val_fraction=0.5, seed=3)
+    folder = tmp_path / "yolo"
     document = load_json(gt)
     names = [c["name"] for c in document["categories"]]
-    data = yaml.safe_load((tmp_path / "yolo" / "data.yaml").read_text(encoding="utf-8"))
-    assert data["names"] == dict(enumerate(names)) and data["train"] == "images"
+    data = yaml.safe_load((folder / "data.yaml").read_text(encoding="utf-8"))
+    assert data == {"train": "images/train", "val": "images/val", "names": dict(enumerate(names))}
     assert result.images == 4 and result.instances == len(document["annotations"])
+    assert result.splits == {s: sum(split_of(i["id"], 0.5, 3) == s for i in document["images"]) for s in ("train", "val")}
     for image in document["images"]:
-        stem = f"{image['id']}_{image['file_name'].split('/')[-1].rsplit('.', 1)[0]}"
-        linked = tmp_path / "yolo" / "images" / f"{stem}.png"
-        assert linked.is_symlink() and linked.resolve() == (gt.parent / "images" / image["file_name"]).resolve()
-        lines = (tmp_path / "yolo" / "labels" / f"{stem}.txt").read_text().splitlines()
+        split = split_of(image["id"], 0.5, 3)
+        copied = folder / "images" / split / image["file_name"]  # the source's own file_name, sub-folders kept
+        assert not copied.is_symlink() and copied.read_bytes() == (gt.parent / "images" / image["file_name"]).read_bytes()
+        lines = (folder / "labels" / split / image["file_name"]).with_suffix(".txt").read_text().splitlines()
         truths = [a for a in document["annotations"] if a["image_id"] == image["id"]]
         assert len(lines) == len(truths)
         for line, truth in zip(lines, truths):
@@ -59,6 +73,136 @@ def test_yolo_round_trip(tmp_path, gt_and_run):
             assert (np.array(values[1:], dtype=float) <= 1).all()
             original = segmentation_to_mask(truth["segmentation"], image["height"], image["width"], where="t")
             assert iou(polygon_to_mask(points, image["height"], image["width"]), original) > YOLO_IOU_BOUND
+
+
+def ultralytics_labels(data_yaml, split):
+    """What Ultralytics itself reads from a YOLO segmentation set: its label dicts of ``split``."""
+    from ultralytics.data.dataset import YOLODataset
+    from ultralytics.data.utils import check_det_dataset
+
+    data = check_det_dataset(str(data_yaml))
+    return YOLODataset(img_path=data[split], data=data, task="segment", imgsz=320, augment=False).labels
+
+
+@pytest.fixture
+def ultralytics_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "ultralytics-config"))
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+
+
+def test_a_copied_yolo_set_still_loads_in_ultralytics_after_a_move(tmp_path, gt_and_run, ultralytics_home):
+    gt, run, _ = gt_and_run
+    result = export(str(run), "yolo", str(tmp_path / "yolo"), val_fraction=0.5, seed=3)
+    moved = tmp_path / "elsewhere" / "set"
+    moved.parent.mkdir()
+    shutil.move(tmp_path / "yolo", moved)
+    shutil.rmtree(gt.parent / "images")  # the set no longer needs the source
+    document = load_json(gt)
+    order = [c["id"] for c in document["categories"]]
+    loaded = 0
+    for split, count in result.splits.items():
+        labels = ultralytics_labels(moved / "data.yaml", split)
+        assert len(labels) == count
+        for label in labels:
+            image = next(i for i in document["images"] if label["im_file"].endswith(i["file_name"]))
+            truths = [a for a in document["annotations"] if a["image_id"] == image["id"]]
+            assert Path(label["im_file"]).is_file() and str(moved) in label["im_file"]
+            assert sorted(label["cls"].ravel().tolist()) == sorted(order.index(t["category_id"]) for t in truths)
+            assert len(label["segments"]) == len(truths)
+            loaded += 1
+    assert loaded == 4
+
+
+def test_a_linked_yolo_set_moves_with_its_source(tmp_path, gt_and_run, ultralytics_home):
+    gt, run, _ = gt_and_run
+    export(str(run), "yolo", str(tmp_path / "yolo"), images="link", val_fraction=0.0)
+    linked = next((tmp_path / "yolo" / "images" / "train").rglob("*.png"))
+    assert linked.is_symlink() and not os.readlink(linked).startswith("/")
+    moved = tmp_path.parent / f"{tmp_path.name}-moved"
+    shutil.move(tmp_path, moved)  # the set and the source together, as a copy to a training machine would
+    labels = ultralytics_labels(moved / "yolo" / "data.yaml", "train")
+    assert len(labels) == 4 and all(Path(label["im_file"]).resolve().is_file() for label in labels)
+
+
+def test_images_without_a_kept_detection_are_left_out_unless_asked(tmp_path, gt_and_run):
+    gt, run, scores = gt_and_run
+    document = load_json(gt)
+    best = {i["id"]: max(scores[a["id"]] for a in document["annotations"] if a["image_id"] == i["id"])
+            for i in document["images"]}
+    threshold = sorted(best.values())[1] + 1e-6  # the two images with the lowest best score lose every detection
+    kept = [i for i, score in best.items() if score >= threshold]
+    result = export(str(run), "yolo", str(tmp_path / "yolo"), min_score=threshold, val_fraction=0.0)
+    files = yolo_label_files(tmp_path / "yolo")
+    assert result.images == len(kept) == len(files) == 2 and result.images_left_out == 2
+    assert all((tmp_path / "yolo" / "labels" / f).read_text().strip() for f in files)  # no empty label file
+    background = export(str(run), "yolo", str(tmp_path / "bg"), min_score=threshold, val_fraction=0.0,
+                        keep_empty=True)
+    empty = [f for f in yolo_label_files(tmp_path / "bg") if not (tmp_path / "bg" / "labels" / f).read_text()]
+    assert background.images == 4 and background.images_left_out == 0 and len(empty) == 2
+    coco = export(str(run), "coco", str(tmp_path / "coco"), min_score=threshold, val_fraction=0.0)
+    images = load_json(tmp_path / "coco" / "annotations" / "instances_train.json")["images"]
+    assert sorted(i["id"] for i in images) == sorted(kept) and coco.images_left_out == 2
+
+
+def test_per_class_thresholds_and_a_class_subset(tmp_path, gt_and_run):
+    gt, run, scores = gt_and_run
+    document = load_json(gt)
+    disc, square = (next(c["id"] for c in document["categories"] if c["name"] == n) for n in ("disc", "square"))
+    (tmp_path / "thresholds.json").write_text(json.dumps({"default": 0.5, "classes": {"square": 0.8}}))
+    for min_score in ("0.5,square=0.8", str(tmp_path / "thresholds.json"), f"0.5,{square}=0.8"):
+        export(str(run), "coco", str(tmp_path / "c"), min_score=min_score, val_fraction=0.0, keep_empty=True)
+        annotations = load_json(tmp_path / "c" / "annotations" / "instances_train.json")["annotations"]
+        expected = [a for a in document["annotations"] if scores[a["id"]] >= (0.8 if a["category_id"] == square else 0.5)]
+        assert sorted((a["image_id"], a["category_id"], a["area"]) for a in annotations) == sorted(
+            (a["image_id"], a["category_id"], mask_area(document, a)) for a in expected)
+    export(str(run), "coco", str(tmp_path / "d"), classes="disc", val_fraction=0.0, keep_empty=True)
+    annotations = load_json(tmp_path / "d" / "annotations" / "instances_train.json")["annotations"]
+    assert {a["category_id"] for a in annotations} == {disc}
+    assert len(annotations) == sum(a["category_id"] == disc for a in document["annotations"])
+
+
+@pytest.mark.parametrize("min_score, classes, message", [
+    ("0.5,boat=0.3", None, "--min-score: no class 'boat' in this run"),
+    ("1.5", None, "--min-score: 1.5 is not in \\[0, 1\\]"),
+    ("0.5,0.6", None, "more than one default"),
+    ("high", None, "--min-score: 'high' is not a number"),
+    ("0", "disc,boat", "--classes: no class 'boat'"),
+])
+def test_bad_thresholds_are_named(tmp_path, gt_and_run, min_score, classes, message):
+    with pytest.raises(LabelerError, match=message):
+        export(str(gt_and_run[1]), "coco", str(tmp_path / "x"), min_score=min_score, classes=classes)
+
+
+def test_the_split_is_seeded_and_stable_per_image():
+    ids = range(2000)
+    first = [split_of(i, 0.2, seed=1) for i in ids]
+    assert first == [split_of(i, 0.2, seed=1) for i in ids]  # the same on every export
+    assert first != [split_of(i, 0.2, seed=2) for i in ids]
+    assert 0.17 < first.count("val") / len(first) < 0.23
+    assert {split_of(i, 0.0, seed=1) for i in ids} == {"train"}
+
+
+def test_coco_export_file_names_work_with_an_image_root(tmp_path, gt_and_run):
+    gt, run, _ = gt_and_run
+    export(str(run), "coco", str(tmp_path / "plain"), val_fraction=0.0)
+    document = load_json(tmp_path / "plain" / "annotations" / "instances_train.json")
+    root = Path(document["info"]["image_root"])
+    assert root == gt.parent / "images"
+    assert sorted(i["file_name"] for i in document["images"]) == sorted(i["file_name"] for i in load_json(gt)["images"])
+    assert all((root / i["file_name"]).is_file() for i in document["images"])
+    export(str(run), "coco", str(tmp_path / "copied"), images="copy", val_fraction=0.0)
+    shutil.move(tmp_path / "copied", tmp_path / "moved")
+    copied = COCO(str(tmp_path / "moved" / "annotations" / "instances_train.json"))
+    assert all((tmp_path / "moved" / "images" / i["file_name"]).is_file() for i in copied.loadImgs(copied.getImgIds()))
+
+
+def test_simplified_polygons_keep_their_shape_with_fewer_vertices():
+    yy, xx = np.mgrid[:200, :200]
+    mask = (((yy - 100) ** 2 + (xx - 100) ** 2) < 70 ** 2) | ((np.abs(yy - 100) < 3) & (xx > 20))  # disc + jagged bar
+    exact, simple = mask_to_polygon(mask, 0.0), mask_to_polygon(mask, 1.0)
+    assert len(simple) < len(exact) / 3
+    assert iou(polygon_to_mask(simple, 200, 200), mask) > 0.98
+    assert iou(polygon_to_mask(simple, 200, 200), polygon_to_mask(exact, 200, 200)) > 0.98
 
 
 def test_yolo_polygon_of_several_parts_and_a_hole():
@@ -76,8 +220,8 @@ def test_yolo_polygon_of_several_parts_and_a_hole():
 
 def test_coco_export_loads_and_keeps_only_confident_detections(tmp_path, gt_and_run):
     _, run, scores = gt_and_run
-    result = export(str(run), "coco", str(tmp_path / "coco"), min_score=0.5)
-    coco = COCO(str(tmp_path / "coco" / "annotations.json"))
+    result = export(str(run), "coco", str(tmp_path / "coco"), min_score=0.5, val_fraction=0.0, keep_empty=True)
+    coco = COCO(str(tmp_path / "coco" / "annotations" / "instances_train.json"))
     assert len(coco.getAnnIds()) == result.instances == sum(s >= 0.5 for s in scores.values())
     assert len(coco.getImgIds()) == 4  # the error row is not an image of the training set
     for annotation in coco.loadAnns(coco.getAnnIds()):
