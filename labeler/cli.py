@@ -1,7 +1,10 @@
 """The ``labeler`` command line: a thin layer over the Python API.
 
-User errors (:class:`labeler.errors.LabelerError`) print one line and exit
-with status 2; ``--debug`` shows their traceback instead.
+Exit status: 0 done; 1 ``labeler run`` finished but labelled no image, or
+more error images than ``--max-error-rate`` allows (its summary says why);
+2 a user error (:class:`labeler.errors.LabelerError`: one line, ``--debug``
+shows its traceback). Paths and arguments are checked before the heavy
+libraries (torch, Ray) load, so a mistyped path is reported at once.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain click help: flags shown as flags, no boxes in job logs
 )
 
 _state = {"debug": False}
@@ -35,6 +39,11 @@ GRID_LAYOUT_HELP = (
     "edge-to-edge: the reference's grid, outer points half a pixel inside the border (default); "
     "cell-centres: SAM's automatic mask generator grid, fewer prompts on objects cut by the border."
 )
+MIN_SCORE_HELP = (
+    "Keep detections scoring at least this: a number, class=value pairs with an optional default "
+    "(0.5,person=0.7), or a thresholds .json file."
+)
+CLASSES_HELP = "Keep only these classes: names or ids, comma-separated."
 PROMPTS_HELP = "grid: every grid point; matched: only the points most like a class prototype (faster)."
 
 
@@ -48,9 +57,27 @@ def _storage(text: Optional[str]) -> Optional[dict]:
 
 
 def _job_paths(inputs: dict, outputs: dict) -> dict:
-    from labeler.job_paths import resolve_for_job
+    """Inputs and outputs as the command must use them (:mod:`labeler.job_paths`); local inputs must exist."""
+    from labeler.job_paths import require_local_inputs, resolve_for_job
 
-    return resolve_for_job(inputs, outputs)
+    resolved = resolve_for_job(inputs, outputs)
+    require_local_inputs({option: resolved[option] for option in inputs})
+    return resolved
+
+
+def _run_folder(pred: str) -> None:
+    """``--pred`` must be a finished run's folder (read before any heavy import)."""
+    from labeler.io.run_output import read_manifest
+
+    read_manifest(pred)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from labeler import __version__
+
+        typer.echo(f"labeler {__version__}")
+        raise typer.Exit()
 
 
 def _output_file(uri: str, option: str = "--out") -> None:
@@ -69,6 +96,8 @@ def _output_folder(uri: str, option: str = "--out") -> None:
 def _global_options(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
 ) -> None:
     _state["debug"] = debug
     logging.basicConfig(
@@ -145,7 +174,12 @@ def run_command(
     pred_iou_thr: float = typer.Option(0.4, "--pred-iou-thr", help="Keep proposals above this predicted IoU."),
     nms_thr: float = typer.Option(0.5, "--nms-thr", help="Class-aware NMS IoU threshold."),
     max_dets: int = typer.Option(100, "--max-dets", help="Detections per image."),
-    min_score: float = typer.Option(0.0, "--min-score", help="Drop detections scoring below this."),
+    min_score: str = typer.Option("0", "--min-score", help=MIN_SCORE_HELP),
+    classes: Optional[str] = typer.Option(None, "--classes", help=CLASSES_HELP),
+    max_error_rate: float = typer.Option(
+        0.05, "--max-error-rate",
+        help="Exit with status 1 when more than this share of the images are errors (0.05: 5%; 1: never).",
+    ),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per model batch."),
     sam2_actors: int = typer.Option(1, "--sam2-actors", help="SAM2 proposal actors."),
     dinov2_actors: int = typer.Option(1, "--dinov2-actors", help="DINOv2 scoring actors."),
@@ -180,27 +214,23 @@ def run_command(
     options = _storage(storage_options)
     paths = _job_paths({"--bank": bank, "--images": images, "--image-root": image_root}, {"--out": out})
     bank, images, image_root, out = paths["--bank"], paths["--images"], paths["--image-root"], paths["--out"]
-    from labeler.run import RunConfig, run_labeling
+    from labeler.run import RunConfig, describe_summary, run_labeling
 
     summary = run_labeling(RunConfig(
         bank=bank, images=images, out=out, sam2=sam2, image_root=image_root, points_per_side=points_per_side,
         grid_layout=grid_layout, points_per_batch=points_per_batch, pred_iou_thr=pred_iou_thr, nms_thr=nms_thr,
-        max_dets=max_dets, min_score=min_score, batch_size=batch_size, sam2_actors=sam2_actors, dinov2_actors=dinov2_actors,
+        max_dets=max_dets, min_score=min_score, classes=classes, max_error_rate=max_error_rate, batch_size=batch_size, sam2_actors=sam2_actors, dinov2_actors=dinov2_actors,
         gpus_per_actor=gpus_per_actor, address=address, overwrite=overwrite, max_pixels=max_pixels,
         max_bytes=max_bytes, read_timeout=read_timeout, stall_timeout=stall_timeout,
         rows_per_shard=rows_per_shard, dtype=dtype, compile=compile, prompts=prompts,
         matched_points=matched_points, relist=relist, merged_coco=merged_coco, storage_options=options,
+        ray_logs=_state["debug"],
     ))
-    counts = summary.counts
-    typer.echo(
-        f"{summary.images_listed} images listed: {summary.images_processed} labelled now, "
-        f"{summary.images_skipped} already done\n"
-        f"OUT holds {counts.images_ok} ok + {counts.images_error} error images, {counts.detections} detections\n"
-        f"{summary.wall_seconds:.1f} s, {summary.images_per_second:.2f} images/s\n"
-        f"{summary.shards} shards: {out.rstrip('/')}/labels/*.parquet, {out.rstrip('/')}/coco/*.json"
-        + (f", merged {out.rstrip('/')}/coco.json" if summary.merged_coco else "")
-        + f"; manifest {out.rstrip('/')}/run.json"
-    )
+    typer.echo(describe_summary(summary))
+    failure = summary.failure()
+    if failure:
+        typer.echo(f"error: {failure}; the labels and error rows are in {out}", err=True)
+        raise typer.Exit(1)
 
 
 @app.command("eval")
@@ -213,6 +243,8 @@ def eval_command(
 ) -> None:
     """COCO AP of a run against ground truth (bbox and segm, per class)."""
     _storage(storage_options)
+    paths = _job_paths({"--pred": pred, "--gt": gt}, {"--out": out})
+    pred, gt, out = paths["--pred"], paths["--gt"], paths["--out"]
     if out:
         _output_file(out)
     import json
@@ -232,17 +264,21 @@ def visualize_command(
     pred: str = typer.Option(..., "--pred", help="Run folder."),
     out: str = typer.Option(..., "--out", help="Folder for the pictures and index.html."),
     n: int = typer.Option(32, "--n", help="How many images to draw."),
-    min_score: float = typer.Option(0.5, "--min-score", help="Draw detections scoring at least this."),
+    min_score: str = typer.Option("0.5", "--min-score", help=MIN_SCORE_HELP),
+    classes: Optional[str] = typer.Option(None, "--classes", help=CLASSES_HELP),
     gt: Optional[str] = typer.Option(None, "--gt", help="Ground-truth COCO JSON to draw alongside."),
     seed: int = typer.Option(0, "--seed", help="Seed of the image sample."),
     storage_options: Optional[str] = typer.Option(None, "--storage-options", help=STORAGE_HELP),
 ) -> None:
     """Overlay pictures of sampled images, a contact sheet and a summary plot."""
     _storage(storage_options)
+    paths = _job_paths({"--pred": pred, "--gt": gt}, {"--out": out})
+    pred, gt, out = paths["--pred"], paths["--gt"], paths["--out"]
+    _run_folder(pred)
     _output_folder(out)
     from labeler.visualize import visualize
 
-    result = visualize(pred, out, n=n, min_score=min_score, gt=gt, seed=seed)
+    result = visualize(pred, out, n=n, min_score=min_score, classes=classes, gt=gt, seed=seed)
     typer.echo(f"wrote {len(result.pictures)} pictures, {result.index} and {result.summary}")
 
 
@@ -251,16 +287,34 @@ def export_command(
     pred: str = typer.Option(..., "--pred", help="Run folder."),
     fmt: str = typer.Option(..., "--format", help="coco, yolo or semantic."),
     out: str = typer.Option(..., "--out", help="Folder to write the training set into."),
-    min_score: float = typer.Option(0.0, "--min-score", help="Keep detections scoring at least this."),
+    min_score: str = typer.Option("0", "--min-score", help=MIN_SCORE_HELP),
+    classes: Optional[str] = typer.Option(None, "--classes", help=CLASSES_HELP),
+    images: Optional[str] = typer.Option(
+        None, "--images", help="copy the images into the set, link them (relative links) or none; "
+                               "default copy for yolo, none for coco (file_names then relative to the run's image root)."
+    ),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of the images in the val split (seeded)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the train/val split."),
+    keep_empty: bool = typer.Option(
+        False, "--keep-empty", help="Keep images left without a detection, as background (default: leave them out)."
+    ),
+    simplify: float = typer.Option(1.0, "--simplify", help="YOLO polygon tolerance in pixels (0: every vertex)."),
     storage_options: Optional[str] = typer.Option(None, "--storage-options", help=STORAGE_HELP),
 ) -> None:
     """Turn a run's labels into a training set: COCO, YOLO segmentation or semantic maps."""
     _storage(storage_options)
+    paths = _job_paths({"--pred": pred}, {"--out": out})
+    pred, out = paths["--pred"], paths["--out"]
+    _run_folder(pred)
     _output_folder(out)
     from labeler.export import export
 
-    result = export(pred, fmt, out, min_score)
-    typer.echo(f"wrote {fmt} export to {result.folder}: {result.images} images, {result.instances} instances")
+    result = export(pred, fmt, out, min_score=min_score, classes=classes, images=images, val_fraction=val_fraction,
+                    seed=seed, keep_empty=keep_empty, simplify=simplify)
+    splits = ", ".join(f"{split} {count}" for split, count in result.splits.items())
+    typer.echo(f"wrote {fmt} export to {result.folder}: {result.images} images ({splits}), {result.instances} "
+               f"instances; {result.images_left_out} images left out with no detection kept"
+               + ("" if keep_empty else " (--keep-empty keeps them as background)"))
 
 
 @app.command("bench")
@@ -319,25 +373,30 @@ def demo_command(
     """Run the flow offline on generated images with random tiny models."""
     _output_folder(out)
     from labeler.demo import run_demo
+    from labeler.visualize import plural
 
     result = run_demo(out, device=device)
-    counts = result.run.counts
+    counts, folder = result.run.counts, result.labels.parent
     typer.echo(result.evaluation.table())
     typer.echo(
         f"\nreferences: {result.references}\ntargets:    {result.targets} (ground truth)\n"
         f"bank:       {result.bank_path}\n"
         f"labels:     {result.labels}/labels/*.parquet, {result.labels}/coco/*.json, {result.labels}/coco.json, "
         f"{result.labels}/run.json\n"
-        f"            {counts.images_ok} images labelled, {counts.images_error} error row(s), "
-        f"{counts.detections} detections\n"
+        f"            {plural(counts.images_ok, 'image')} labelled, {plural(counts.images_error, 'error image')} "
+        f"(listed in {result.pictures.index.name}), {plural(counts.detections, 'detection')}\n"
         f"eval:       {result.labels.parent / 'eval.json'}\n"
         f"pictures:   {result.pictures.index}\n\n"
+        "Next, on these labels:\n"
+        f"  labeler visualize --pred {result.labels} --out {folder / 'pictures-0.5'} --min-score 0.5\n"
+        f"  labeler export --pred {result.labels} --format yolo --out {folder / 'yolo'} --min-score 0.5\n"
+        f"  labeler export --pred {result.labels} --format coco --out {folder / 'coco'} --min-score 0.5\n\n"
         "The demo uses random:tiny models: random weights, so the prototypes, labels and AP are "
         "meaningless. With real checkpoints:\n"
         f"  labeler build-bank --refs {result.references} --images {result.references.parent / 'images'} "
         "--out bank.safetensors --dinov2 facebook/dinov2-large --sam2 facebook/sam2.1-hiera-large\n"
-        f"  labeler run --bank bank.safetensors --images {result.targets} --out labels-out "
-        "--sam2 facebook/sam2.1-hiera-large\n"
+        f"  labeler run --bank bank.safetensors --images {result.targets} --image-root {result.targets.parent / 'images'} "
+        "--out labels-out --sam2 facebook/sam2.1-hiera-large\n"
         f"  labeler eval --pred labels-out --gt {result.targets}"
     )
 

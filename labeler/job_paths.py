@@ -66,3 +66,14 @@ def resolve_for_job(inputs: dict[str, str | None], outputs: dict[str, str | None
             )
         resolved[option] = local
     return resolved
+
+
+def require_local_inputs(inputs: dict[str, str | None]) -> None:
+    """Every local input path (by option) exists; URIs are checked where they are read.
+
+    Raises:
+        LabelerError: naming the first option whose path does not exist.
+    """
+    for option, path in inputs.items():
+        if path and "://" not in path and not os.path.exists(path):
+            raise LabelerError(f"{option} {path}: no such file or folder")

@@ -27,6 +27,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import ray
@@ -42,6 +43,8 @@ from labeler.cluster_fit import ACTOR_CPUS, DECODE_CPUS, WRITE_CPUS, Fit
 from labeler.io.coco import Category
 from labeler.io.id_set import IdSet
 from labeler.io.listing import Listing
+from labeler.io.sources import source_root
+from labeler.ray_logs import send_ray_logs_to_file
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
@@ -52,21 +55,30 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None, extra_cpus: int) -> Iterator[None]:
+def ray_session(address: str | None, extra_cpus: int, quiet: bool = True) -> Iterator[Path | None]:
     """Join the cluster at ``address`` / ``RAY_ADDRESS`` (as inside a Ray job), or start a
     local Ray with ``extra_cpus`` more logical CPUs than cores (the actors' own), and
-    shut down what this call started."""
+    shut down what this call started.
+
+    ``quiet`` keeps Ray's messages out of the terminal (:mod:`labeler.ray_logs`):
+    its loggers write to a file, worker output stays in Ray's logs, and Ray
+    Data shows no progress of its own (the run shows its own). Yields that
+    file's path (None when not quiet).
+    """
     started = False
+    ray_log = send_ray_logs_to_file() if quiet else None
+    if quiet:
+        ray.data.DataContext.get_current().enable_progress_bars = False
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=not quiet)
         else:
             ray.init(address="local", num_cpus=(os.cpu_count() or 1) + extra_cpus, include_dashboard=False,
-                     log_to_driver=True)
+                     log_to_driver=not quiet)
         started = True
     try:
-        yield
+        yield ray_log
     finally:
         if started:
             ray.shutdown()
@@ -82,12 +94,14 @@ def run_pipeline(
     *,
     categories: list[Category],
     sam2_size: int,
+    min_scores: list[float],
 ) -> None:
     """Run read -> SAM2 -> DINOv2 -> write over the images of ``listing`` not in ``done``.
 
     Each task of the first step reads one part of the stored listing and keeps
     the rows still to do, so the driver holds only the parts' names. The model actors get ``bank``'s bytes, the very bank whose hash the run
-    checked; every stage reports its rows to ``tracker``. Blocks lost with an
+    checked; every stage reports its rows to ``tracker``. ``min_scores`` holds the
+    threshold of each bank class, in bank order (infinity for a class left out). Blocks lost with an
     actor or node are dropped: the caller compares the shards with the listing.
     """
     ray.data.DataContext.get_current().max_errored_blocks = -1
@@ -123,13 +137,14 @@ def run_pipeline(
 
     proposals = model_stage(
         decoded, Sam2Proposer, fit.sam2_actors, sam2=config.sam2, points_per_side=config.points_per_side,
-        grid_layout=config.grid_layout,        points_per_batch=config.points_per_batch, pred_iou_thr=config.pred_iou_thr, dtype=config.dtype,
+        grid_layout=config.grid_layout, points_per_batch=config.points_per_batch, pred_iou_thr=config.pred_iou_thr, dtype=config.dtype,
         compile=config.compile, prompts=config.prompts, matched_points=config.matched_points,
         bank=bank if config.prompts == "matched" else None,
     )
     labels = model_stage(
         proposals, Dinov2Scorer, fit.dinov2_actors, bank=bank, nms_thr=config.nms_thr,
-        max_dets=config.max_dets, min_score=config.min_score, dtype=config.dtype, compile=config.compile,
+        max_dets=config.max_dets, min_score=min_scores, dtype=config.dtype, compile=config.compile,
     )
-    sink = LabelShardSink(config.out, config.rows_per_shard, categories, config.storage_options, tracker)
+    sink = LabelShardSink(config.out, config.rows_per_shard, categories, source_root(config.images, config.image_root),
+                          config.storage_options, tracker)
     labels.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})

@@ -24,6 +24,7 @@ import ctypes
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -155,6 +156,7 @@ class Watchdog:
     stall_timeout: float = DEFAULT_STALL_TIMEOUT
     replan_after: float = DEFAULT_REPLAN_AFTER
     poll_seconds: float = POLL_SECONDS
+    on_progress: Callable[[dict[str, int]], None] | None = None  # called with the rows per stage at each poll
     reason: str | None = None
     rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -193,6 +195,8 @@ class Watchdog:
             except Exception as error:  # noqa: BLE001 - progress that cannot be seen counts as none
                 log.warning("progress tracker unavailable: %s", error)
                 rows, fatal = self.rows, None
+            if self.on_progress is not None:
+                self.on_progress(rows)
             if fatal is not None:
                 stage, message = fatal
                 self._interrupt(f"the {STAGE_NAMES[stage]} stage failed: {message}", PipelineStopped)

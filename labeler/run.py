@@ -13,6 +13,7 @@ set) and a read of each shard's ids and footer.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -30,11 +31,13 @@ from labeler.bank import BankFile, PrototypeBank
 from labeler.errors import LabelerError
 from labeler.io import out_folder, storage
 from labeler.io.coco_merge import write_coco
+from labeler.io.error_tally import ErrorTally
 from labeler.io.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from labeler.io.listing import Listing, load_listing, store_listing
 from labeler.io.out_lock import OutputLock
 from labeler.io.shards import LabelCounts, ShardIndex, coco_dir, labels_dir, list_shards, remove_orphan_coco_shards
-from labeler.io.sources import SourceEntries, read_source
+from labeler.io.sources import SourceEntries, read_source, source_root
+from labeler.label_filter import LabelFilter, parse_label_filter
 from labeler.method.matched_prompts import DEFAULT_MATCHED_POINTS, PROMPT_MODES
 from labeler.method.proposals import (
     DEFAULT_GRID_LAYOUT,
@@ -54,6 +57,12 @@ log = logging.getLogger(__name__)
 #: (ok and error: the merge reads them all) plus detections.
 MERGED_COCO_CHOICES = ("auto", "always", "never")
 MERGED_COCO_MAX_ENTRIES = 1_000_000
+#: ``--max-error-rate``: the largest share of error images (of all images in OUT) a run may end with
+#: and still exit with status 0. Real sets have a few corrupt or vanished files; a share above
+#: this says something is wrong with the whole source (a wrong --image-root, a lost mount).
+DEFAULT_MAX_ERROR_RATE = 0.05
+#: Error kinds (the most common first) listed in run.json.
+ERROR_KINDS_IN_MANIFEST = 20
 
 
 @dataclass
@@ -71,7 +80,9 @@ class RunConfig:
     pred_iou_thr: float = DEFAULT_PRED_IOU_THR
     nms_thr: float = DEFAULT_NMS_THR
     max_dets: int = DEFAULT_MAX_DETS
-    min_score: float = 0.0
+    min_score: float | str = 0.0  # one number, class=value pairs or a thresholds file (labeler.label_filter)
+    classes: str | None = None
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE
     batch_size: int = 8
     sam2_actors: int = 1
     dinov2_actors: int = 1
@@ -90,6 +101,7 @@ class RunConfig:
     matched_points: int = DEFAULT_MATCHED_POINTS
     relist: bool = False
     merged_coco: str = "auto"
+    ray_logs: bool = False  # Ray's own messages in the terminal (the CLI's --debug), else in a log file
     storage_options: dict[str, Any] | None = field(default=None, repr=False)
 
     def validate(self) -> None:
@@ -100,7 +112,7 @@ class RunConfig:
             (0.0 <= self.pred_iou_thr < 1.0, "--pred-iou-thr must be in [0, 1)"),
             (0.0 < self.nms_thr <= 1.0, "--nms-thr must be in (0, 1]"),
             (self.max_dets >= 1, "--max-dets must be at least 1"),
-            (0.0 <= self.min_score <= 1.0, "--min-score must be in [0, 1]"),
+            (0.0 <= self.max_error_rate <= 1.0, "--max-error-rate must be in [0, 1]"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.sam2_actors >= 1 and self.dinov2_actors >= 1, "actor counts must be at least 1"),
             (self.gpus_per_actor >= 0, "--gpus-per-actor must be non-negative"),
@@ -119,6 +131,10 @@ class RunConfig:
             if not ok:
                 raise LabelerError(message)
 
+    def label_filter(self, bank: PrototypeBank) -> LabelFilter:
+        """``--min-score`` and ``--classes`` over the bank's classes."""
+        return parse_label_filter(self.min_score, self.classes, bank.categories)
+
     def settings(self, bank: PrototypeBank) -> dict[str, Any]:
         """What determines the labels: a rerun must match it to resume."""
         return {
@@ -132,7 +148,7 @@ class RunConfig:
             "pred_iou_thr": self.pred_iou_thr,
             "nms_thr": self.nms_thr,
             "max_dets": self.max_dets,
-            "min_score": self.min_score,
+            "label_filter": self.label_filter(bank).to_json(bank.categories),
             "max_pixels": self.max_pixels,
             "dtype": self.dtype,
             "prompts": self.prompts,
@@ -156,10 +172,59 @@ class RunSummary:
     shards: int
     merged_coco: bool
     after_last_image_seconds: float
+    errors: ErrorTally
+    max_error_rate: float
+    source_root: str
+    ray_log: str | None = None  # where Ray's messages went
 
     @property
     def images_per_second(self) -> float:
         return self.images_processed / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    @property
+    def error_rate(self) -> float:
+        """Error images over all images in OUT."""
+        images = self.counts.images_ok + self.counts.images_error
+        return self.counts.images_error / images if images else 0.0
+
+    def failure(self) -> str | None:
+        """Why this run should exit non-zero: no image labelled, or too many errors; None when fine."""
+        if self.counts.images_ok == 0:
+            return f"no image was labelled ({self.counts.images_error} error images)"
+        if self.error_rate > self.max_error_rate:
+            return (f"{self.error_rate:.1%} of the images are errors, more than --max-error-rate "
+                    f"{self.max_error_rate:g}")
+        return None
+
+
+#: Error kinds shown in the summary a run prints.
+ERROR_KINDS_SHOWN = 5
+
+
+def describe_summary(summary: RunSummary) -> str:
+    """What a run prints at its end: counts, the most common error reasons with an example each, where things are."""
+    counts, out = summary.counts, summary.out.rstrip("/")
+    lines = [
+        f"{summary.images_listed:,} images listed: {summary.images_processed:,} labelled now, "
+        f"{summary.images_skipped:,} already done",
+        f"OUT holds {counts.images_ok:,} ok + {counts.images_error:,} error images, {counts.detections:,} detections",
+        f"{summary.wall_seconds:.1f} s, {summary.images_per_second:.2f} images/s",
+    ]
+    if counts.images_error:
+        lines.append(f"error images: {counts.images_error:,} ({summary.error_rate:.1%}), most common reasons:")
+        for kind, entry in summary.errors.most_common(ERROR_KINDS_SHOWN):
+            lines.append(f"  {entry.count:>8,}  {kind}")
+            lines.append(f"            e.g. {entry.example_uri}: {entry.example_reason}")
+        if len(summary.errors.kinds) > ERROR_KINDS_SHOWN:
+            lines.append(f"  ... {len(summary.errors.kinds) - ERROR_KINDS_SHOWN} more kinds in {out}/run.json")
+    lines.append(
+        f"{summary.shards} shards: {out}/labels/*.parquet, {out}/coco/*.json"
+        + (f", merged {out}/coco.json" if summary.merged_coco else "") + f"; manifest {out}/run.json"
+    )
+    lines.append(f"file_name entries are relative to {summary.source_root}")
+    if summary.ray_log:
+        lines.append(f"Ray's messages: {summary.ray_log} (--debug shows them here)")
+    return "\n".join(lines)
 
 
 def _package_versions() -> dict[str, str]:
@@ -197,8 +262,10 @@ MAX_PASSES = 3
 
 
 def _label(config: RunConfig, listing: Listing, index: ShardIndex, bank_file: BankFile,
-           categories: list, *, sam2_size: int) -> None:
+           categories: list, *, sam2_size: int, min_scores: list[float]) -> str | None:
     """Label the images of ``listing`` that ``index`` does not hold yet, in passes until none is missing.
+
+    Returns the file Ray's messages went to (None with ``config.ray_logs``).
 
     Raises:
         LabelerError: the cluster cannot hold the run, a stage stalled or failed
@@ -209,18 +276,23 @@ def _label(config: RunConfig, listing: Listing, index: ShardIndex, bank_file: Ba
     from labeler.cluster_fit import current_cluster, fit_actors, settle_nodes
     from labeler.pipeline import ray_session, run_pipeline
     from labeler.progress import PassAbandoned, PipelineStopped, Watchdog, start_tracker
+    from labeler.progress_display import ProgressDisplay
 
-    with ray_session(config.address, config.sam2_actors + config.dinov2_actors):
+    display = ProgressDisplay(listing.images, index.finished())
+    with ray_session(config.address, config.sam2_actors + config.dinov2_actors, quiet=not config.ray_logs) as ray_log, \
+            contextlib.closing(display):
         for attempt in range(1, MAX_PASSES + 1):
             # Sized anew each pass: the cluster may have lost nodes in the last one.
             fit = fit_actors(current_cluster(), config.sam2_actors, config.dinov2_actors, config.gpus_per_actor)
-            watchdog = Watchdog(start_tracker(), listing.images - index.finished(), config.rows_per_shard,
-                                config.stall_timeout, config.replan_after)
+            before = index.finished()
+            watchdog = Watchdog(start_tracker(), listing.images - before, config.rows_per_shard,
+                                config.stall_timeout, config.replan_after,
+                                on_progress=lambda rows, before=before: display.update(before + rows["dinov2"]))
             done = copy.deepcopy(index.done)  # what this pass skips; the index grows while it runs
             try:
                 with index.following(), watchdog:
                     run_pipeline(config, listing, done, bank_file, fit, watchdog.tracker,
-                                 categories=categories, sam2_size=sam2_size)
+                                 categories=categories, sam2_size=sam2_size, min_scores=min_scores)
             except PassAbandoned:
                 log.warning("pass %d abandoned (%s); planning the next one on what the cluster has now",
                             attempt, watchdog.reason)
@@ -232,9 +304,10 @@ def _label(config: RunConfig, listing: Listing, index: ShardIndex, bank_file: Ba
                     f"{watchdog.reason}; finished shards are kept, rerun the same command to resume"
                 ) from None
             index.update()
+            display.update(index.finished())
             missing = listing.images - index.finished()
             if not missing:
-                return
+                return str(ray_log) if ray_log else None
             log.warning("%d images were lost with failed workers or nodes in pass %d; labelling them again",
                         missing, attempt)
             settle_nodes()  # a node lost in this pass may still be listed, and would take the next pass's actors
@@ -263,7 +336,7 @@ def _merged_coco(config: RunConfig, counts: LabelCounts, categories: list, out_i
     """Write OUT/coco.json if asked or small enough (``--merged-coco``); remove a stale one of ours otherwise."""
     entries = counts.images_ok + counts.images_error + counts.detections
     if config.merged_coco == "always" or (config.merged_coco == "auto" and entries <= MERGED_COCO_MAX_ENTRIES):
-        write_coco(config.out, categories, out_id=out_id)
+        write_coco(config.out, categories, out_id=out_id, image_root=source_root(config.images, config.image_root))
         return True
     out_folder.remove_own_file(config.out, out_folder.COCO_NAME, out_id)
     log.info("%d label rows + detections: no merged coco.json (--merged-coco %s); the COCO shards are in %s/, "
@@ -287,6 +360,7 @@ def run_labeling(config: RunConfig) -> RunSummary:
     storage.check_output_folder(config.out)
     bank_file = BankFile.read(config.bank)
     bank = bank_file.load()
+    thresholds = config.label_filter(bank).thresholds(bank.category_ids)
     out_folder.check_not_foreign(config.out)
     sam2_size = _preflight(config, bank)
     entries = read_source(config.images, config.image_root)  # checks the source before OUT is touched
@@ -302,8 +376,10 @@ def run_labeling(config: RunConfig) -> RunSummary:
             skipped = index.finished()
             todo = listing.images - skipped
             log.info("%d images listed, %d already labelled, %d to do", listing.images, skipped, todo)
+            ray_log = None
             if todo:
-                _label(config, listing, index, bank_file, bank.categories, sam2_size=sam2_size)
+                ray_log = _label(config, listing, index, bank_file, bank.categories, sam2_size=sam2_size,
+                                 min_scores=thresholds.tolist())
             lock.check()
             labelled = time.monotonic()
             reconciled = index.reconcile(bank.categories)
@@ -313,6 +389,8 @@ def run_labeling(config: RunConfig) -> RunSummary:
                 duplicates_removed=reconciled.duplicates, rows_not_listed=reconciled.not_listed,
                 counts=index.counts, wall_seconds=time.monotonic() - started, listing=listing,
                 shards=index.shards, merged_coco=merged, after_last_image_seconds=time.monotonic() - labelled,
+                errors=index.errors, max_error_rate=config.max_error_rate,
+                source_root=source_root(config.images, config.image_root), ray_log=ray_log,
             )
             _write_manifest(config, bank, settings, summary, out_id)
     except OSError as error:
@@ -343,6 +421,9 @@ def _write_manifest(config: RunConfig, bank: PrototypeBank, settings: dict, summ
             "duplicates_removed": summary.duplicates_removed,
             "rows_moved_not_in_source": summary.rows_not_listed,
         },
+        "errors": [{"kind": kind, "count": e.count, "example_uri": e.example_uri, "example_reason": e.example_reason}
+                   for kind, e in summary.errors.most_common(ERROR_KINDS_IN_MANIFEST)],
+        "source_root": summary.source_root,
         "performance": {
             "proposals_per_image": round(summary.counts.proposals / max(summary.counts.images_ok, 1), 1),
             "sam2_to_dinov2_bytes_per_image": round(summary.counts.transfer_bytes_per_image),

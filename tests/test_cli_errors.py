@@ -90,7 +90,7 @@ CASES = {
     "visualize --out a file": (lambda r, refs, gt: ["visualize", "--pred", r / "run", "--out", r / "file.txt"],
                                "is a file; pass a folder"),
     "visualize --min-score nan": (lambda r, refs, gt: ["visualize", "--pred", r / "run", "--out", r / "v",
-                                                       "--min-score", "nan"], r"--min-score must be in \[0, 1\]"),
+                                                       "--min-score", "nan"], r"--min-score: nan is not in \[0, 1\]"),
     "export --out a file": (lambda r, refs, gt: ["export", "--pred", r / "run", "--format", "coco", "--out",
                                                  r / "file.txt"], "is a file; pass a folder"),
     "export --format bogus": (lambda r, refs, gt: ["export", "--pred", r / "run", "--format", "bogus", "--out",

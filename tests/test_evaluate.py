@@ -120,4 +120,7 @@ def test_cli_prints_and_saves(imperfect_run, tmp_path, run_cli):
     assert saved["metrics"]["segm"]["AP"] == evaluate(str(run), str(gt)).metrics["segm"]["AP"]
     assert "AR@100" in result.stdout and "disc" in result.stdout
     missing = run_cli("eval", "--pred", tmp_path / "nothing", "--gt", gt)
-    assert missing.exit_code == 2 and "no coco.json and no COCO shards" in missing.stderr
+    assert missing.exit_code == 2 and "--pred" in missing.stderr and "no such file or folder" in missing.stderr
+    (tmp_path / "nothing").mkdir()
+    empty = run_cli("eval", "--pred", tmp_path / "nothing", "--gt", gt)
+    assert empty.exit_code == 2 and "no coco.json and no COCO shards" in empty.stderr

@@ -21,7 +21,7 @@ from labeler.io.shards import list_shards
 from labeler.run import RunConfig, run_labeling
 from labeler.synthetic import generate_dataset
 
-from .conftest import BackgroundRun, assert_coco_shards_match_parquet, source_uris, stored_listing
+from .conftest import BackgroundRun, assert_coco_shards_match_parquet, load_json, source_uris, stored_listing
 
 TINY_RUN = dict(sam2="random:tiny", points_per_side=4, batch_size=4, rows_per_shard=4)
 
@@ -70,6 +70,7 @@ def test_every_image_exactly_once_and_parquet_agrees_with_coco(tmp_path, ray_ses
     assert sorted(listing.values()) == list(range(1, 14))  # sequential ids, in URI order
     assert [listing[uri] for uri in sorted(listing)] == list(range(1, 14))
     assert sorted((r["uri"], r["image_id"]) for r in rows) == sorted(listing.items())  # each once, none lost
+    assert all(r["file_name"] == Path(r["uri"]).relative_to(images).as_posix() for r in rows)  # relative to the folder
     by_uri = {r["uri"]: r for r in rows}
     assert by_uri[str(images / "empty.png")]["error"] == "decode failed: empty file"
     assert by_uri[str(images / "not-an-image.jpg")]["error"] == "decode failed: not an image file"
@@ -202,7 +203,7 @@ def test_killed_run_resumes_to_each_image_exactly_once(tmp_path, bank_path, run_
     out = tmp_path / "out"
     command = [sys.executable, "-m", "labeler", "run", "--bank", bank_path, "--images", str(images),
                "--out", str(out), "--sam2", "random:tiny", "--points-per-side", "4", "--batch-size", "2",
-               "--rows-per-shard", "2"]
+               "--rows-per-shard", "2", "--max-error-rate", "0.1"]  # 3 broken files of 43
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None and not (out / "_state" / "listing.json").exists():
@@ -391,3 +392,83 @@ def test_a_run_that_stops_moving_is_stopped_with_the_stage_named(tmp_path, ray_s
         server.close()
     assert time.monotonic() - started < 120
     assert os.listdir(out / "_state" / "lock") == []
+
+
+def test_file_names_are_relative_to_the_image_root_and_pycocotools_finds_every_image(
+        tmp_path, ray_session, bank_path, monkeypatch):
+    """Paths given relative to the working folder; the COCO output works with an image root, as
+    supervision, Detectron2 or MMDetection use it, and keeps the COCO source's own file_name."""
+    gt = generate_dataset(tmp_path / "data" / "targets", 6, seed=5, image_format="jpg")
+    monkeypatch.chdir(tmp_path / "data")
+    out = tmp_path / "out"
+    summary = run_labeling(RunConfig(bank=bank_path, images="targets/annotations.json", image_root="targets/images",
+                                     out=str(out), **TINY_RUN))
+    root = tmp_path / "data" / "targets" / "images"
+    assert summary.source_root == str(root) and load_json(out / "run.json")["source_root"] == str(root)
+    coco = COCO(str(out / "coco.json"))
+    assert coco.dataset["info"]["image_root"] == str(root)
+    images = coco.loadImgs(coco.getImgIds())
+    source = {image["id"]: image["file_name"] for image in load_json(gt)["images"]}
+    assert {image["id"]: image["file_name"] for image in images} == source and len(source) == 6
+    assert all("/" in name and not name.startswith("/") for name in source.values())  # sub-folders, relative
+    monkeypatch.chdir(tmp_path)  # a reader elsewhere, given only the image root
+    assert all(os.path.isfile(os.path.join(str(root), image["file_name"])) for image in images)
+    assert all(image["uri"] == str(root / image["file_name"]) for image in images)
+    rows = read_rows(out)
+    assert {r["image_id"]: r["file_name"] for r in rows} == source
+    assert all(r["uri"] == str(root / r["file_name"]) for r in rows)
+
+
+def test_exit_status_and_summary_when_every_image_fails(tmp_path, ray_session, bank_path, run_cli):
+    """A COCO source without its --image-root: every image is an error; the run says so and exits 1."""
+    gt = generate_dataset(tmp_path / "t", 3, seed=5, image_format="jpg")
+    first = load_json(gt)["images"][0]["file_name"]
+    result = run_cli("run", "--bank", bank_path, "--images", gt, "--out", tmp_path / "out", "--sam2", "random:tiny",
+                     "--points-per-side", "4", "--batch-size", "4")
+    assert result.exit_code == 1, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: no image was labelled (3 error images); the labels and error rows are in {tmp_path / 'out'}")
+    assert "OUT holds 0 ok + 3 error images" in result.stdout
+    assert "       3  read failed: no such file" in result.stdout
+    assert f"e.g. {tmp_path / 't' / first}: read failed: no such file" in result.stdout
+    assert f"file_name entries are relative to {tmp_path / 't'}" in result.stdout
+    errors = load_json(tmp_path / "out" / "run.json")["errors"]
+    assert [(e["kind"], e["count"]) for e in errors] == [("read failed: no such file", 3)]
+
+
+def test_an_error_share_above_the_limit_exits_1(tmp_path, ray_session, bank_path, run_cli):
+    images = make_targets(tmp_path / "t", 4)  # 4 images and 3 broken files: 43% errors
+    args = ["run", "--bank", bank_path, "--images", images, "--out", tmp_path / "out", "--sam2", "random:tiny",
+            "--points-per-side", "4", "--batch-size", "4"]
+    result = run_cli(*args)
+    assert result.exit_code == 1 and "42.9% of the images are errors, more than --max-error-rate 0.05" in result.stderr
+    assert "error images: 3 (42.9%), most common reasons:" in result.stdout
+    for reason in ("decode failed: empty file", "decode failed: not an image file"):
+        assert f"       1  {reason}" in result.stdout
+    allowed = run_cli(*args, "--max-error-rate", "0.5")  # resumes: nothing to do, the same OUT judged again
+    assert allowed.exit_code == 0 and "0 labelled now, 7 already done" in allowed.stdout
+
+
+def test_per_class_thresholds_and_a_class_subset_in_run(tmp_path, ray_session, bank_path):
+    """The filtered run holds exactly the baseline's detections that the filter keeps."""
+    images = make_targets(tmp_path / "t", 6)
+    run_labeling(RunConfig(bank=bank_path, images=str(images), out=str(tmp_path / "all"), **TINY_RUN))
+    baseline = {r["uri"]: r["detections"] for r in read_rows(tmp_path / "all")}
+    names = {c["id"]: c["name"] for c in load_json(tmp_path / "all" / "run.json")["categories"]}
+    scores = sorted(d["score"] for detections in baseline.values() for d in detections)
+    middle = round(scores[len(scores) // 2], 4)
+    first, second = list(names)[:2]
+    min_score = f"{middle},{names[first]}=0"
+    run_labeling(RunConfig(bank=bank_path, images=str(images), out=str(tmp_path / "some"), min_score=min_score,
+                           classes=f"{names[first]},{names[second]}", **TINY_RUN))
+    filtered = {r["uri"]: r["detections"] for r in read_rows(tmp_path / "some")}
+
+    def kept(d):
+        return d["category_id"] == first or (d["category_id"] == second and d["score"] >= middle)
+
+    assert filtered == {uri: [d for d in detections if kept(d)] for uri, detections in baseline.items()}
+    assert sum(map(len, filtered.values())) > 0
+    assert {d["category"] for detections in filtered.values() for d in detections} <= {names[first], names[second]}
+    settings = load_json(tmp_path / "some" / "_state" / "settings.json")
+    assert settings["settings"]["label_filter"] == {"default": middle, "classes": {names[first]: 0.0},
+                                                    "only": [names[c] for c in sorted((first, second))]}

@@ -72,11 +72,13 @@ def test_build_bank_and_run_with_everything_on_s3(tmp_path, s3, run_cli):
     assert bank.content_hash == local.content_hash  # same bank whether read from S3 or disk
 
     result = run_cli("run", "--bank", f"{root}/bank.safetensors", "--images", f"{root}/targets/", "--out",
-                     f"{root}/out", "--sam2", "random:tiny", "--points-per-side", "4", "--batch-size", "4")
+                     f"{root}/out", "--sam2", "random:tiny", "--points-per-side", "4", "--batch-size", "4",
+                     "--max-error-rate", "0.2")  # 1 broken image of 7
     assert result.exit_code == 0, result.stderr[-3000:]
     rows = [r for shard in list_shards(f"{root}/out") for r in pq.read_table(fs.open(shard)).to_pylist()]
     assert len(rows) == 7 and len({r["image_id"] for r in rows}) == 7
     assert all(r["uri"].startswith(f"{root}/targets/") for r in rows)
+    assert all(r["file_name"] == r["uri"].removeprefix(f"{root}/targets/") for r in rows)
     assert [r["status"] for r in rows].count("error") == 1
     manifest = fs.cat(f"{root}/out/run.json").decode()
     assert json.loads(manifest)["counts"]["images_ok"] == 6

@@ -15,6 +15,7 @@ import torch
 
 from labeler.errors import ModelLoadError
 from labeler.io import storage
+from labeler.models.hub_access import prepare_hub_model
 from labeler.models.spec import parse_spec
 
 if TYPE_CHECKING:
@@ -63,7 +64,8 @@ def load_dinov2_model(text: str) -> PreTrainedModel:
     if spec.kind == "random":
         model = build_random_dinov2(spec.value)
     elif spec.kind == "hub":
-        model = _from_pretrained(spec.value, what=f"DINOv2 {spec.value} (hub)")
+        what = f"DINOv2 {spec.value} (hub)"
+        model = _from_pretrained(spec.value, what=what, local_files_only=prepare_hub_model(spec.value, what=what))
     elif storage.is_local(spec.value):
         local = spec.value.removeprefix("file://")
         if not Path(local).expanduser().is_dir():
@@ -81,11 +83,11 @@ def load_dinov2_model(text: str) -> PreTrainedModel:
     return model.eval()
 
 
-def _from_pretrained(source: str, *, what: str) -> PreTrainedModel:
+def _from_pretrained(source: str, *, what: str, local_files_only: bool = False) -> PreTrainedModel:
     from transformers import AutoModel
 
     try:
-        return AutoModel.from_pretrained(source, use_safetensors=True)
+        return AutoModel.from_pretrained(source, use_safetensors=True, local_files_only=local_files_only)
     except OSError as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else "not found"
         raise ModelLoadError(f"{what}: cannot be loaded: {first_line}") from None

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from labeler.errors import ModelLoadError
 from labeler.io import storage
+from labeler.models.hub_access import hub_file
 from labeler.models.spec import ModelSpec, parse_spec
 
 TINY_CONFIG = Path(__file__).parent / "configs" / "sam2_tiny.yaml"
@@ -147,12 +148,12 @@ def load_sam2(text: str, device: torch.device | str = "cpu") -> torch.nn.Module:
 
 
 def _load_from_hub(model_id: str) -> torch.nn.Module:
-    from sam2.build_sam import build_sam2_hf
-
+    """The hub's checkpoint (from the local cache when there, :mod:`labeler.models.hub_access`),
+    loaded as a local checkpoint is."""
     if model_id not in _hub_files():
         raise ModelLoadError(f"SAM2 hub id {model_id!r} is not one of: {', '.join(_hub_files())}")
-    try:
-        return build_sam2_hf(model_id, device="cpu")
-    except Exception as error:
-        raise ModelLoadError(f"SAM2 {model_id}: cannot be fetched from the hub ({type(error).__name__}); "
-                             "pass a local checkpoint path instead") from None
+    config_name, checkpoint_name = _hub_files()[model_id]
+    checkpoint = hub_file(model_id, checkpoint_name, what=f"SAM2 {model_id} (hub)")
+    model = _instantiate(load_config(config_name))
+    load_checkpoint_weights(model, checkpoint)
+    return model

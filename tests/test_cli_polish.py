@@ -1,0 +1,102 @@
+"""The command line tells the truth quickly: --version, flags shown as flags, paths checked before
+torch or Ray load, hub ids that cannot be fetched fail in seconds with the way out."""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from labeler import __version__
+
+FIRST_LINES = textwrap.dedent("""
+    import sys
+    from labeler.cli import main
+    try:
+        main(sys.argv[1:])
+    except SystemExit as exit_:
+        print("exit", exit_.code, "torch" in sys.modules, "ray" in sys.modules)
+""")
+
+
+def cli_in_fresh_process(*args, env=None):
+    return subprocess.run([sys.executable, "-c", FIRST_LINES, *map(str, args)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **(env or {})})
+
+
+def test_version(run_cli):
+    result = run_cli("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"labeler {__version__}"
+
+
+@pytest.mark.parametrize("command, flags", [
+    ("run", ["--overwrite", "--compile", "--relist"]),
+    ("export", ["--keep-empty"]),
+    ("bench", ["--no-ray", "--check"]),
+])
+def test_flags_are_shown_as_flags(run_cli, command, flags):
+    text = run_cli(command, "--help").stdout
+    assert "<bool>" not in text and "BOOLEAN" not in text
+    for flag in flags:
+        line = next(line for line in text.splitlines() if line.strip().startswith(flag))
+        assert line.split()[0] == flag and not re.fullmatch(r"[A-Z_]+|<\w+>", line.split()[1])  # no value
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "--bank", "{missing}", "--images", "{here}", "--out", "{here}/out"],
+    ["run", "--bank", "{here}/bank.safetensors", "--images", "{missing}", "--out", "{here}/out"],
+    ["build-bank", "--refs", "{missing}", "--images", "{here}", "--out", "{here}/b.safetensors"],
+    ["export", "--pred", "{missing}", "--format", "yolo", "--out", "{here}/y"],
+    ["visualize", "--pred", "{here}", "--out", "{here}/v"],
+    ["eval", "--pred", "{missing}", "--gt", "{here}/gt.json"],
+])
+def test_a_wrong_path_is_reported_before_torch_or_ray_load(tmp_path, args):
+    (tmp_path / "bank.safetensors").write_bytes(b"x")
+    (tmp_path / "gt.json").write_text("{}")
+    args = [a.format(missing=tmp_path / "nope", here=tmp_path) for a in args]
+    result = cli_in_fresh_process(*args)
+    assert result.stdout.strip().endswith("exit 2 False False"), result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and ("nope: no such file or folder" in line or "no run.json" in line)
+
+
+@pytest.fixture
+def closed_hub(tmp_path):
+    """Environment of a machine whose hub does not answer (a port nothing listens on) and whose cache is empty."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return {"HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
+
+
+LOAD = "from labeler.models import load_dinov2, load_sam2\nimport sys\n{call}"
+
+
+@pytest.mark.parametrize("call", ['load_dinov2("facebook/dinov2-small")', 'load_sam2("facebook/sam2.1-hiera-tiny")'])
+def test_a_hub_id_that_cannot_be_fetched_fails_at_once_with_the_way_out(closed_hub, call):
+    for offline, reason in (("0", "cannot be reached"), ("1", "HF_HUB_OFFLINE is set")):
+        result = subprocess.run([sys.executable, "-c", LOAD.format(call=call)], capture_output=True, text=True,
+                                timeout=60, env={**os.environ, **closed_hub, "HF_HUB_OFFLINE": offline})
+        assert result.returncode != 0
+        message = result.stderr.strip().splitlines()[-1]
+        assert "ModelLoadError" in message and "not in the local Hugging Face cache" in message and reason in message
+        assert "pass a local path instead" in message and "HF_HUB_OFFLINE=1" in message
+
+
+def test_a_cached_hub_id_loads_without_the_hub(closed_hub, tmp_path):
+    """A model in the local cache is used as it is: no request to the hub, which here would never answer."""
+    snapshot = tmp_path / "hf" / "hub" / "models--someone--tiny-dinov2" / "snapshots" / "0123abcd"
+    build = textwrap.dedent(f"""
+        from labeler.models.dinov2_builder import build_random_dinov2
+        build_random_dinov2("tiny").save_pretrained({str(snapshot)!r})
+    """)
+    subprocess.run([sys.executable, "-c", build], check=True, timeout=120)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD.format(call='print(load_dinov2("someone/tiny-dinov2").feature_dim)')],
+        capture_output=True, text=True, timeout=120, env={**os.environ, **closed_hub})
+    assert result.returncode == 0 and result.stdout.strip() == "32", result.stderr[-2000:]
