@@ -317,6 +317,77 @@ def export_command(
                + ("" if keep_empty else " (--keep-empty keeps them as background)"))
 
 
+review_app = typer.Typer(rich_markup_mode=None, add_completion=False)
+app.add_typer(review_app, name="review",
+              help="Choose the labels a person should check and hand them to Label Studio or CVAT; "
+                   "`review merge` takes the corrections back.")
+
+
+@review_app.callback(invoke_without_command=True)
+def review_command(
+    ctx: typer.Context,
+    pred: Optional[str] = typer.Option(None, "--pred", help="Run folder."),
+    out: Optional[str] = typer.Option(None, "--out", help="Folder for the review (selection, Label Studio, CVAT)."),
+    n: int = typer.Option(200, "--n", help="Images to review."),
+    min_score: Optional[str] = typer.Option(None, "--min-score", help=MIN_SCORE_HELP + " Default 0.5."),
+    classes: Optional[str] = typer.Option(None, "--classes", help=CLASSES_HELP),
+    random_fraction: float = typer.Option(
+        0.25, "--random-fraction", help="Share of --n drawn at random (seeded): the unbiased estimate of quality."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random share."),
+    document_root: Optional[str] = typer.Option(
+        None, "--document-root",
+        help="LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT of the Label Studio server (default: the run's image root)."),
+    url_prefix: Optional[str] = typer.Option(
+        None, "--url-prefix", help="Address images as this URL + file_name instead (images served over HTTP)."),
+) -> None:
+    """Choose the images most worth a person's time and write them for Label Studio and CVAT."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if pred is None or out is None:
+        raise LabelerError("labeler review needs --pred and --out (or: labeler review merge --help)")
+    paths = _job_paths({"--pred": pred}, {"--out": out})
+    pred, out = paths["--pred"], paths["--out"]
+    _run_folder(pred)
+    _output_folder(out)
+    from collections import Counter
+
+    from labeler.review import prepare_review
+
+    result = prepare_review(pred, out, n=n, min_score=min_score, classes=classes, random_fraction=random_fraction,
+                            seed=seed, document_root=document_root, url_prefix=url_prefix)
+    shares = Counter(c.share for c in result.chosen)
+    reasons = Counter(c.reason for c in result.chosen if c.share == "uncertain")
+    typer.echo(
+        f"chose {len(result.chosen)} images: {shares['random']} at random, {shares['uncertain']} most uncertain ("
+        + ", ".join(f"{reason} {count}" for reason, count in reasons.most_common()) + f"); {result.predictions} "
+        f"predictions\nLabel Studio: {result.tasks} with {result.config}\nCVAT (COCO 1.0): {result.cvat}\n"
+        f"then: labeler review merge --pred {pred} --review {out} --labels EXPORT.json --out FINAL"
+    )
+
+
+@review_app.command("merge")
+def review_merge_command(
+    pred: str = typer.Option(..., "--pred", help="Run folder."),
+    review: str = typer.Option(..., "--review", help="The folder `labeler review` wrote."),
+    labels: str = typer.Option(..., "--labels", help="The reviewers' export: Label Studio JSON, or COCO from CVAT."),
+    out: str = typer.Option(..., "--out", help="Folder for the final training set and the report."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of the images in the val split (seeded)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the train/val split."),
+) -> None:
+    """Merge reviewed labels with the auto-labels into a training set; report what reviewers changed per class."""
+    paths = _job_paths({"--pred": pred, "--review": review, "--labels": labels}, {"--out": out})
+    pred, review, labels, out = paths["--pred"], paths["--review"], paths["--labels"], paths["--out"]
+    _run_folder(pred)
+    _output_folder(out)
+    from labeler.review_merge import merge_review
+
+    result = merge_review(pred, review, labels, out, val_fraction=val_fraction, seed=seed)
+    typer.echo(result.table())
+    typer.echo(f"wrote {result.folder}/annotations/instances_*.json: {result.images} images, {result.instances} "
+               f"instances ({result.reviewed_images} reviewed); {result.folder}/annotations/reviewed.json "
+               f"(for build-bank --refs); {result.folder}/report.json")
+
+
 @app.command("bench")
 def bench_command(
     sam2: Optional[str] = typer.Option(None, "--sam2", help="SAM2 spec (default: random:l on GPU, random:tiny on CPU)."),

@@ -6,7 +6,8 @@
 * ``class=value`` pairs, with an optional bare number as the default for the
   other classes (``0.5,person=0.7,car=0.3``); a class is its name or its id;
 * a JSON file (a path or URI ending in ``.json``), as ``labeler estimate``
-  writes it or by hand: ``{"default": 0.5, "classes": {"person": 0.7}}``.
+  writes it or by hand: ``{"default": 0.5, "classes": {"person": 0.7}}``,
+  optionally with ``"only": ["person", "car"]``, the kept classes.
 
 ``--classes`` keeps only the listed classes (names or ids, comma-separated).
 A detection is kept when its class is kept and its score is at least its
@@ -97,19 +98,32 @@ def _score(text: object, where: str) -> float:
     return value
 
 
-def _from_file(uri: str, categories: list[Category]) -> tuple[float, dict[int, float]]:
+def _from_file(uri: str, categories: list[Category]) -> tuple[float, dict[int, float], frozenset[int] | None]:
     if not storage.exists(uri):
         raise LabelerError(f"--min-score {uri}: no such file")
     try:
         data = json.loads(storage.read_bytes(uri))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise LabelerError(f"--min-score {uri}: not a JSON file ({error})") from None
+    return _from_json(data, categories, f"--min-score {uri}")
+
+
+def _from_json(data: object, categories: list[Category], where: str
+               ) -> tuple[float, dict[int, float], frozenset[int] | None]:
     if not isinstance(data, dict) or not isinstance(data.get("classes", {}), dict):
-        raise LabelerError(f'--min-score {uri}: expected {{"default": 0.5, "classes": {{"name": 0.7}}}}')
-    default = _score(data.get("default", 0.0), f"--min-score {uri}: default")
-    per_class = {_category_id(str(name), categories, f"--min-score {uri}"):
-                 _score(value, f"--min-score {uri}: class {name}") for name, value in data.get("classes", {}).items()}
-    return default, per_class
+        raise LabelerError(f'{where}: expected {{"default": 0.5, "classes": {{"name": 0.7}}}}')
+    default = _score(data.get("default", 0.0), f"{where}: default")
+    per_class = {_category_id(str(name), categories, where): _score(value, f"{where}: class {name}")
+                 for name, value in data.get("classes", {}).items()}
+    only = data.get("only")
+    kept = None if only is None else frozenset(_category_id(str(name), categories, where) for name in only)
+    return default, per_class, kept
+
+
+def label_filter_from_json(data: dict, categories: list[Category]) -> LabelFilter:
+    """The filter :meth:`LabelFilter.to_json` wrote (a thresholds file, a review's selection)."""
+    default, per_class, kept = _from_json(data, categories, "thresholds")
+    return LabelFilter(default, {c: t for c, t in per_class.items() if t != default}, kept)
 
 
 def _from_text(text: str, categories: list[Category]) -> tuple[float | None, dict[int, float]]:
@@ -136,14 +150,14 @@ def parse_label_filter(min_score: str | float | None, classes: str | None, categ
     """
     per_class: dict[int, float] = {}
     chosen: float | None = None
+    kept = None
     if isinstance(min_score, (int, float)):
         chosen = _score(min_score, "--min-score")
     elif min_score is not None and min_score.strip().lower().endswith(".json"):
-        chosen, per_class = _from_file(min_score.strip(), categories)
+        chosen, per_class, kept = _from_file(min_score.strip(), categories)
     elif min_score is not None:
         chosen, per_class = _from_text(min_score, categories)
     base = default if chosen is None else chosen
-    kept = None
     if classes is not None:
         kept = frozenset(_category_id(token, categories, "--classes") for token in classes.split(",") if token.strip())
         if not kept:

@@ -29,12 +29,13 @@ def write_coco(
     image_root: str | None = None,
     out_id: str | None = None,
     transform: Callable[[pa.Table], pa.Table] | None = None,
+    keep_ids: frozenset[int] = frozenset(),
 ) -> CocoCounts:
     """Write one COCO file (``OUT/coco.json`` by default) merged from the Parquet
     shards, one shard in memory at a time; annotation ids are numbered across the file.
 
     Detections ``label_filter`` drops are left out, and with ``drop_empty`` the
-    images left without any; ``with_scores=False`` writes a training set
+    images left without any but those in ``keep_ids``; ``with_scores=False`` writes a training set
     rather than results. ``image_root`` (the root the ``file_name`` entries
     are relative to) is recorded in ``info``. ``transform`` is applied to each
     shard's table first (an export picks its split and names there). ``out_id`` marks the file as the
@@ -53,7 +54,7 @@ def write_coco(
 
     with storage.open_atomic(target or out.rstrip("/") + "/coco.json") as binary:
         handle = io.TextIOWrapper(binary, encoding="utf-8")
-        counts = write_document(handle, tables, categories, info, label_filter, with_scores, drop_empty)
+        counts = write_document(handle, tables, categories, info, label_filter, with_scores, drop_empty, keep_ids)
         handle.detach()  # flushes; the atomic writer closes the file
     return counts
 

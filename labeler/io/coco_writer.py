@@ -36,12 +36,13 @@ def _rows(table: pa.Table, columns: list[str]) -> Iterator[dict]:
 
 
 def _image_entries(table: pa.Table, counts: CocoCounts, label_filter: LabelFilter | None,
-                   drop_empty: bool) -> Iterator[str]:
+                   drop_empty: bool, keep_ids: frozenset[int]) -> Iterator[str]:
     columns = ["image_id", "uri", "file_name", "width", "height", "status"] + (["detections"] if drop_empty else [])
     for row in _rows(table, columns):
         if row["status"] != STATUS_OK:
             continue
-        if drop_empty and not (label_filter.kept(row["detections"]) if label_filter else row["detections"]):
+        if drop_empty and row["image_id"] not in keep_ids and not (
+                label_filter.kept(row["detections"]) if label_filter else row["detections"]):
             counts.images_left_out += 1
             continue
         counts.images += 1
@@ -80,14 +81,14 @@ def _write_array(handle: TextIO, entries: Iterator[str]) -> None:
 
 def write_document(handle: TextIO, tables: Callable[[], Iterable[pa.Table]], categories: list[Category],
                    info: dict[str, Any], label_filter: LabelFilter | None = None, with_scores: bool = True,
-                   drop_empty: bool = False) -> CocoCounts:
+                   drop_empty: bool = False, keep_ids: frozenset[int] = frozenset()) -> CocoCounts:
     """Write a COCO document from the label tables ``tables()`` yields (called twice:
     images, then annotations).
 
     Images with status ``ok`` are listed with their ``file_name`` (relative to
     the source root) and, as an extra key, their ``uri``; detections the
     ``label_filter`` drops are left out, and with ``drop_empty`` so are the
-    images left without any; ``with_scores=False`` writes a training set
+    images left without any, except those in ``keep_ids``; ``with_scores=False`` writes a training set
     rather than results.
     """
     counts = CocoCounts()
@@ -95,7 +96,7 @@ def write_document(handle: TextIO, tables: Callable[[], Iterable[pa.Table]], cat
     handle.write(json.dumps([{"id": c.id, "name": c.name} for c in categories], ensure_ascii=False))
     handle.write(',\n"images": ')
     _write_array(handle, (entry for table in tables()
-                          for entry in _image_entries(table, counts, label_filter, drop_empty)))
+                          for entry in _image_entries(table, counts, label_filter, drop_empty, keep_ids)))
     handle.write(',\n"annotations": ')
     _write_array(handle, (entry for table in tables()
                           for entry in _annotation_entries(table, counts, label_filter, with_scores)))

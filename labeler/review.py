@@ -1,0 +1,159 @@
+"""``labeler review``: hand the labels a person should check to Label Studio or CVAT.
+
+A review folder holds, for the images :mod:`labeler.review_selection` chose:
+
+* ``selection.json``: the run, the filter, the seed, and each chosen image
+  (id, uri, file_name, size, share, uncertainty and its reason);
+* ``label-studio/tasks.json`` and ``label-studio/config.xml``: tasks with the
+  kept detections as predictions (brush masks in Label Studio's RLE, boxes,
+  class names, scores), and the labelling interface they are made for;
+* ``cvat/annotations/instances_default.json``: a COCO 1.0 set of the same
+  predictions, as CVAT imports it (masks as RLE, ``iscrowd: 1``, which is how
+  CVAT itself writes masks), ``file_name`` relative to the run's image root.
+
+``labeler review merge`` (:mod:`labeler.review_merge`) reads the reviewers'
+export back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from labeler.errors import LabelerError
+from labeler.io import storage
+from labeler.io.label_studio import labelling_config, prediction_regions
+from labeler.io.labels import STATUS_OK
+from labeler.io.rle import decode_masks
+from labeler.io.run_output import iter_label_rows, read_manifest, run_categories
+from labeler.label_filter import LabelFilter, parse_label_filter
+from labeler.review_selection import DEFAULT_RANDOM_FRACTION, Chosen, choose_for_review
+from labeler.visualize import category_colours
+
+SELECTION_NAME = "selection.json"
+LABEL_STUDIO_DIR = "label-studio"
+CVAT_FILE = "cvat/annotations/instances_default.json"
+#: Label Studio's URL for files under ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT``.
+LOCAL_FILES_URL = "/data/local-files/?d="
+
+
+def image_url(uri: str, file_name: str, *, document_root: str | None, url_prefix: str | None) -> str:
+    """Where Label Studio loads an image from.
+
+    ``url_prefix`` + ``file_name`` when the images are served over HTTP; a
+    remote URI as it is (``s3://``, ``gs://``: Label Studio signs them through a
+    connected cloud storage; ``http(s)://``: loaded directly); a local file as
+    Label Studio's local-files URL, relative to ``document_root`` (the folder
+    ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` names).
+
+    Raises:
+        LabelerError: a local image outside ``document_root``.
+    """
+    if url_prefix:
+        return url_prefix.rstrip("/") + "/" + quote(file_name)
+    if not storage.is_local(uri):
+        return uri
+    path = Path(uri.removeprefix("file://"))
+    root = Path(document_root or "/")
+    try:
+        relative = path.relative_to(root)
+    except ValueError:
+        raise LabelerError(f"--document-root {root}: image {path} is not under it") from None
+    return LOCAL_FILES_URL + quote(relative.as_posix())
+
+
+@dataclass
+class ReviewResult:
+    """What ``labeler review`` wrote."""
+
+    folder: Path
+    chosen: list[Chosen]
+    tasks: Path
+    config: Path
+    cvat: Path
+    predictions: int
+
+
+def _kept(row: dict, label_filter: LabelFilter) -> list[dict]:
+    return label_filter.kept(row["detections"])
+
+
+def prepare_review(pred: str, out_dir: str, *, n: int, min_score: str | float | None = None, classes: str | None = None,
+                   random_fraction: float = DEFAULT_RANDOM_FRACTION, seed: int = 0, document_root: str | None = None,
+                   url_prefix: str | None = None) -> ReviewResult:
+    """Choose ``n`` images of the run in ``pred`` and write them for review into ``out_dir`` (module doc).
+
+    ``min_score``/``classes`` choose the predictions shown (:mod:`labeler.label_filter`;
+    default threshold 0.5) and the threshold uncertainty is measured against.
+    """
+    if n < 1:
+        raise LabelerError("--n must be at least 1")
+    if not 0.0 <= random_fraction <= 1.0:
+        raise LabelerError("--random-fraction must be in [0, 1]")
+    categories = run_categories(pred)
+    label_filter = parse_label_filter(min_score, classes, categories, default=0.5)
+    root = document_root or read_manifest(pred).get("source_root")
+    chosen = choose_for_review(pred, n, label_filter, random_fraction=random_fraction, seed=seed)
+    if not chosen:
+        raise LabelerError(f"{pred}: no successfully labelled image to review")
+    folder = Path(out_dir)
+    (folder / LABEL_STUDIO_DIR).mkdir(parents=True, exist_ok=True)
+    by_id = {c.image_id: c for c in chosen}
+    names = {c.id: c.name for c in categories}
+    tasks: dict[int, dict] = {}
+    coco_images, coco_annotations = [], []
+    for row in iter_label_rows(pred):
+        if row["status"] != STATUS_OK or row["image_id"] not in by_id:
+            continue
+        kept = _kept(row, label_filter)
+        masks = decode_masks([d["rle"] for d in kept], row["height"], row["width"]).astype(bool)
+        regions = [region for d, mask in zip(kept, masks)
+                   for region in prediction_regions(names[d["category_id"]], d["score"], mask, d["bbox"])]
+        chosen_image = by_id[row["image_id"]]
+        tasks[row["image_id"]] = {
+            "data": {"image": image_url(row["uri"], row["file_name"], document_root=root, url_prefix=url_prefix),
+                     "labeler_image_id": row["image_id"], "file_name": row["file_name"],
+                     "review_share": chosen_image.share, "uncertainty": round(chosen_image.uncertainty, 4),
+                     "uncertainty_reason": chosen_image.reason},
+            "predictions": [{"model_version": "labeler", "score": round(chosen_image.uncertainty, 4),
+                             "result": regions}],
+        }
+        coco_images.append({"id": row["image_id"], "file_name": row["file_name"], "width": row["width"],
+                            "height": row["height"]})
+        for d in kept:
+            coco_annotations.append({
+                "id": len(coco_annotations) + 1, "image_id": row["image_id"], "category_id": d["category_id"],
+                "segmentation": {"size": [row["height"], row["width"]], "counts": d["rle"]},
+                "area": d["area"], "bbox": [round(v, 2) for v in d["bbox"]], "iscrowd": 1,
+                "attributes": {"score": round(d["score"], 6)},
+            })
+    tasks_path = folder / LABEL_STUDIO_DIR / "tasks.json"
+    ordered = [tasks[c.image_id] for c in chosen]  # the random share first: a partial review stays unbiased
+    tasks_path.write_text(json.dumps(ordered, ensure_ascii=False), encoding="utf-8")
+    config_path = folder / LABEL_STUDIO_DIR / "config.xml"
+    colours = category_colours(categories)
+    config_path.write_text(labelling_config([c.name for c in categories], [colours[c.id] for c in categories]),
+                           encoding="utf-8")
+    cvat_path = folder / CVAT_FILE
+    cvat_path.parent.mkdir(parents=True, exist_ok=True)
+    cvat_path.write_text(json.dumps({
+        "info": {"description": "labeler predictions for review", "image_root": root},
+        "licenses": [], "categories": [{"id": c.id, "name": c.name, "supercategory": ""} for c in categories],
+        "images": coco_images, "annotations": coco_annotations,
+    }, ensure_ascii=False), encoding="utf-8")
+    (folder / SELECTION_NAME).write_text(json.dumps({
+        "pred": pred, "n": n, "random_fraction": random_fraction, "seed": seed,
+        "label_filter": label_filter.to_json(categories), "source_root": read_manifest(pred).get("source_root"),
+        "images": [asdict(c) for c in chosen],
+    }, indent=1, ensure_ascii=False), encoding="utf-8")
+    return ReviewResult(folder, chosen, tasks_path, config_path, cvat_path, len(coco_annotations))
+
+
+def read_selection(review_dir: str) -> dict:
+    """A review folder's ``selection.json``."""
+    path = Path(review_dir) / SELECTION_NAME
+    if not path.is_file():
+        raise LabelerError(f"{review_dir}: no {SELECTION_NAME}; not a folder written by `labeler review`")
+    return json.loads(path.read_text(encoding="utf-8"))
