@@ -317,6 +317,46 @@ def export_command(
                + ("" if keep_empty else " (--keep-empty keeps them as background)"))
 
 
+@app.command("estimate")
+def estimate_command(
+    refs: str = typer.Option(..., "--refs", help="COCO JSON of the reference images (path or URI)."),
+    images: str = typer.Option(..., "--images", help="Folder or prefix the file_names are relative to."),
+    out: str = typer.Option(..., "--out", help="Local folder for the folds, the report, the picture and the thresholds."),
+    dinov2: str = typer.Option("facebook/dinov2-large", "--dinov2", help="DINOv2 spec: hub id, folder, random:<arch>."),
+    sam2: str = typer.Option("facebook/sam2.1-hiera-large", "--sam2", help="SAM2 spec."),
+    folds: int = typer.Option(5, "--folds", help="Groups of reference images (fewer images: one image per group)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split into groups."),
+    target_precision: float = typer.Option(
+        0.9, "--target-precision", help="Choose per-class thresholds reaching this precision on held-out images."),
+    device: str = typer.Option("auto", "--device", help="Device of the bank building: auto, cpu, cuda or cuda:N."),
+    points_per_side: int = typer.Option(32, "--points-per-side", help="Prompt grid side."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Images per model batch."),
+    sam2_actors: int = typer.Option(1, "--sam2-actors", help="SAM2 proposal actors."),
+    dinov2_actors: int = typer.Option(1, "--dinov2-actors", help="DINOv2 scoring actors."),
+    gpus_per_actor: float = typer.Option(1.0, "--gpus-per-actor", help="GPUs per model actor (fractions allowed)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS or local)."),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
+    storage_options: Optional[str] = typer.Option(None, "--storage-options", help=STORAGE_HELP),
+) -> None:
+    """Estimate label quality on the references (k-fold), and choose per-class thresholds for a precision."""
+    options = _storage(storage_options)
+    paths = _job_paths({"--refs": refs, "--images": images}, {"--out": out})
+    refs, images, out = paths["--refs"], paths["--images"], paths["--out"]
+    _output_folder(out)
+    from labeler.estimate import EstimateConfig, describe, run_estimate
+
+    result = run_estimate(EstimateConfig(
+        refs=refs, images=images, out=out, dinov2=dinov2, sam2=sam2, folds=folds, seed=seed,
+        target_precision=target_precision, device=device,
+        run_options=dict(points_per_side=points_per_side, batch_size=batch_size, sam2_actors=sam2_actors,
+                         dinov2_actors=dinov2_actors, gpus_per_actor=gpus_per_actor, address=address, dtype=dtype,
+                         max_error_rate=1.0, storage_options=options, ray_logs=_state["debug"]),
+    ))
+    typer.echo(describe(result, target_precision))
+    typer.echo(f"\nwrote {out}/report.txt, {out}/estimate.png, {out}/report.json and {out}/thresholds.json "
+               f"(use: --min-score {out}/thresholds.json)")
+
+
 review_app = typer.Typer(rich_markup_mode=None, add_completion=False)
 app.add_typer(review_app, name="review",
               help="Choose the labels a person should check and hand them to Label Studio or CVAT; "

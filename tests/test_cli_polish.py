@@ -52,6 +52,8 @@ def test_flags_are_shown_as_flags(run_cli, command, flags):
     ["export", "--pred", "{missing}", "--format", "yolo", "--out", "{here}/y"],
     ["visualize", "--pred", "{here}", "--out", "{here}/v"],
     ["eval", "--pred", "{missing}", "--gt", "{here}/gt.json"],
+    ["estimate", "--refs", "{missing}", "--images", "{here}", "--out", "{here}/e"],
+    ["review", "--pred", "{missing}", "--out", "{here}/r"],
 ])
 def test_a_wrong_path_is_reported_before_torch_or_ray_load(tmp_path, args):
     (tmp_path / "bank.safetensors").write_bytes(b"x")
