@@ -102,3 +102,27 @@ def test_a_cached_hub_id_loads_without_the_hub(closed_hub, tmp_path):
         [sys.executable, "-c", LOAD.format(call='print(load_dinov2("someone/tiny-dinov2").feature_dim)')],
         capture_output=True, text=True, timeout=120, env={**os.environ, **closed_hub})
     assert result.returncode == 0 and result.stdout.strip() == "32", result.stderr[-2000:]
+
+
+def test_a_cached_sam2_hub_checkpoint_loads_without_the_hub(closed_hub, tmp_path):
+    """The hub's SAM2 checkpoint, found in the cache, loads through labeler's own safe checkpoint path."""
+    snapshot = tmp_path / "hf" / "hub" / "models--facebook--sam2.1-hiera-tiny" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    check = textwrap.dedent(f"""
+        import torch
+        from labeler.models import load_sam2
+        from labeler.models.sam2_builder import build_random_sam2
+        reference = build_random_sam2("t")
+        with torch.no_grad():
+            for parameter in reference.parameters():
+                parameter.add_(1.0)  # weights no fresh model has: equal only if the checkpoint was loaded
+        torch.save({{"model": reference.state_dict()}}, {str(snapshot / "sam2.1_hiera_tiny.pt")!r})
+        loaded = load_sam2("facebook/sam2.1-hiera-tiny")
+        same = all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), loaded.state_dict().values()))
+        print("same" if same else "different")
+    """)
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, **closed_hub})
+    assert result.returncode == 0 and result.stdout.strip() == "same", result.stderr[-2000:]
