@@ -43,7 +43,6 @@ from labeler.cluster_fit import ACTOR_CPUS, DECODE_CPUS, WRITE_CPUS, Fit
 from labeler.io.coco import Category
 from labeler.io.id_set import IdSet
 from labeler.io.listing import Listing
-from labeler.io.sources import source_root
 from labeler.ray_logs import send_ray_logs_to_file
 
 if TYPE_CHECKING:
@@ -60,16 +59,18 @@ def ray_session(address: str | None, extra_cpus: int, quiet: bool = True) -> Ite
     local Ray with ``extra_cpus`` more logical CPUs than cores (the actors' own), and
     shut down what this call started.
 
-    ``quiet`` keeps Ray's messages out of the terminal (:mod:`labeler.ray_logs`):
-    its loggers write to a file, worker output stays in Ray's logs, and Ray
-    Data shows no progress of its own (the run shows its own). Yields that
-    file's path (None when not quiet).
+    With ``quiet``, a Ray this call starts or joins keeps its messages out of
+    the terminal (:mod:`labeler.ray_logs`): its loggers write to a file, worker
+    output stays in Ray's logs, and Ray Data shows no progress of its own (the
+    run shows its own). A Ray the caller started is left as the caller set it
+    up. Yields the log file's path, or None.
     """
     started = False
-    ray_log = send_ray_logs_to_file() if quiet else None
-    if quiet:
-        ray.data.DataContext.get_current().enable_progress_bars = False
+    ray_log = None
     if not ray.is_initialized():
+        if quiet:
+            ray_log = send_ray_logs_to_file()
+            ray.data.DataContext.get_current().enable_progress_bars = False
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
             ray.init(address=address, log_to_driver=not quiet)
@@ -145,6 +146,6 @@ def run_pipeline(
         proposals, Dinov2Scorer, fit.dinov2_actors, bank=bank, nms_thr=config.nms_thr,
         max_dets=config.max_dets, min_score=min_scores, dtype=config.dtype, compile=config.compile,
     )
-    sink = LabelShardSink(config.out, config.rows_per_shard, categories, source_root(config.images, config.image_root),
-                          config.storage_options, tracker)
+    sink = LabelShardSink(config.out, config.rows_per_shard, categories, config.source_root, config.storage_options,
+                          tracker)
     labels.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})

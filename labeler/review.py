@@ -28,7 +28,7 @@ from labeler.io.label_studio import labelling_config, prediction_regions
 from labeler.io.labels import STATUS_OK
 from labeler.io.rle import decode_masks
 from labeler.io.run_output import iter_label_rows, read_manifest, run_categories
-from labeler.label_filter import LabelFilter, parse_label_filter
+from labeler.label_filter import parse_label_filter
 from labeler.review_selection import DEFAULT_RANDOM_FRACTION, Chosen, choose_for_review
 from labeler.visualize import category_colours
 
@@ -76,10 +76,6 @@ class ReviewResult:
     predictions: int
 
 
-def _kept(row: dict, label_filter: LabelFilter) -> list[dict]:
-    return label_filter.kept(row["detections"])
-
-
 def prepare_review(pred: str, out_dir: str, *, n: int, min_score: str | float | None = None, classes: str | None = None,
                    random_fraction: float = DEFAULT_RANDOM_FRACTION, seed: int = 0, document_root: str | None = None,
                    url_prefix: str | None = None) -> ReviewResult:
@@ -94,7 +90,8 @@ def prepare_review(pred: str, out_dir: str, *, n: int, min_score: str | float | 
         raise LabelerError("--random-fraction must be in [0, 1]")
     categories = run_categories(pred)
     label_filter = parse_label_filter(min_score, classes, categories, default=0.5)
-    root = document_root or read_manifest(pred).get("source_root")
+    source_root = read_manifest(pred).get("source_root")
+    root = document_root or source_root
     chosen = choose_for_review(pred, n, label_filter, random_fraction=random_fraction, seed=seed)
     if not chosen:
         raise LabelerError(f"{pred}: no successfully labelled image to review")
@@ -107,7 +104,7 @@ def prepare_review(pred: str, out_dir: str, *, n: int, min_score: str | float | 
     for row in iter_label_rows(pred):
         if row["status"] != STATUS_OK or row["image_id"] not in by_id:
             continue
-        kept = _kept(row, label_filter)
+        kept = label_filter.kept(row["detections"])
         masks = decode_masks([d["rle"] for d in kept], row["height"], row["width"]).astype(bool)
         regions = [region for d, mask in zip(kept, masks)
                    for region in prediction_regions(names[d["category_id"]], d["score"], mask, d["bbox"])]
@@ -145,7 +142,7 @@ def prepare_review(pred: str, out_dir: str, *, n: int, min_score: str | float | 
     }, ensure_ascii=False), encoding="utf-8")
     (folder / SELECTION_NAME).write_text(json.dumps({
         "pred": pred, "n": n, "random_fraction": random_fraction, "seed": seed,
-        "label_filter": label_filter.to_json(categories), "source_root": read_manifest(pred).get("source_root"),
+        "label_filter": label_filter.to_json(categories), "source_root": source_root,
         "images": [asdict(c) for c in chosen],
     }, indent=1, ensure_ascii=False), encoding="utf-8")
     return ReviewResult(folder, chosen, tasks_path, config_path, cvat_path, len(coco_annotations))

@@ -131,6 +131,11 @@ class RunConfig:
             if not ok:
                 raise LabelerError(message)
 
+    @property
+    def source_root(self) -> str:
+        """What each image's ``file_name`` is relative to (:func:`labeler.io.sources.source_root`)."""
+        return source_root(self.images, self.image_root)
+
     def label_filter(self, bank: PrototypeBank) -> LabelFilter:
         """``--min-score`` and ``--classes`` over the bank's classes."""
         return parse_label_filter(self.min_score, self.classes, bank.categories)
@@ -336,7 +341,7 @@ def _merged_coco(config: RunConfig, counts: LabelCounts, categories: list, out_i
     """Write OUT/coco.json if asked or small enough (``--merged-coco``); remove a stale one of ours otherwise."""
     entries = counts.images_ok + counts.images_error + counts.detections
     if config.merged_coco == "always" or (config.merged_coco == "auto" and entries <= MERGED_COCO_MAX_ENTRIES):
-        write_coco(config.out, categories, out_id=out_id, image_root=source_root(config.images, config.image_root))
+        write_coco(config.out, categories, out_id=out_id, image_root=config.source_root)
         return True
     out_folder.remove_own_file(config.out, out_folder.COCO_NAME, out_id)
     log.info("%d label rows + detections: no merged coco.json (--merged-coco %s); the COCO shards are in %s/, "
@@ -390,7 +395,7 @@ def run_labeling(config: RunConfig) -> RunSummary:
                 counts=index.counts, wall_seconds=time.monotonic() - started, listing=listing,
                 shards=index.shards, merged_coco=merged, after_last_image_seconds=time.monotonic() - labelled,
                 errors=index.errors, max_error_rate=config.max_error_rate,
-                source_root=source_root(config.images, config.image_root), ray_log=ray_log,
+                source_root=config.source_root, ray_log=ray_log,
             )
             _write_manifest(config, bank, settings, summary, out_id)
     except OSError as error:
