@@ -121,6 +121,12 @@ def split_of(image_id: int, val_fraction: float, seed: int) -> str:
     return "val" if int.from_bytes(digest, "big") / 2**64 < val_fraction else "train"
 
 
+def rows_of_split(table: pa.Table, split: str, val_fraction: float, seed: int) -> pa.Table:
+    """The rows of ``table`` whose image falls in ``split`` (:func:`split_of`)."""
+    ids = table.column("image_id").to_pylist()
+    return table.filter(pa.array([split_of(i, val_fraction, seed) == split for i in ids], pa.bool_()))
+
+
 def export_name(row: dict) -> str:
     """Where an image goes inside an export: its ``file_name`` when that is a plain
     relative path (sub-folders kept), else ``<image_id>_<base name>``."""
@@ -264,8 +270,7 @@ def export_coco(pred: str, folder: Path, categories: list[Category], options: Ex
     image_root = str((folder / "images").resolve()) if options.images != "none" else read_manifest(pred).get("source_root")
     for split in SPLITS:
         def pick(table: pa.Table, split: str = split) -> pa.Table:
-            ids = table.column("image_id").to_pylist()
-            table = table.filter(pa.array([split_of(i, options.val_fraction, options.seed) == split for i in ids]))
+            table = rows_of_split(table, split, options.val_fraction, options.seed)
             if options.images == "none":
                 return table
             names = [export_name(row) for row in table.select(["image_id", "uri", "file_name"]).to_pylist()]

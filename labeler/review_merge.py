@@ -32,10 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pycocotools import mask as mask_utils
 
 from labeler.errors import LabelerError
-from labeler.export import SPLITS, split_of
+from labeler.export import SPLITS, rows_of_split
 from labeler.io import storage
 from labeler.io.coco import Category
 from labeler.io.coco_merge import write_coco
@@ -259,11 +260,7 @@ def merge_review(pred: str, review_dir: str, labels: str, out_dir: str, *, val_f
     source_root = selection.get("source_root")
     for split in SPLITS:
         def pick(table: pa.Table, split: str = split) -> pa.Table:
-            rows = [row for row in table.to_pylist() if split_of(row["image_id"], val_fraction, seed) == split]
-            for row in rows:
-                if row["image_id"] in replaced:
-                    row["detections"] = replaced[row["image_id"]]
-            return pa.Table.from_pylist(rows, schema=table.schema)
+            return with_reviewed_labels(rows_of_split(table, split, val_fraction, seed), replaced)
 
         target = folder / "annotations" / f"instances_{split}.json"
         counts = write_coco(pred, categories, target=str(target), label_filter=label_filter, with_scores=False,
@@ -272,11 +269,10 @@ def merge_review(pred: str, review_dir: str, labels: str, out_dir: str, *, val_f
         result.instances += counts.annotations
         if not counts.images and split == "val":
             target.unlink()
-    only_reviewed = frozenset(replaced)
+    reviewed_ids = pa.array(list(replaced), pa.int64())
     write_coco(pred, categories, target=str(folder / "annotations" / "reviewed.json"), with_scores=False,
-               image_root=source_root, transform=lambda table: pa.Table.from_pylist(
-                   [dict(row, detections=replaced[row["image_id"]]) for row in table.to_pylist()
-                    if row["image_id"] in only_reviewed], schema=table.schema))
+               image_root=source_root, transform=lambda table: with_reviewed_labels(
+                   table.filter(pc.is_in(table.column("image_id"), value_set=reviewed_ids)), replaced))
     (folder / "report.json").write_text(json.dumps({
         "reviewed_images": result.reviewed_images,
         "random_share": {name: f.to_json() for name, f in result.figures_random.items()},
@@ -284,6 +280,19 @@ def merge_review(pred: str, review_dir: str, labels: str, out_dir: str, *, val_f
         "more_shots": result.more_shots,
     }, indent=2, ensure_ascii=False), encoding="utf-8")
     return result
+
+
+def with_reviewed_labels(table: pa.Table, replaced: dict[int, list[dict]]) -> pa.Table:
+    """``table`` with the detections of reviewed images replaced by their reviewed instances;
+    a table without reviewed images is returned as it is, without a pass through Python."""
+    ids = table.column("image_id").to_pylist()
+    if not any(i in replaced for i in ids):
+        return table
+    rows = table.to_pylist()
+    for row in rows:
+        if row["image_id"] in replaced:
+            row["detections"] = replaced[row["image_id"]]
+    return pa.Table.from_pylist(rows, schema=table.schema)
 
 
 def _figures(pred: str, categories: list[Category], label_filter: LabelFilter, reviewed: dict[int, list[Instance]],
