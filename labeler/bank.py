@@ -26,9 +26,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from labeler import __version__
-from labeler.errors import BankError
+from labeler.errors import BankError, LabelerError
 from labeler.io import storage
-from labeler.io.coco import Category
+from labeler.io.coco import Category, check_class_names
 
 FORMAT_MARKER = "labeler-prototype-bank"
 FORMAT_VERSION = 1
@@ -109,6 +109,10 @@ class PrototypeBank:
             raise BankError(f"category ids must be 64-bit integers, got {ids[:5]}")
         if len(set(ids)) != len(ids):
             raise BankError("duplicate category ids")
+        try:
+            check_class_names(self.categories, "bank")
+        except LabelerError as error:
+            raise BankError(str(error)) from None
         if any(isinstance(a, bool) or not isinstance(a, int) or a not in INT64_RANGE for a in self.annotation_ids):
             raise BankError("annotation ids must be 64-bit integers")
         if not (isinstance(self.input_size, int) and MIN_INPUT_SIZE <= self.input_size <= MAX_INPUT_SIZE):

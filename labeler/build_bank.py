@@ -20,7 +20,7 @@ from labeler.bank import MAX_CONTEXT_RATIO, PrototypeBank
 from labeler.devices import resolve_device
 from labeler.errors import LabelerError
 from labeler.io import storage
-from labeler.io.coco import CocoAnnotation, CocoDataset, CocoImage, read_coco
+from labeler.io.coco import CocoAnnotation, CocoDataset, CocoImage, check_class_names, read_coco
 from labeler.io.images import DEFAULT_MAX_PIXELS, ImageDecodeError, read_image, resize_square
 from labeler.io.masks import box_to_mask, segmentation_to_mask
 from labeler.method.crops import DEFAULT_CONTEXT_RATIO, context_crop_box, crop_reference
@@ -229,6 +229,7 @@ def build_bank(
     dataset = read_coco(refs)
     if not dataset.categories:
         raise LabelerError(f"{refs}: no categories")
+    check_class_names([dataset.categories[i] for i in sorted(dataset.categories)], refs)
     annotations = select_annotations(dataset, shots, seed)
     torch_device = resolve_device(device)
     encoder = load_dinov2(dinov2, torch_device)

@@ -194,3 +194,25 @@ def test_debug_shows_the_traceback(tmp_path, run_cli):
     bad.write_text("[")
     with pytest.raises(Exception, match="malformed JSON"):
         run_cli("--debug", "build-bank", "--refs", bad, "--images", tmp_path, "--out", tmp_path / "b.safetensors")
+
+
+@pytest.mark.parametrize("names, message", [
+    (["dup", "disc", "dup"], "categories 1 and 7 are both named 'dup'"),  # ids 1, 3, 7, 12
+    (["Dog", "square", " Dog "], "categories 1 and 7 are both named 'Dog'"),  # trimmed
+    (["ﬁsh", "square", "fish"], "categories 1 and 7 are both named 'fish'"),  # NFKC: the ligature is f + i
+    (["disc", "bad-\ud800", "star"], "category 3: its name 'bad-\\\\ud800' is not valid Unicode"),
+    (["disc", "   ", "star"], "category 3: its name is blank"),
+])
+def test_class_names_every_command_can_key_by(tmp_path, run_cli, names, message):
+    """Issue 26, items 4 and 6: two classes named alike were merged by thresholds, --classes and review merge;
+    a lone surrogate stopped the run's writers ("2 images were still unlabelled after 3 passes")."""
+    refs = generate_dataset(tmp_path, 3, seed=4, objects_per_image=(3, 3))
+    document = load_json(refs)
+    for category, name in zip(document["categories"], names):
+        category["name"] = name
+    write_json(refs, document)
+    result = run_cli("build-bank", "--refs", refs, "--images", tmp_path / "images", "--out", tmp_path / "b.safetensors",
+                     "--dinov2", "random:tiny", "--sam2", "random:tiny", "--device", "cpu")
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert message.replace("\\\\", "\\") in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "b.safetensors").exists()

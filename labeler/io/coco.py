@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,36 @@ class CocoDataset:
     annotations: list[CocoAnnotation]
     categories: dict[int, Category]
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def name_key(name: str) -> str:
+    """What two class names must not share: their NFKC form, trimmed (``"Dog"`` and ``" Dog"`` are one class)."""
+    return unicodedata.normalize("NFKC", name).strip()
+
+
+def check_class_names(categories: list[Category], where: str) -> None:
+    """Class names that every command can key by: valid Unicode, not blank, and distinct.
+
+    Thresholds, ``--classes``, review merges and reports name classes; two classes
+    of one name would be merged there silently.
+
+    Raises:
+        LabelerError: naming the category (both ids for a duplicate).
+    """
+    seen: dict[str, int] = {}
+    for category in categories:
+        try:
+            category.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise LabelerError(f"{where}: category {category.id}: its name {category.name!r} is not valid Unicode "
+                               "(a lone surrogate)") from None
+        key = name_key(category.name)
+        if not key:
+            raise LabelerError(f"{where}: category {category.id}: its name is blank")
+        if key in seen:
+            raise LabelerError(f"{where}: categories {seen[key]} and {category.id} are both named {key!r}; "
+                               "give every class its own name")
+        seen[key] = category.id
 
 
 def _require(mapping: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
