@@ -98,26 +98,60 @@ def _score(text: object, where: str) -> float:
     return value
 
 
+def _json_score(value: object, where: str) -> float:
+    """A threshold in a JSON file: a JSON number, not ``true`` or the string ``"0.5"``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise LabelerError(f"{where}: {json.dumps(value)[:40]} is not a number")
+    return _score(value, where)
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """``json.loads`` hook: an object that names a key twice is refused (the last would win silently)."""
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise LabelerError(f"key {key!r} is given twice")
+        seen[key] = value
+    return seen
+
+
 def _from_file(uri: str, categories: list[Category]) -> tuple[float, dict[int, float], frozenset[int] | None]:
     if not storage.exists(uri):
         raise LabelerError(f"--min-score {uri}: no such file")
     try:
-        data = json.loads(storage.read_bytes(uri))
+        data = json.loads(storage.read_bytes(uri), object_pairs_hook=_unique_keys)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise LabelerError(f"--min-score {uri}: not a JSON file ({error})") from None
+    except LabelerError as error:
+        raise LabelerError(f"--min-score {uri}: {error}") from None
     return _from_json(data, categories, f"--min-score {uri}")
+
+
+def _add_once(per_class: dict[int, float], category_id: int, value: float, categories: list[Category],
+              where: str) -> None:
+    if category_id in per_class:
+        name = next(c.name for c in categories if c.id == category_id)
+        raise LabelerError(f"{where}: class {name!r} is given twice")
+    per_class[category_id] = value
 
 
 def _from_json(data: object, categories: list[Category], where: str
                ) -> tuple[float, dict[int, float], frozenset[int] | None]:
     if not isinstance(data, dict) or not isinstance(data.get("classes", {}), dict):
         raise LabelerError(f'{where}: expected {{"default": 0.5, "classes": {{"name": 0.7}}}}')
-    default = _score(data.get("default", 0.0), f"{where}: default")
-    per_class = {_category_id(str(name), categories, where): _score(value, f"{where}: class {name}")
-                 for name, value in data.get("classes", {}).items()}
+    default = _json_score(data.get("default", 0.0), f"{where}: default")
+    per_class: dict[int, float] = {}
+    for name, value in data.get("classes", {}).items():
+        _add_once(per_class, _category_id(str(name), categories, where),
+                  _json_score(value, f"{where}: class {name}"), categories, where)
     only = data.get("only")
-    kept = None if only is None else frozenset(_category_id(str(name), categories, where) for name in only)
-    return default, per_class, kept
+    if only is None:
+        return default, per_class, None
+    if not isinstance(only, list) or not all(isinstance(n, (str, int)) and not isinstance(n, bool) for n in only):
+        raise LabelerError(f'{where}: "only" must be a list of class names or ids, got {json.dumps(only)[:40]}')
+    if not only:
+        raise LabelerError(f'{where}: "only" names no class; leave it out to keep every class')
+    return default, per_class, frozenset(_category_id(str(name), categories, where) for name in only)
 
 
 def label_filter_from_json(data: dict, categories: list[Category]) -> LabelFilter:
@@ -133,7 +167,8 @@ def _from_text(text: str, categories: list[Category]) -> tuple[float | None, dic
             continue
         if "=" in item:
             name, value = item.rsplit("=", 1)
-            per_class[_category_id(name, categories, "--min-score")] = _score(value, f"--min-score {name.strip()}")
+            _add_once(per_class, _category_id(name, categories, "--min-score"),
+                      _score(value, f"--min-score {name.strip()}"), categories, "--min-score")
         elif default is None:
             default = _score(item, "--min-score")
         else:

@@ -80,3 +80,27 @@ def test_per_candidate_thresholds_drop_before_the_best_are_taken():
     scalar = select_detections(merged, 3, 0.65)
     assert scalar.tolist() == select_detections(merged, 3, torch.full((5,), 0.65)).tolist() == [0, 1, 2]
     assert np.isinf(parse_label_filter("0", "person", CATEGORIES).thresholds([3, 7, 9])[1:]).all()
+
+
+@pytest.mark.parametrize("document, message", [
+    ('{"only": 5}', '"only" must be a list of class names or ids, got 5'),  # was a traceback
+    ('{"only": "dog"}', '"only" must be a list of class names or ids, got "dog"'),  # was read as d, o, g
+    ('{"only": []}', '"only" names no class'),  # exported nothing with exit 0
+    ('{"default": true}', "default: true is not a number"),
+    ('{"default": "0.5"}', 'default: "0.5" is not a number'),
+    ('{"classes": {"dog": "0.5"}}', 'class dog: "0.5" is not a number'),
+    ('{"classes": {"dog": 0.5, "dog": 0.9}}', "key 'dog' is given twice"),  # the last won silently
+    ('{"classes": {"dog": 0.5, "9": 0.9}}', "class 'dog' is given twice"),
+])
+def test_thresholds_files_are_read_strictly(tmp_path, document, message):
+    """Issue 26, item 9."""
+    path = tmp_path / "thresholds.json"
+    path.write_text(document)
+    with pytest.raises(LabelerError, match=message.replace("(", "\\(").replace("[", "\\[")):
+        parse_label_filter(str(path), None, CATEGORIES)
+
+
+def test_a_class_given_twice_on_the_command_line_is_refused():
+    for text in ("dog=0.5,dog=0.9", "dog=0.5,9=0.9"):
+        with pytest.raises(LabelerError, match="--min-score: class 'dog' is given twice"):
+            parse_label_filter(text, None, CATEGORIES)
