@@ -39,7 +39,8 @@ import numpy as np
 from labeler.build_bank import build_bank
 from labeler.errors import LabelerError
 from labeler.evaluate import EvalReport, evaluate, load_ground_truth, load_predictions
-from labeler.io.coco import read_coco
+from labeler.io.coco import check_class_names, read_coco
+from labeler.io.published_folder import building, local_folder
 from labeler.quality import BACKGROUND, MISSED, ThresholdChoice, choose_threshold, confusion_counts, match_image
 from labeler.run import RunConfig, run_labeling
 
@@ -114,14 +115,27 @@ def run_estimate(config: EstimateConfig) -> EstimateResult:
         raise LabelerError("--folds must be at least 2")
     if not 0.0 < config.target_precision <= 1.0:
         raise LabelerError("--target-precision must be in (0, 1]")
+    if config.seed < 0:
+        raise LabelerError("--seed must be non-negative")
+    folder = local_folder(config.out)
     dataset = read_coco(config.refs)
+    check_class_names([dataset.categories[i] for i in sorted(dataset.categories)], config.refs)
     gt_document, notes = load_ground_truth(config.refs)
     image_ids = [image_id for image_id in dataset.images]
     if len(image_ids) < 2:
         raise LabelerError(f"{config.refs}: at least two reference images are needed to hold one out")
     fold = fold_of_images(image_ids, config.folds, config.seed)
     folds = max(fold.values()) + 1
-    out = Path(config.out)
+    details = {"command": "estimate", "refs": config.refs, "folds": folds, "seed": config.seed}
+    with building(folder, "estimate", details) as staging:
+        result = _estimate(config, staging, gt_document, notes, fold, folds)
+        _write_outputs(result, config)
+    result.folder = folder
+    return result
+
+
+def _estimate(config: EstimateConfig, out: Path, gt_document: dict, notes: list[str], fold: dict[int, int],
+              folds: int) -> EstimateResult:
     reports, pooled_images, pooled_annotations = [], [], []
     from labeler.pipeline import ray_session
 
@@ -132,14 +146,19 @@ def run_estimate(config: EstimateConfig) -> EstimateResult:
             folder = out / "folds" / str(k)
             folder.mkdir(parents=True, exist_ok=True)
             train, heldout = _fold_documents(gt_document, fold, k)
+            (folder / "refs.json").write_text(json.dumps(train))
+            (folder / "heldout.json").write_text(json.dumps(heldout))
+            if not train["categories"]:
+                notes.append(f"fold {k}: no reference annotation outside it, so no bank to label it with; its "
+                             f"{len(heldout['images'])} images count as labelled with nothing")
+                reports.append(evaluate_nothing(folder / "heldout.json", str(folder / "none.json")))
+                continue
             missing = sorted(c["name"] for c in gt_document["categories"]
                              if c not in train["categories"] and any(a["category_id"] == c["id"]
                                                                     for a in heldout["annotations"]))
             if missing:
                 notes.append(f"fold {k}: no reference of {', '.join(missing)} outside it; its instances there "
                              "count as missed")
-            (folder / "refs.json").write_text(json.dumps(train))
-            (folder / "heldout.json").write_text(json.dumps(heldout))
             bank = build_bank(str(folder / "refs.json"), config.images, dinov2=config.dinov2, sam2=config.sam2,
                               device=config.device)
             bank.save(str(folder / "bank.safetensors"))
@@ -158,9 +177,13 @@ def run_estimate(config: EstimateConfig) -> EstimateResult:
     pooled = evaluate(str(predictions_path), config.refs)
     iou_type = "segm" if "segm" in pooled.metrics else "bbox"
     thresholds, confusion = _thresholds_and_confusion(gt_document, pooled_annotations, config.target_precision)
-    result = EstimateResult(out, pooled, reports, thresholds, confusion, notes + pooled.notes, iou_type)
-    _write_outputs(result, config)
-    return result
+    return EstimateResult(out, pooled, reports, thresholds, confusion, notes + pooled.notes, iou_type)
+
+
+def evaluate_nothing(heldout: Path, path: str) -> EvalReport:
+    """The evaluation of a fold labelled with nothing (an empty predictions file at ``path``)."""
+    Path(path).write_text(json.dumps({"images": [], "annotations": []}))
+    return evaluate(path, str(heldout))
 
 
 def _thresholds_and_confusion(document: dict, detections: list[dict], target: float

@@ -29,10 +29,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -47,6 +46,7 @@ from labeler.io import storage
 from labeler.io.coco import Category
 from labeler.io.coco_merge import write_coco
 from labeler.io.labels import STATUS_OK
+from labeler.io.published_folder import building, check_apart, check_source_image_outside, local_folder
 from labeler.io.rle import decode_masks
 from labeler.io.run_output import iter_label_rows, read_manifest, run_categories
 from labeler.label_filter import LabelFilter, parse_label_filter
@@ -133,20 +133,60 @@ def export_name(row: dict) -> str:
     name = row.get("file_name") or ""
     parts = PurePosixPath(name).parts
     if name and "://" not in name and not PurePosixPath(name).is_absolute() and ".." not in parts and "\\" not in name:
-        return name
-    base = PurePosixPath(row["uri"].split("?")[0]).name or "image"
-    return f"{row['image_id']}_{base}"
+        return PurePosixPath(*parts).as_posix()
+    return f"{row['image_id']}_{_base_name(row)}"
+
+
+def _base_name(row: dict) -> str:
+    return PurePosixPath(row["uri"].split("?")[0]).name or "image"
+
+
+#: Names tried for one image before an export gives up.
+NAME_ATTEMPTS = 1 << 12
+
+
+def _candidate_names(row: dict) -> Iterator[str]:
+    """:func:`export_name`, then names made unique by the image id (for names another image took)."""
+    yield export_name(row)
+    yield f"{row['image_id']}_{_base_name(row)}"
+    for attempt in range(1, NAME_ATTEMPTS):
+        yield f"{row['image_id']}_{attempt}_{_base_name(row)}"
+
+
+def _create_exclusively(path: Path) -> bool:
+    """Create ``path`` empty; False when it exists (another image of this export took the name)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def claim_name(row: dict, folder: Path, companion: Callable[[str], Path] | None = None) -> str:
+    """The first of :func:`_candidate_names` that no other image of this export holds, claimed by
+    creating ``folder/name`` (and ``companion(name)``, a YOLO label file) exclusively. The check is
+    the file system's own: ``twin.jpg`` and ``twin.png`` would share one YOLO label, and names
+    equal but for case share one file on a case-insensitive disk."""
+    for name in _candidate_names(row):
+        extra = companion(name) if companion else None
+        if extra is not None and not _create_exclusively(extra):
+            continue
+        if _create_exclusively(folder / name):
+            return name
+        if extra is not None:
+            extra.unlink()
+    raise LabelerError(f"image {row['image_id']} ({row['uri']}): no free name for it in the export")
 
 
 def place_image(uri: str, target: Path, mode: str) -> None:
-    """Put the image at ``uri`` at ``target``: a copy, or a relative symbolic link (local images only)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists() or target.is_symlink():
-        target.unlink()
+    """Put the image at ``uri`` at ``target`` (claimed by :func:`claim_name`, so a file of this
+    export, empty): a copy, or a relative symbolic link (local images only)."""
     local = storage.is_local(uri)
     if mode == "link":
         if not local:
             raise LabelerError(f"--images link: {uri} is not a local file; use --images copy")
+        target.unlink()
         os.symlink(os.path.relpath(os.path.abspath(uri.removeprefix("file://")), target.parent), target)
     elif local:
         shutil.copyfile(uri.removeprefix("file://"), target)
@@ -159,6 +199,8 @@ class ExportOptions:
     """What every format shares: which detections and images go in, and how images are held."""
 
     label_filter: LabelFilter
+    folder: Path  # where the export is published (no source image may lie inside it)
+    category_ids: frozenset[int]  # the run's classes
     keep_empty: bool = False  # keep images without a kept detection (as background)
     images: str = "none"
     val_fraction: float = 0.0
@@ -171,7 +213,12 @@ def _exported_rows(pred: str, options: ExportOptions, result: ExportResult) -> I
     for row in iter_label_rows(pred):
         if row["status"] != STATUS_OK:
             continue
+        check_source_image_outside(row["uri"], options.folder)
         kept = options.label_filter.kept(row["detections"])
+        unknown = {d["category_id"] for d in kept} - options.category_ids
+        if unknown:
+            raise LabelerError(f"{pred}: image {row['image_id']} has detections of category {min(unknown)}, which "
+                               "its run.json does not list; rerun the same `labeler run` command to write it anew")
         if not kept and not options.keep_empty:
             result.images_left_out += 1
             continue
@@ -192,22 +239,19 @@ def _polygon_lines(row: dict, kept: list[dict], index: dict[int, int], simplify:
 
 
 def export_yolo(pred: str, folder: Path, categories: list[Category], options: ExportOptions) -> ExportResult:
-    """Ultralytics' segmentation layout (module doc), split into ``train``/``val``."""
-    if options.images == "none":
-        raise LabelerError("--images none: a YOLO set needs its images beside its labels; use copy or link")
+    """Ultralytics' segmentation layout (module doc), split into ``train``/``val``, written into ``folder``."""
     index = {category.id: position for position, category in enumerate(categories)}
-    result = ExportResult(folder)
+    result = ExportResult(options.folder)
     for row, kept in _exported_rows(pred, options, result):
         lines = _polygon_lines(row, kept, index, options.simplify)
         if not lines and not options.keep_empty:  # every kept mask too thin for a polygon
             result.images_left_out += 1
             continue
         split = split_of(row["image_id"], options.val_fraction, options.seed)
-        name = export_name(row)
-        place_image(row["uri"], folder / "images" / split / name, options.images)
-        label = (folder / "labels" / split / name).with_suffix(".txt")
-        label.parent.mkdir(parents=True, exist_ok=True)
-        label.write_text("\n".join(lines) + ("\n" if lines else ""))
+        images, labels = folder / "images" / split, folder / "labels" / split
+        name = claim_name(row, images, companion=lambda name: (labels / name).with_suffix(".txt"))
+        place_image(row["uri"], images / name, options.images)
+        (labels / name).with_suffix(".txt").write_text("\n".join(lines) + ("\n" if lines else ""))
         result.count(split, len(lines))
     splits = {split: f"images/{split}" for split in SPLITS if result.splits.get(split)}
     data = {"train": splits.get("train", "images/val"), "val": splits.get("val", splits.get("train", "images/train")),
@@ -222,13 +266,12 @@ def export_yolo(pred: str, folder: Path, categories: list[Category], options: Ex
 
 
 def export_semantic(pred: str, folder: Path, categories: list[Category], options: ExportOptions) -> ExportResult:
-    """One class-index PNG per image (module doc); no split."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """One class-index PNG per image (module doc), written into ``folder``; no split."""
     index = {category.id: position + 1 for position, category in enumerate(categories)}
     dtype = np.uint8 if len(categories) < 256 else np.uint16
     colours = category_colours(categories)
     palette = [0, 0, 0] + [v for c in categories for v in colours[c.id]]
-    result = ExportResult(folder)
+    result = ExportResult(options.folder)
     for row, kept in _exported_rows(pred, options, result):
         kept = sorted(kept, key=lambda d: d["score"])  # highest score painted last
         masks = decode_masks([d["rle"] for d in kept], row["height"], row["width"]).astype(bool)
@@ -244,7 +287,7 @@ def export_semantic(pred: str, folder: Path, categories: list[Category], options
     legend = {"0": {"category_id": None, "name": "background", "colour": [0, 0, 0]}}
     legend.update({str(index[c.id]): {"category_id": c.id, "name": c.name, "colour": list(colours[c.id])}
                    for c in categories})
-    (folder / "legend.json").write_text(json.dumps(legend, indent=2))
+    (folder / "legend.json").write_text(json.dumps(legend, indent=2, ensure_ascii=False), encoding="utf-8")
     _legend_picture(legend, folder / "legend.png")
     return result
 
@@ -260,20 +303,25 @@ def _legend_picture(legend: dict, path: Path) -> None:
 
 
 def export_coco(pred: str, folder: Path, categories: list[Category], options: ExportOptions) -> ExportResult:
-    """``annotations/instances_<split>.json`` (no scores); with ``--images copy`` or ``link``
-    the images under ``images/`` and each ``file_name`` relative to it, else each
+    """``annotations/instances_<split>.json`` (no scores) in ``folder``; with ``--images copy`` or
+    ``link`` the images under ``images/`` and each ``file_name`` relative to it, else each
     ``file_name`` relative to the run's source root (``info.image_root``)."""
-    result = ExportResult(folder)
+    result = ExportResult(options.folder)
+    renamed: dict[int, str] = {}  # images whose name another image of the export took first
     if options.images != "none":
         for row, _ in _exported_rows(pred, options, ExportResult(folder)):  # the documents count what is left out
-            place_image(row["uri"], folder / "images" / export_name(row), options.images)
-    image_root = str((folder / "images").resolve()) if options.images != "none" else read_manifest(pred).get("source_root")
+            name = claim_name(row, folder / "images")
+            place_image(row["uri"], folder / "images" / name, options.images)
+            if name != export_name(row):
+                renamed[row["image_id"]] = name
+    image_root = str(options.folder / "images") if options.images != "none" else read_manifest(pred).get("source_root")
     for split in SPLITS:
         def pick(table: pa.Table, split: str = split) -> pa.Table:
             table = rows_of_split(table, split, options.val_fraction, options.seed)
             if options.images == "none":
                 return table
-            names = [export_name(row) for row in table.select(["image_id", "uri", "file_name"]).to_pylist()]
+            names = [renamed.get(row["image_id"]) or export_name(row)
+                     for row in table.select(["image_id", "uri", "file_name"]).to_pylist()]
             return table.set_column(table.schema.get_field_index("file_name"), "file_name", pa.array(names, pa.string()))
 
         target = folder / "annotations" / f"instances_{split}.json"
@@ -290,10 +338,15 @@ def export_coco(pred: str, folder: Path, categories: list[Category], options: Ex
     return result
 
 
+_WRITERS = {"coco": export_coco, "yolo": export_yolo, "semantic": export_semantic}
+#: ``--simplify`` above this many pixels is refused (OpenCV's limit is far above any useful tolerance).
+MAX_SIMPLIFY = 1000.0
+
+
 def export(pred: str, fmt: str, out_dir: str, *, min_score: str | float | None = None, classes: str | None = None,
            images: str | None = None, val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0,
            keep_empty: bool = False, simplify: float = DEFAULT_SIMPLIFY) -> ExportResult:
-    """Export the labels of the run in ``pred`` as ``fmt`` into ``out_dir``.
+    """Export the labels of the run in ``pred`` as ``fmt`` into the local folder ``out_dir``.
 
     ``min_score`` and ``classes`` choose the detections (:mod:`labeler.label_filter`);
     ok images left without one are left out unless ``keep_empty``. ``images``
@@ -301,25 +354,34 @@ def export(pred: str, fmt: str, out_dir: str, *, min_score: str | float | None =
     ``yolo`` and ``none`` otherwise. ``val_fraction`` of the images go to the
     ``val`` split (``coco`` and ``yolo``), chosen by ``seed``. ``simplify`` is the
     YOLO polygons' tolerance in pixels (0 keeps every contour vertex).
+
+    The set is built beside ``out_dir`` and published whole (:mod:`labeler.io.published_folder`):
+    a previous export there is replaced at once, never mixed with this one, and
+    an ``out_dir`` that holds anything else, or that overlaps the run's images, is
+    refused before any work.
     """
     if fmt not in FORMATS:
         raise LabelerError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     images = images or ("copy" if fmt == "yolo" else "none")
     checks = [
         (images in IMAGE_MODES, f"--images must be one of {', '.join(IMAGE_MODES)}"),
+        (fmt != "yolo" or images != "none",
+         "--images none: a YOLO set needs its images beside its labels; use copy or link"),
         (0.0 <= val_fraction < 1.0, "--val-fraction must be in [0, 1)"),
-        (simplify >= 0.0 and math.isfinite(simplify), "--simplify must be a non-negative number of pixels"),
+        (0.0 <= simplify <= MAX_SIMPLIFY, f"--simplify must be a number of pixels in [0, {MAX_SIMPLIFY:g}]"),
+        (seed >= 0, "--seed must be non-negative"),
     ]
     for ok, message in checks:
         if not ok:
             raise LabelerError(message)
+    folder = local_folder(out_dir)
+    manifest = read_manifest(pred)
     categories = run_categories(pred)
-    options = ExportOptions(parse_label_filter(min_score, classes, categories), keep_empty, images,
-                            val_fraction, seed, simplify)
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    if fmt == "yolo":
-        return export_yolo(pred, folder, categories, options)
-    if fmt == "semantic":
-        return export_semantic(pred, folder, categories, options)
-    return export_coco(pred, folder, categories, options)
+    check_apart(folder, manifest.get("source_root"))
+    options = ExportOptions(parse_label_filter(min_score, classes, categories), folder,
+                            frozenset(c.id for c in categories), keep_empty, images, val_fraction, seed, simplify)
+    details = {"command": "export", "export_format": fmt, "pred": os.path.abspath(pred) if storage.is_local(pred) else pred,
+               "run": manifest.get("out_id"), "filter": options.label_filter.to_json(categories), "images": images,
+               "val_fraction": val_fraction, "seed": seed, "keep_empty": keep_empty}
+    with building(folder, "export", details) as staging:
+        return _WRITERS[fmt](pred, staging, categories, options)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import colorsys
 import html
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +16,13 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from labeler.errors import LabelerError  # noqa: E402
-from labeler.io import storage  # noqa: E402
-from labeler.io.coco import Category  # noqa: E402
+from labeler.io.coco import Category, CocoAnnotation, read_coco  # noqa: E402
 from labeler.io.images import read_image  # noqa: E402
 from labeler.io.labels import STATUS_OK  # noqa: E402
 from labeler.io.masks import segmentation_to_mask  # noqa: E402
+from labeler.io.published_folder import building, check_apart, local_folder  # noqa: E402
 from labeler.io.rle import decode_masks  # noqa: E402
-from labeler.io.run_output import iter_label_rows, run_categories  # noqa: E402
+from labeler.io.run_output import iter_label_rows, read_manifest, run_categories  # noqa: E402
 from labeler.label_filter import LabelFilter, parse_label_filter  # noqa: E402
 
 MASK_ALPHA = 0.45
@@ -90,15 +89,17 @@ def _prediction_overlays(row: dict, names: dict[int, str], label_filter: LabelFi
     ]
 
 
-def _ground_truth_overlays(annotations: list[dict], height: int, width: int, names: dict[int, str]) -> list[Overlay]:
+def _ground_truth_overlays(annotations: list[CocoAnnotation], height: int, width: int, names: dict[int, str],
+                           source: str) -> list[Overlay]:
     overlays = []
     for annotation in annotations:
-        if annotation.get("segmentation"):
-            mask = segmentation_to_mask(annotation["segmentation"], height, width, where=f"annotation {annotation['id']}")
+        if annotation.segmentation:
+            mask = segmentation_to_mask(annotation.segmentation, height, width,
+                                        where=f"--gt {source}: annotation {annotation.id}")
         else:
             mask = np.zeros((height, width), dtype=np.uint8)
-        name = names.get(annotation["category_id"], str(annotation["category_id"]))
-        overlays.append(Overlay(annotation["category_id"], mask.astype(bool), tuple(annotation["bbox"]), name))
+        name = names.get(annotation.category_id, str(annotation.category_id))
+        overlays.append(Overlay(annotation.category_id, mask.astype(bool), annotation.bbox, name))
     return overlays
 
 
@@ -141,10 +142,21 @@ def visualize(pred: str, out_dir: str, *, n: int = 32, min_score: str | float | 
     """
     if n < 1:
         raise LabelerError("--n must be at least 1")
+    if seed < 0:
+        raise LabelerError("--seed must be non-negative")
+    folder = local_folder(out_dir)
+    check_apart(folder, read_manifest(pred).get("source_root"))
     categories = run_categories(pred)
     label_filter = parse_label_filter(min_score, classes, categories, default=0.5)
     names = {c.id: c.name for c in categories}
     colours = category_colours(categories)
+    gt_annotations: dict[int, list[CocoAnnotation]] | None = None
+    if gt is not None:
+        truth = read_coco(gt)  # checked field by field before any picture is drawn
+        gt_annotations = {}
+        for annotation in truth.annotations:
+            gt_annotations.setdefault(annotation.image_id, []).append(annotation)
+        names = {**{c.id: c.name for c in truth.categories.values()}, **names}
     counts: Counter = Counter()
     scores: list[float] = []
     ok_ids: list[int] = []
@@ -163,35 +175,29 @@ def visualize(pred: str, out_dir: str, *, n: int = 32, min_score: str | float | 
     if not ok_ids:
         raise LabelerError(f"{pred}: no successfully labelled image to draw")
     chosen = set(np.random.default_rng(seed).choice(sorted(ok_ids), size=min(n, len(ok_ids)), replace=False).tolist())
-    gt_annotations: dict[int, list[dict]] | None = None
-    if gt is not None:
-        document = json.loads(storage.read_bytes(gt))
-        gt_annotations = {}
-        for annotation in document.get("annotations", []):
-            gt_annotations.setdefault(annotation["image_id"], []).append(annotation)
-        names = {**{c["id"]: c["name"] for c in document.get("categories", [])}, **names}
-
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    pictures, cards = [], []
-    for row in iter_label_rows(pred):
-        if row["image_id"] not in chosen:
-            continue
-        pixels = read_image(row["uri"])
-        overlays = _prediction_overlays(row, names, label_filter)
-        picture = _titled(draw_overlays(pixels, overlays, colours), f"prediction ({label_filter.describe(categories)})")
-        if gt_annotations is not None:
-            truth = _ground_truth_overlays(gt_annotations.get(row["image_id"], []), row["height"], row["width"], names)
-            picture = _side_by_side(picture, _titled(draw_overlays(pixels, truth, colours), "ground truth"))
-        path = folder / f"{row['image_id']}.png"
-        picture.save(path)
-        pictures.append(path)
-        cards.append((path.name, row["image_id"], row["uri"], len(overlays)))
-    summary = folder / "summary.png"
-    _summary_plot(counts, scores, categories, summary)
-    index = folder / "index.html"
-    index.write_text(_contact_sheet(cards, pred, label_filter.describe(categories), failed, errors), encoding="utf-8")
-    return VisualizeResult(pictures=pictures, index=index, summary=summary, errors=errors)
+    details = {"command": "visualize", "pred": pred, "n": n, "seed": seed, "filter": label_filter.to_json(categories)}
+    with building(folder, "pictures", details) as staging:
+        pictures, cards = [], []
+        for row in iter_label_rows(pred):
+            if row["image_id"] not in chosen:
+                continue
+            pixels = read_image(row["uri"])
+            overlays = _prediction_overlays(row, names, label_filter)
+            picture = _titled(draw_overlays(pixels, overlays, colours),
+                              f"prediction ({label_filter.describe(categories)})")
+            if gt_annotations is not None:
+                truth_overlays = _ground_truth_overlays(gt_annotations.get(row["image_id"], []), row["height"],
+                                                        row["width"], names, gt)
+                picture = _side_by_side(picture, _titled(draw_overlays(pixels, truth_overlays, colours),
+                                                         "ground truth"))
+            picture.save(staging / f"{row['image_id']}.png")
+            pictures.append(folder / f"{row['image_id']}.png")
+            cards.append((f"{row['image_id']}.png", row["image_id"], row["uri"], len(overlays)))
+        _summary_plot(counts, scores, categories, staging / "summary.png")
+        (staging / "index.html").write_text(_contact_sheet(cards, pred, label_filter.describe(categories), failed,
+                                                           errors), encoding="utf-8")
+    return VisualizeResult(pictures=pictures, index=folder / "index.html", summary=folder / "summary.png",
+                           errors=errors)
 
 
 def plural(count: int, noun: str) -> str:

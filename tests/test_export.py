@@ -280,3 +280,141 @@ def test_yolo_class_names_keep_every_character(tmp_path, gt_and_run):
     text = (tmp_path / "yolo" / "data.yaml").read_text(encoding="utf-8")
     assert "🚢" in text and "\\ud83d" not in text
     assert list(yaml.safe_load(text)["names"].values()) == [c["name"] for c in manifest["categories"]]
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (links as their target) with its bytes; the marker left out."""
+    return {str(p.relative_to(folder)): (os.readlink(p).encode() if p.is_symlink() else p.read_bytes())
+            for p in sorted(folder.rglob("*")) if not p.is_dir() and p.name != ".labeler.json"}
+
+
+def test_an_export_into_the_folder_of_its_source_images_is_refused_and_touches_nothing(tmp_path, run_cli):
+    """Issue 26, item 1: the run's images live in DS/images/...; copy unlinked each image before failing to copy
+    it onto itself, link made each image a link to itself, semantic and visualize overwrote 1.png, 2.png, ..."""
+    gt = generate_dataset(tmp_path / "DS", 3, seed=8)
+    run = fake_run(tmp_path / "run", gt)
+    before = tree(tmp_path / "DS")
+    for command in (("export", "--format", "yolo", "--images", "copy"), ("export", "--format", "yolo",
+                    "--images", "link"), ("export", "--format", "coco", "--images", "copy"),
+                    ("export", "--format", "semantic"), ("visualize",)):
+        for out in (tmp_path / "DS", tmp_path / "DS" / "images" / "sub", tmp_path):  # the root, inside, around
+            result = run_cli(command[0], "--pred", run, "--out", out, *command[1:])
+            assert result.exit_code == 2 and "overlaps the run's image folder" in result.stderr, (command, out)
+    assert tree(tmp_path / "DS") == before
+
+    numbered = tmp_path / "maps"
+    numbered.mkdir()
+    for name in ("1.png", "2.png"):
+        (numbered / name).write_bytes(b"mine")
+    for command in (("export", "--format", "semantic"), ("visualize",)):
+        result = run_cli(command[0], "--pred", run, "--out", numbered, *command[1:])
+        assert result.exit_code == 2 and "was not written by labeler" in result.stderr
+    assert tree(numbered) == {"1.png": b"mine", "2.png": b"mine"}
+
+    # A run of the images of an earlier export (a list source: they may lie anywhere, here behind a link),
+    # exported into that export's folder: the image inside --out is found image by image.
+    exported = tmp_path / "exported"
+    export(str(run), "coco", str(exported), images="copy", val_fraction=0.0)
+    (tmp_path / "gt2").mkdir()
+    (tmp_path / "gt2" / "images").symlink_to(exported / "images")
+    shutil.copy(exported / "annotations" / "instances_train.json", tmp_path / "gt2" / "annotations.json")
+    second = fake_run(tmp_path / "run2", tmp_path / "gt2" / "annotations.json")
+    (second / "run.json").write_text(json.dumps(dict(load_json(second / "run.json"), source_root="/elsewhere")))
+    kept = tree(exported)
+    with pytest.raises(LabelerError, match="holds the run's image"):
+        export(str(second), "coco", str(exported), images="copy")
+    assert tree(exported) == kept
+
+
+def test_a_second_export_replaces_the_first_whole_and_a_kill_leaves_the_first(tmp_path, gt_and_run, monkeypatch,
+                                                                              ultralytics_home):
+    """Issue 26, item 2: another --seed put images in both train and val; a stricter filter left the earlier
+    images in place under the new data.yaml; a kill mixed both."""
+    _, run, _ = gt_and_run
+    folder = tmp_path / "yolo"
+    export(str(run), "yolo", str(folder), val_fraction=0.5, seed=1)
+    assert ultralytics_labels(folder / "data.yaml", "train")  # Ultralytics writes its label cache into the set
+    assert list((folder / "labels").rglob("*.cache"))
+    export(str(run), "yolo", str(folder), val_fraction=0.5, seed=2)
+    export(str(run), "yolo", str(tmp_path / "fresh"), val_fraction=0.5, seed=2)
+    assert tree(folder) == tree(tmp_path / "fresh")
+    stricter = export(str(run), "yolo", str(folder), min_score=0.75, val_fraction=0.5, seed=2)
+    export(str(run), "yolo", str(tmp_path / "fresh-strict"), min_score=0.75, val_fraction=0.5, seed=2)
+    assert tree(folder) == tree(tmp_path / "fresh-strict") and stricter.images < 4
+    finished = tree(folder)
+
+    from labeler import export as export_module
+
+    placed = []
+    real_place = export_module.place_image
+
+    def killed_after_two(uri, target, mode):
+        if len(placed) == 2:
+            raise KeyboardInterrupt
+        placed.append(uri)
+        real_place(uri, target, mode)
+
+    monkeypatch.setattr(export_module, "place_image", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        export(str(run), "yolo", str(folder), val_fraction=0.0)
+    monkeypatch.undo()
+    assert tree(folder) == finished and sorted(p.name for p in tmp_path.iterdir() if "labeler-" in p.name) == []
+
+    leftover = tmp_path / f".yolo.labeler-tmp-{'a' * 32}"  # what a SIGKILL leaves: marked as ours
+    leftover.mkdir()
+    (leftover / ".labeler.json").write_text(json.dumps({"format": "labeler-folder", "kind": "export"}))
+    export(str(run), "yolo", str(folder), val_fraction=0.0)
+    assert not leftover.exists()
+
+    (folder / "labels" / "train" / "mine.txt").write_text("0 0.1 0.1 0.2 0.2 0.3 0.1\n")
+    with pytest.raises(LabelerError, match=r"added or changed since labeler wrote it \(labels/train/mine.txt\)"):
+        export(str(run), "yolo", str(folder))
+    assert (folder / "labels" / "train" / "mine.txt").exists()
+    with pytest.raises(LabelerError, match="holds a labeler export, not a pictures"):
+        from labeler.visualize import visualize
+
+        visualize(str(run), str(folder))
+
+
+def test_images_whose_names_collide_get_names_of_their_own(tmp_path):
+    """Issue 26, item 9: twin.jpg and twin.png shared labels/train/twin.txt, the second image's label lost."""
+    gt = generate_dataset(tmp_path / "gt", 2, seed=3, subfolders=False)
+    document = load_json(gt)
+    for image, name in zip(document["images"], ("twin.png", "twin.jpg")):
+        (gt.parent / "images" / image["file_name"]).rename(gt.parent / "images" / name)
+        image["file_name"] = name
+    gt.write_text(json.dumps(document))
+    run = fake_run(tmp_path / "run", gt)
+    export(str(run), "yolo", str(tmp_path / "yolo"), val_fraction=0.0)
+    labels = sorted(p.name for p in (tmp_path / "yolo" / "labels" / "train").iterdir())
+    images = sorted(p.name for p in (tmp_path / "yolo" / "images" / "train").iterdir())
+    # Whichever comes first (shards are read in name order) keeps its name; the other is made unique by its id.
+    plain = next(n for n in images if n.startswith("twin."))
+    other = next(i for i in document["images"] if i["file_name"] != plain)
+    assert images == sorted([plain, f"{other['id']}_{other['file_name']}"])
+    assert labels == sorted(["twin.txt", f"{other['id']}_twin.txt"])
+    for image in images:
+        truth = next(i for i in document["images"] if image.endswith(i["file_name"]))
+        count = sum(a["image_id"] == truth["id"] for a in document["annotations"])
+        label = (tmp_path / "yolo" / "labels" / "train" / image).with_suffix(".txt")
+        assert len(label.read_text().splitlines()) == count
+    export(str(run), "coco", str(tmp_path / "coco"), images="copy", val_fraction=0.0)
+    coco = COCO(str(tmp_path / "coco" / "annotations" / "instances_train.json"))
+    assert sorted(i["file_name"] for i in coco.loadImgs(coco.getImgIds())) == ["twin.jpg", "twin.png"]
+
+    for image in document["images"]:  # two names of one file: one place in a COCO set, so one is renamed
+        image["file_name"] = "./twin.png" if image is document["images"][0] else "twin.png"
+    gt.write_text(json.dumps(document))
+    run = fake_run(tmp_path / "run-same", gt)
+    export(str(run), "coco", str(tmp_path / "coco-same"), images="copy", val_fraction=0.0)
+    coco = COCO(str(tmp_path / "coco-same" / "annotations" / "instances_train.json"))
+    names = {i["id"]: i["file_name"] for i in coco.loadImgs(coco.getImgIds())}
+    renamed = [(i, n) for i, n in names.items() if n != "twin.png"]
+    assert len(renamed) == 1 and renamed[0][1] == f"{renamed[0][0]}_twin.png"
+    assert all((tmp_path / "coco-same" / "images" / n).is_file() for n in names.values())
+
+
+def test_an_absurd_simplify_is_refused_before_anything_is_written(tmp_path, gt_and_run):
+    with pytest.raises(LabelerError, match=r"--simplify must be a number of pixels in \[0, 1000\]"):
+        export(str(gt_and_run[1]), "yolo", str(tmp_path / "yolo"), simplify=1e300)
+    assert not (tmp_path / "yolo").exists()
