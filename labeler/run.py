@@ -30,12 +30,21 @@ from labeler.actors.decode import DEFAULT_READ_TIMEOUT
 from labeler.bank import BankFile, PrototypeBank
 from labeler.errors import LabelerError
 from labeler.io import out_folder, storage
+from labeler.io.coco import Category
 from labeler.io.coco_merge import write_coco
 from labeler.io.error_tally import ErrorTally
 from labeler.io.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
-from labeler.io.listing import Listing, load_listing, store_listing
+from labeler.io.listing import DamagedListing, Listing, load_listing, publish_listing, write_listing
 from labeler.io.out_lock import OutputLock
-from labeler.io.shards import LabelCounts, ShardIndex, coco_dir, labels_dir, list_shards, remove_orphan_coco_shards
+from labeler.io.shards import (
+    LabelCounts,
+    ShardIndex,
+    coco_dir,
+    labels_dir,
+    list_shards,
+    remove_orphan_coco_shards,
+    retire_changed_images,
+)
 from labeler.io.sources import SourceEntries, read_source, source_root
 from labeler.label_filter import LabelFilter, parse_label_filter
 from labeler.method.matched_prompts import DEFAULT_MATCHED_POINTS, PROMPT_MODES
@@ -322,19 +331,34 @@ def _label(config: RunConfig, listing: Listing, index: ShardIndex, bank_file: Ba
     )
 
 
-def _listing(config: RunConfig, entries: SourceEntries) -> Listing:
-    """The stored listing of OUT: made on the first run, redone with ``--relist``, else reused."""
-    listing = load_listing(config.out)
-    if listing is None:
-        if list_shards(config.out):
+def _listing(config: RunConfig, entries: SourceEntries, categories: list[Category]) -> Listing:
+    """The stored listing of OUT: made on the first run, redone with ``--relist``, else reused.
+
+    A damaged listing stops a plain rerun (one line naming the file and ``--relist``);
+    ``--relist`` then takes the images' ids from the labels themselves. Relisting a
+    COCO source moves the labels of ids that now name other files out of the labels
+    before the new listing is published.
+    """
+    try:
+        listing = load_listing(config.out)
+    except DamagedListing as damage:
+        if not config.relist:
+            raise
+        log.warning("%s; listing the source again, ids taken from the labels", damage)
+        listing, from_labels = None, True
+    else:
+        from_labels = False
+        if listing is None and list_shards(config.out):
             raise LabelerError(
                 f"{config.out} holds labels of an earlier labeler, whose image ids came from path hashes; "
                 "finish it with that version, or pass --overwrite (or another --out) to label it anew"
             )
-        return store_listing(config.out, entries)
-    if config.relist:
-        return store_listing(config.out, entries, previous=listing)
-    return listing
+    if listing is not None and not config.relist:
+        return listing
+    written = write_listing(config.out, entries, listing, from_labels=from_labels)
+    if entries.kind == "coco":
+        retire_changed_images(config.out, entries.coco_images, categories)
+    return publish_listing(written)
 
 
 def _merged_coco(config: RunConfig, counts: LabelCounts, categories: list, out_id: str) -> bool:
@@ -375,7 +399,7 @@ def run_labeling(config: RunConfig) -> RunSummary:
             out_folder.remove_temporaries(config.out)
             out_id = out_folder.prepare(config.out, settings, config.overwrite)
             remove_orphan_coco_shards(config.out)
-            listing = _listing(config, entries)
+            listing = _listing(config, entries, bank.categories)
             index = ShardIndex(config.out, listing.ids(), listing.empty_id_set())
             index.update()
             skipped = index.finished()
@@ -388,6 +412,7 @@ def run_labeling(config: RunConfig) -> RunSummary:
             lock.check()
             labelled = time.monotonic()
             reconciled = index.reconcile(bank.categories)
+            index.repair_coco_twins(bank.categories)
             merged = _merged_coco(config, index.counts, bank.categories, out_id)
             summary = RunSummary(
                 out=config.out, images_listed=listing.images, images_skipped=skipped, images_processed=todo,

@@ -472,3 +472,106 @@ def test_per_class_thresholds_and_a_class_subset_in_run(tmp_path, ray_session, b
     settings = load_json(tmp_path / "some" / "_state" / "settings.json")
     assert settings["settings"]["label_filter"] == {"default": middle, "classes": {names[first]: 0.0},
                                                     "only": [names[c] for c in sorted((first, second))]}
+
+
+def test_damaged_run_state_ends_in_one_line_naming_the_way_out_or_is_repaired(tmp_path, ray_session, bank_path,
+                                                                               run_cli):
+    """Issue 26, items 6 and 8: a Latin-1 file name is one error row (the listing crashed on it); a corrupt
+    listing pointer, a truncated id set or part, a lowered image count stop a rerun in one line naming the
+    file and --relist, and --relist then recovers every id from the labels (nothing is labelled again); a
+    deleted or truncated COCO twin is written anew by the rerun; a damaged run.json is named by export."""
+    images = generate_dataset(tmp_path / "t", 4, seed=21, image_format="jpg", subfolders=False).parent / "images"
+    latin = os.fsencode(str(images)) + b"/caf\xe9.jpg"
+    Path(os.fsdecode(latin)).write_bytes(next(images.iterdir()).read_bytes())
+    out = images / "labels-out"  # OUT inside the source folder: never listed as images
+    args = ["run", "--bank", bank_path, "--images", images, "--out", out, "--sam2", "random:tiny",
+            "--points-per-side", "4", "--batch-size", "4", "--rows-per-shard", "2", "--max-error-rate", "0.5"]
+    first = run_cli(*args)
+    assert first.exit_code == 0, first.stderr[-2000:]
+    rows = {r["uri"]: r for r in read_rows(out)}
+    assert len(rows) == 5 and not any("labels-out" in uri for uri in rows)
+    escaped = rows[f"{images}/caf\\xe9.jpg"]
+    assert escaped["status"] == "error" and "file name is not valid UTF-8" in escaped["error"]
+    ids = {uri: row["image_id"] for uri, row in rows.items()}
+    (out / "stray.jpg").write_bytes(next(images.glob("*.jpg")).read_bytes())  # what a relist must not list
+    state = out / "_state"
+    listing_json = state / "listing.json"
+    pointer = listing_json.read_text()
+    version = json.loads(pointer)["version"]
+
+    def refused_then_recovered(damage: str, file: Path) -> None:
+        refused = run_cli(*args)
+        assert refused.exit_code == 2, (damage, refused.stderr[-2000:])
+        line = refused.stderr.strip().splitlines()[-1]
+        assert str(file) in line and "rerun with --relist" in line and "Traceback" not in refused.stderr, line
+        recovered = run_cli(*args, "--relist")
+        assert recovered.exit_code == 0, recovered.stderr[-2000:]
+        assert "0 labelled now, 5 already done" in recovered.stdout, damage
+        assert stored_listing(out) == ids  # every image kept the id its labels carry
+
+    listing_json.write_text("{ not json")
+    refused_then_recovered("corrupt pointer", listing_json)
+    version = json.loads(listing_json.read_text())["version"]
+    ids_npy = state / "listing" / version / "ids.npy"
+    ids_npy.write_bytes(ids_npy.read_bytes()[:20])
+    refused_then_recovered("truncated id set", ids_npy)
+    version = json.loads(listing_json.read_text())["version"]
+    part = state / "listing" / version / "part-000000.parquet"
+    part.write_bytes(part.read_bytes()[:30])
+    refused_then_recovered("truncated part", part)
+    lowered = json.loads(listing_json.read_text())
+    listing_json.write_text(json.dumps(dict(lowered, images=2)))  # "-3 images were still unlabelled" before
+    refused_then_recovered("lowered count", listing_json)
+
+    twins = sorted((out / "coco").iterdir())
+    twins[0].unlink()
+    twins[1].write_bytes(twins[1].read_bytes()[:40])
+    repaired = run_cli(*args)
+    assert repaired.exit_code == 0, repaired.stderr[-2000:]
+    assert_coco_shards_match_parquet(out)
+    (out / "coco.json").unlink()
+    assert run_cli("eval", "--pred", out, "--gt", tmp_path / "t" / "annotations.json").exit_code == 0
+
+    (out / "run.json").write_text("garbage")
+    damaged = run_cli("export", "--pred", out, "--format", "coco", "--out", tmp_path / "export")
+    assert damaged.exit_code == 2 and "run.json: not JSON; rerun the same `labeler run` command" in damaged.stderr
+    (out / "run.json").write_text(json.dumps({"out_id": "x"}))
+    for command in (("export", "--format", "coco"), ("visualize",), ("review",)):
+        without = run_cli(command[0], "--pred", out, *command[1:], "--out", tmp_path / f"o-{command[0]}")
+        assert without.exit_code == 2 and "no 'categories' list" in without.stderr, without.stderr
+    assert run_cli(*args).exit_code == 0  # the rerun writes run.json anew
+    assert run_cli("export", "--pred", out, "--format", "coco", "--out", tmp_path / "export").exit_code == 0
+
+
+def test_a_coco_id_pointed_at_another_file_is_a_new_image_on_relist(tmp_path, ray_session, bank_path):
+    """Issue 26, items 5 and 6: after --relist, an id whose file_name changed is labelled from the new file and
+    its old row goes to _state/removed (it kept the old labels, "0 labelled now"); a file_name holding a lone
+    surrogate is one error row, not a crashed listing."""
+    gt = generate_dataset(tmp_path / "t", 4, seed=23, image_format="jpg", subfolders=False)
+    document = load_json(gt)
+    document["images"].append({"id": 77, "file_name": "bad-\ud800.jpg", "width": 10, "height": 10})
+    gt.write_text(json.dumps(document))
+    out = tmp_path / "out"
+    config = dict(bank=bank_path, images=str(gt), image_root=str(gt.parent / "images"), out=str(out),
+                  max_error_rate=0.5, **TINY_RUN)
+    first = run_labeling(RunConfig(**config))
+    assert (first.counts.images_ok, first.counts.images_error) == (4, 1)
+    rows = {r["image_id"]: r for r in read_rows(out)}
+    assert "not valid Unicode" in rows[77]["error"] and rows[77]["uri"].endswith("bad-\\ud800.jpg")
+
+    moved = document["images"][0]
+    old_uri = rows[moved["id"]]["uri"]
+    other = gt.parent / "images" / "another.jpg"
+    other.write_bytes((gt.parent / "images" / document["images"][1]["file_name"]).read_bytes())
+    moved["file_name"] = "another.jpg"
+    gt.write_text(json.dumps(document))
+    relisted = run_labeling(RunConfig(**config, relist=True))
+    assert relisted.images_processed == 1 and relisted.counts.images_ok == 4
+    now = {r["image_id"]: r for r in read_rows(out)}
+    assert now[moved["id"]]["uri"] == str(other) and len(now) == 5
+    removed = [r for shard in list_shards(str(out), str(out / "_state" / "removed"))
+               for r in pq.read_table(shard).to_pylist()]
+    assert [(r["image_id"], r["uri"]) for r in removed] == [(moved["id"], old_uri)]
+    assert_coco_shards_match_parquet(out)
+    again = run_labeling(RunConfig(**config, relist=True))
+    assert again.images_processed == 0 and len(read_rows(out)) == 5

@@ -171,3 +171,71 @@ def test_each_source_kind_has_the_root_its_file_names_are_relative_to(tmp_path, 
     assert relative_file_name(f"{root}-other/a.jpg", root) == f"{root}-other/a.jpg"  # a sibling is not below it
     assert relative_file_name("s3://other/a.jpg", root) == "s3://other/a.jpg"
     assert relative_file_name("s3://bucket/photos/x/y.png", "s3://bucket/photos") == "x/y.png"
+
+
+def test_folders_labeler_wrote_are_not_listed_as_a_sources_images(tmp_path):
+    """Issue 26, item 9: an OUT or an export inside the source was listed by --relist, labeler's own pictures
+    labelled as the user's images."""
+    (tmp_path / "a.jpg").write_bytes(b"1")
+    (tmp_path / "run-out" / "_state").mkdir(parents=True)
+    (tmp_path / "run-out" / "_state" / "settings.json").write_text("{}")
+    (tmp_path / "run-out" / "pictures").mkdir()
+    (tmp_path / "run-out" / "pictures" / "1.png").write_bytes(b"1")
+    (tmp_path / "export" / "images" / "train").mkdir(parents=True)
+    (tmp_path / "export" / ".labeler.json").write_text("{}")
+    (tmp_path / "export" / "images" / "train" / "a.jpg").write_bytes(b"1")
+    (tmp_path / "plain" / "_state").mkdir(parents=True)  # a user folder that merely has the name
+    (tmp_path / "plain" / "_state" / "b.jpg").write_bytes(b"1")
+    assert sorted(source_uris(str(tmp_path))) == [str(tmp_path / "a.jpg"), str(tmp_path / "plain" / "_state" / "b.jpg")]
+    assert source_uris(str(tmp_path / "export")) == [str(tmp_path / "export" / "images" / "train" / "a.jpg")]
+
+
+def test_names_that_are_not_valid_unicode_are_listed_escaped(tmp_path):
+    """Issue 26, item 6: a Latin-1 name stopped every listing (UnicodeEncodeError in the sort)."""
+    import os
+
+    folder = os.fsencode(str(tmp_path))
+    for name in (b"caf\xe9.jpg", b"ok.jpg"):
+        with open(folder + b"/" + name, "wb") as handle:
+            handle.write(b"1")
+    (tmp_path / "list.txt").write_bytes(b"caf\xe9.jpg\n" + folder + b"/ok.jpg\n")
+    expected = [f"{tmp_path}/caf\\xe9.jpg", f"{tmp_path}/ok.jpg"]
+    assert sorted(source_uris(str(tmp_path))) == expected
+    assert sorted(source_uris(str(tmp_path / "list.txt"))) == expected
+    stored = store(tmp_path / "out", tmp_path)
+    assert stored.images == 2 and sorted(stored_listing(tmp_path / "out")) == expected
+
+
+def test_list_lines_naming_one_file_are_one_image_and_dots_do_not_climb_out(tmp_path):
+    """Issue 26, item 9: ./a.jpg and a.jpg were two images sharing one YOLO label; /root/../outside/o.jpg kept its
+    .. and passed Label Studio's document-root check."""
+    (tmp_path / "list.txt").write_text(f"./a.jpg\na.jpg\n{tmp_path}/sub/../a.jpg\n/root/../outside/o.jpg\n"
+                                       "s3://bucket/x//y.jpg\n")
+    assert sorted(source_uris(str(tmp_path / "list.txt"))) == sorted(
+        [str(tmp_path / "a.jpg")] * 3 + ["/outside/o.jpg", "s3://bucket/x//y.jpg"])  # object keys kept as written
+    assert store(tmp_path / "out", tmp_path / "list.txt").images == 3
+
+
+def test_a_sort_folder_left_by_a_killed_listing_is_removed_by_the_next(tmp_path, monkeypatch):
+    """Issue 26, item 9: /tmp/labeler-sort-* left by a kill during listing was never cleaned."""
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import time; from labeler.io.external_sort import ExternalSort\n"
+        "s = ExternalSort(); s.add(['b', 'a']); s._spill(); print('sorting', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True, env={**__import__("os").environ, "TMPDIR": str(tmp_path)})
+    assert child.stdout.readline().strip() == "sorting"
+    with ExternalSort():  # a live sort of another process is left alone
+        assert len(list(tmp_path.glob("labeler-sort-*"))) == 2
+    child.kill()
+    child.wait()
+    assert len(list(tmp_path.glob("labeler-sort-*"))) == 1  # the killed one's
+    with ExternalSort() as sorter:
+        sorter.add(["x"])
+        assert list(sorter.merged()) == ["x"]
+        assert len(list(tmp_path.glob("labeler-sort-*"))) == 1  # only this one
+    assert list(tmp_path.glob("labeler-sort-*")) == []

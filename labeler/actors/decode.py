@@ -67,7 +67,8 @@ def decode_one(uri: str, sam2_size: int, max_pixels: int, max_bytes: int = DEFAU
     except ImageDecodeError as error:
         return _error(f"decode failed: {error}")
     except Exception as error:  # noqa: BLE001 - every failure is this image's error row
-        return _error(f"read failed: {storage.describe_read_error(error)}")
+        reason = storage.undecodable_name_reason(uri) if isinstance(error, FileNotFoundError) else None
+        return _error(f"read failed: {reason or storage.describe_read_error(error)}")
     try:
         height, width = pixels.shape[:2]
         return DecodedImage(STATUS_OK, None, width, height, resize_square(pixels, sam2_size))

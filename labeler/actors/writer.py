@@ -58,6 +58,10 @@ class LabelShardSink(Datasink[list[str]]):
                 report_fatal(self.tracker, "write",
                              OSError(f"writing to {self.out} failed: {error.strerror or error}"))
                 raise
+            except Exception as error:  # labels it cannot write: the same on every retry and every pass
+                report_fatal(self.tracker, "write",
+                             RuntimeError(f"writing a label shard failed: {type(error).__name__}: {error}"))
+                raise
             report(self.tracker, "write", part.num_rows)
         return uris
 

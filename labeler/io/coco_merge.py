@@ -11,6 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from labeler.errors import LabelerError
 from labeler.io import storage
 from labeler.io.coco import Category
 from labeler.io.coco_writer import COCO_COLUMNS, CocoCounts, write_document
@@ -63,10 +64,15 @@ def read_coco_shards(out: str) -> dict[str, Any]:
     """The predictions of a run's COCO shards as one document (annotation ids renumbered)."""
     merged: dict[str, Any] = {"images": [], "annotations": [], "categories": []}
     for uri in list_coco_shards(out):
-        document = json.loads(storage.read_bytes(uri))
-        merged["categories"] = document["categories"]
-        merged["images"] += document["images"]
-        for annotation in document["annotations"]:
+        try:
+            document = json.loads(storage.read_bytes(uri))
+            categories, images, annotations = document["categories"], document["images"], document["annotations"]
+        except (ValueError, TypeError, KeyError):
+            raise LabelerError(f"{uri}: a damaged COCO shard; rerun the same `labeler run` command on {out} to "
+                               "write it anew from its Parquet shard") from None
+        merged["categories"] = categories
+        merged["images"] += images
+        for annotation in annotations:
             annotation["id"] = len(merged["annotations"]) + 1
             merged["annotations"].append(annotation)
     return merged

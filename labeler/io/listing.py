@@ -30,6 +30,7 @@ import logging
 import math
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
@@ -39,11 +40,15 @@ from labeler.errors import LabelerError
 from labeler.io import out_folder, storage
 from labeler.io.external_sort import ExternalSort
 from labeler.io.id_set import IdSet
+from labeler.io.shards import list_shards, read_shard
 from labeler.io.sources import SourceEntries
 
 log = logging.getLogger(__name__)
 
 FORMAT = "labeler-listing/1"
+KINDS = ("folder", "list", "coco")
+#: Listing parts whose footers are read at once when a listing is checked.
+CHECK_THREADS = 16
 IDS_NAME = "ids.npy"
 #: Rows per listing part: about PART_COUNT_TARGET parts, within these bounds.
 PART_ROWS_MIN, PART_ROWS_MAX, PART_COUNT_TARGET = 16, 4096, 256
@@ -102,18 +107,76 @@ def _pointer(out: str) -> str:
     return out_folder.join(out, out_folder.STATE_DIR, out_folder.LISTING_NAME)
 
 
+class DamagedListing(LabelerError):
+    """The stored listing cannot be trusted; ``--relist`` lists the source anew, ids taken from the labels."""
+
+
+def has_listing_state(out: str) -> bool:
+    """True when OUT holds a listing of this labeler, whole or damaged (its pointer or its versions)."""
+    return storage.exists(_pointer(out)) or storage.exists(
+        out_folder.join(out, out_folder.STATE_DIR, out_folder.LISTING_DIR))
+
+
+def _damaged(uri: str, what: str) -> DamagedListing:
+    return DamagedListing(f"{uri}: {what}; rerun with --relist to list the source again (the labels are kept, "
+                          "and their images keep their ids)")
+
+
+def _checked(listing: Listing) -> Listing:
+    """``listing`` once its id set and every part are readable and agree with its counts."""
+    try:
+        ids = listing.ids()
+    except LabelerError:  # missing or refused: storage names the reason
+        raise _damaged(f"{listing.folder}/{IDS_NAME}", "missing or unreadable") from None
+    except (ValueError, OSError, EOFError) as error:
+        raise _damaged(f"{listing.folder}/{IDS_NAME}", f"unreadable ({error})") from None
+    if len(ids) != listing.images:
+        raise _damaged(_pointer(listing.out), f"it counts {listing.images} images but its ids are {len(ids)}")
+    total = 0
+    with ThreadPoolExecutor(CHECK_THREADS) as pool:
+        for uri, rows in zip(listing.part_uris(), pool.map(_part_rows_or_error, listing.part_uris())):
+            if isinstance(rows, Exception):
+                raise _damaged(uri, f"unreadable ({storage.describe_read_error(rows)})")
+            total += rows
+    if total != listing.images:
+        raise _damaged(_pointer(listing.out), f"it counts {listing.images} images but its parts hold {total}")
+    return listing
+
+
+def _part_rows_or_error(uri: str) -> int | Exception:
+    try:
+        fs, path = storage.filesystem(uri)
+        with fs.open(path, "rb") as handle:
+            return pq.ParquetFile(handle).metadata.num_rows
+    except Exception as error:  # noqa: BLE001 - a damaged part, reported by the caller
+        return error
+
+
 def load_listing(out: str) -> Listing | None:
-    """The listing stored in OUT, or None."""
+    """The listing stored in OUT, checked (its pointer, id set and parts agree), or None.
+
+    Raises:
+        DamagedListing: a pointer, id set or part that cannot be read or does not add up.
+    """
     uri = _pointer(out)
     if not storage.exists(uri):
+        if has_listing_state(out):
+            raise _damaged(uri, "missing")
         return None
     try:
         document = json.loads(storage.read_bytes(uri))
         if document.pop("format") != FORMAT:
             raise ValueError("unknown format")
-        return Listing(out=out, **document)
+        listing = Listing(out=out, **document)
     except (ValueError, TypeError, KeyError, AttributeError):
-        raise LabelerError(f"{uri}: corrupt; rerun with --relist to list the source again") from None
+        raise _damaged(uri, "corrupt") from None
+    fields = (listing.images, listing.next_id, listing.parts, listing.repeats)
+    if not (all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in fields)
+            and listing.kind in KINDS and out_folder.is_hex_id(str(listing.version))
+            and listing.parts <= listing.images and (listing.parts == 0) == (listing.images == 0)
+            and listing.next_id >= 1):
+        raise _damaged(uri, "corrupt (a field out of range)")
+    return _checked(listing)
 
 
 class _PartWriter:
@@ -149,21 +212,58 @@ class _PartWriter:
         self.rows += table.num_rows
 
 
-def _stored_pairs(listing: Listing | None) -> Iterator[tuple[str, int]]:
-    if listing is None:
-        return
+def _stored_pairs(listing: Listing) -> Iterator[tuple[str, int]]:
     for table in listing.iter_tables():
         yield from zip(table.column("uri").to_pylist(), table.column("image_id").to_pylist())
 
 
-def store_listing(out: str, entries: SourceEntries, previous: Listing | None = None) -> Listing:
-    """List a source into OUT and make it the run's listing.
+#: Between a URI and its id in the strings sorted to recover a listing from the labels (below any character).
+_PAIR_SEPARATOR = "\x00"
+
+
+@dataclass
+class _LabelledPairs:
+    """The ``(uri, image_id)`` of every row of OUT's shards and of ``_state/removed`` in URI order,
+    and the largest id: what a listing of the labels' source held, when that listing is damaged."""
+
+    out: str
+    max_id: int = 0
+
+    def __iter__(self) -> Iterator[tuple[str, int]]:
+        sorter = ExternalSort()
+        with sorter:
+            for folder in (None, out_folder.join(self.out, out_folder.STATE_DIR, out_folder.REMOVED_NAME)):
+                for uri in list_shards(self.out, folder):
+                    try:
+                        table = read_shard(uri, ["image_id", "uri"])
+                    except (pa.ArrowInvalid, OSError) as error:  # set aside and relabelled by the run
+                        log.warning("%s: unreadable (%s); its images get new ids", uri, error)
+                        continue
+                    ids = table.column("image_id").to_numpy()
+                    if ids.size:
+                        self.max_id = max(self.max_id, int(ids.max()))
+                    sorter.add(f"{uri}{_PAIR_SEPARATOR}{image_id}" for uri, image_id in
+                               zip(table.column("uri").to_pylist(), ids.tolist()))
+            previous = None
+            for value in sorter.merged():
+                uri, _, image_id = value.rpartition(_PAIR_SEPARATOR)
+                if uri != previous:  # one id per URI: the smallest string, so the first row met in order
+                    previous = uri
+                    yield uri, int(image_id)
+
+
+def write_listing(out: str, entries: SourceEntries, previous: Listing | None = None, *,
+                  from_labels: bool = False) -> Listing:
+    """List a source into a new version folder of OUT's listing; :func:`publish_listing` makes it the run's.
 
     With a ``previous`` listing of the same source, images it holds keep
     their ids, new ones get ids from its ``next_id`` on, and images gone
     from the source leave the listing (their labels are set aside at the end
-    of the run). Memory stays bounded by a sort run and a part, whatever the
-    number of images.
+    of the run). With ``from_labels`` (the stored listing is damaged), the ids
+    are taken from the labels themselves: every labelled image keeps its id,
+    and new ones get ids above every id the labels hold. COCO sources keep
+    the file's own ids either way. Memory stays bounded by a sort run and a
+    part, whatever the number of images.
     """
     version = uuid.uuid4().hex
     folder = out_folder.join(out, out_folder.STATE_DIR, out_folder.LISTING_DIR, version)
@@ -174,14 +274,18 @@ def store_listing(out: str, entries: SourceEntries, previous: Listing | None = N
         writer.add_table(table)
         next_id, repeats, added, removed = (int(ids.max()) + 1 if ids.size else 1), 0, table.num_rows, 0
     else:
-        next_id = previous.next_id if previous is not None and previous.kind == entries.kind else 1
+        same_source = previous is not None and previous.kind == entries.kind
+        known = _LabelledPairs(out) if from_labels else (_stored_pairs(previous) if same_source else iter(()))
         with ExternalSort() as sorter:
             for batch in entries.uri_batches:
                 sorter.add(batch)
+            old = iter(known)
+            old_uri, old_id = next(old, (None, 0))  # the labels' largest id is known once this starts
+            next_id = previous.next_id if same_source and not from_labels else 1
+            if from_labels:
+                next_id = known.max_id + 1
             # Bits for every id this listing may hand out: the old ones and one per URI added.
             writer = _PartWriter(folder, part_rows_for(sorter.added), IdSet.empty(next_id + sorter.added))
-            old = _stored_pairs(previous if previous is not None and previous.kind == entries.kind else None)
-            old_uri, old_id = next(old, (None, 0))
             added = removed = 0
             for uri in sorter.merged():
                 while old_uri is not None and old_uri < uri:
@@ -197,16 +301,26 @@ def store_listing(out: str, entries: SourceEntries, previous: Listing | None = N
             repeats = sorter.repeats
         writer.flush()
     storage.write_bytes_atomic(f"{folder}/{IDS_NAME}", writer.ids.to_bytes())
-    listing = Listing(out=out, version=version, kind=entries.kind, images=writer.rows, next_id=next_id,
-                      parts=writer.parts, repeats=repeats)
+    if previous is not None or from_labels:
+        log.info("relisted: %d images, %d new, %d gone from the source", writer.rows, added, removed)
+    return Listing(out=out, version=version, kind=entries.kind, images=writer.rows, next_id=next_id,
+                   parts=writer.parts, repeats=repeats)
+
+
+def publish_listing(listing: Listing) -> Listing:
+    """Make ``listing`` (written by :func:`write_listing`) the run's listing, and delete the others."""
     document = {"format": FORMAT, **{k: v for k, v in asdict(listing).items() if k != "out"}}
-    storage.write_bytes_atomic(_pointer(out), json.dumps(document, indent=2).encode())
-    remove_other_versions(out, listing)
-    if repeats:
-        log.warning("%d lines of the list name an image listed already; each image is labelled once", repeats)
-    if previous is not None:
-        log.info("relisted: %d images, %d new, %d gone from the source", listing.images, added, removed)
+    storage.write_bytes_atomic(_pointer(listing.out), json.dumps(document, indent=2).encode())
+    remove_other_versions(listing.out, listing)
+    if listing.repeats:
+        log.warning("%d lines of the list name an image listed already; each image is labelled once", listing.repeats)
     return listing
+
+
+def store_listing(out: str, entries: SourceEntries, previous: Listing | None = None, *,
+                  from_labels: bool = False) -> Listing:
+    """:func:`write_listing`, then :func:`publish_listing`."""
+    return publish_listing(write_listing(out, entries, previous, from_labels=from_labels))
 
 
 def remove_other_versions(out: str, keep: Listing | None) -> None:

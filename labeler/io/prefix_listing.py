@@ -26,16 +26,30 @@ BATCH_NAMES = 65_536
 S3_CONCURRENCY = 32
 
 
+def is_labeler_folder(folder: str, dirnames: list[str], filenames: list[str]) -> bool:
+    """True for a folder labeler wrote (a run's OUT, an export, pictures): never a source's images."""
+    from labeler.io.published_folder import MARKER_NAME
+
+    return MARKER_NAME in filenames or (
+        "_state" in dirnames and os.path.isfile(os.path.join(folder, "_state", "settings.json")))
+
+
 def iter_local(root: str, keep: Callable[[str], bool]) -> Iterator[list[str]]:
     """Paths under a local folder whose name passes ``keep``, links included as they are.
 
     Broken links, symlink loops and folders named like images are listed too
     (they end as error rows with their reason); symlinked folders are not
-    followed (no cycles).
+    followed (no cycles). Folders below ``root`` that labeler wrote (a run's
+    OUT, an export, pictures) are skipped: what labeler wrote is not to be
+    labelled. Names that are not valid UTF-8 are listed escaped
+    (:func:`labeler.io.storage.displayable`) and end as error rows.
     """
     batch: list[str] = []
     for folder, dirnames, filenames in os.walk(root, followlinks=False):
-        batch += [os.path.join(folder, name) for name in dirnames + filenames if keep(name)]
+        if folder != root and is_labeler_folder(folder, dirnames, filenames):
+            dirnames[:] = []
+            continue
+        batch += [storage.displayable(os.path.join(folder, name)) for name in dirnames + filenames if keep(name)]
         if len(batch) >= BATCH_NAMES:
             yield batch
             batch = []

@@ -53,6 +53,8 @@ SHARD_SUFFIX = ".parquet"
 COCO_SUFFIX = ".json"
 UNREADABLE_SUFFIX = ".unreadable"
 COUNTS_KEY = b"labeler.counts"
+#: Footer key of a shard: the size of its COCO twin in bytes, so a truncated twin is found from a listing.
+COCO_BYTES_KEY = b"labeler.coco_bytes"
 #: Rows of images that left the source: kept out of the labels, but not thrown away.
 REMOVED_DIR = f"{out_folder.STATE_DIR}/removed"
 #: Shards read at once by :class:`ShardIndex` (object stores answer many requests in parallel).
@@ -128,14 +130,20 @@ def write_shard(out: str, table: pa.Table, folder: str | None = None,
         table = with_category_names(table, {c.id: c.name for c in categories})
         metadata[CATEGORIES_KEY] = json.dumps([{"id": c.id, "name": c.name} for c in categories],
                                               ensure_ascii=False).encode()
-        info = {"description": "labeler predictions", "shard": _name(uri)}
-        storage.write_bytes_atomic(coco_twin(out, uri), coco_shard_bytes(table, categories, info))
+        metadata[COCO_BYTES_KEY] = str(write_coco_twin(out, uri, table, categories)).encode()
     elif stored_categories:
         metadata[CATEGORIES_KEY] = stored_categories
     buffer = io.BytesIO()
     pq.write_table(table.replace_schema_metadata(metadata), buffer, compression="zstd")
     storage.write_bytes_atomic(uri, buffer.getvalue())
     return uri
+
+
+def write_coco_twin(out: str, shard_uri: str, table: pa.Table, categories: list[Category]) -> int:
+    """Publish the COCO twin of the shard ``shard_uri`` holding ``table``; returns its size in bytes."""
+    data = coco_shard_bytes(table, categories, {"description": "labeler predictions", "shard": _name(shard_uri)})
+    storage.write_bytes_atomic(coco_twin(out, shard_uri), data)
+    return len(data)
 
 
 def _list_names(folder: str, is_ours) -> list[str]:
@@ -183,32 +191,90 @@ def read_shard(uri: str, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(handle, columns=columns)
 
 
-def iter_shard_tables(out: str, columns: list[str] | None = None) -> Iterator[tuple[str, pa.Table]]:
-    """Each published shard and its table (one shard in memory at a time)."""
-    for uri in list_shards(out):
+def iter_shard_tables(out: str, columns: list[str] | None = None, folder: str | None = None
+                      ) -> Iterator[tuple[str, pa.Table]]:
+    """Each published shard under ``labels/`` (or ``folder``) and its table (one shard in memory at a time)."""
+    for uri in list_shards(out, folder):
         yield uri, read_shard(uri, columns)
 
 
-def read_ids_and_counts(uri: str) -> tuple[np.ndarray, LabelCounts, ErrorTally]:
-    """A shard's image ids, and the counts and error tally in its footer (from its rows if the footer has none)."""
+@dataclass(frozen=True)
+class ShardFacts:
+    """What :class:`ShardIndex` reads of a shard: its ids, and its footer's counts and twin size."""
+
+    ids: np.ndarray
+    counts: LabelCounts
+    errors: ErrorTally
+    coco_bytes: int | None  # None for shards written before twins were measured
+
+
+def read_ids_and_counts(uri: str) -> ShardFacts:
+    """A shard's image ids, and the counts, error tally and COCO twin size in its footer
+    (counts from its rows if the footer has none)."""
     fs, path = storage.filesystem(uri)
     with fs.open(path, "rb") as handle:
         shard = pq.ParquetFile(handle)
         metadata = shard.schema_arrow.metadata or {}
+        coco_bytes = int(metadata[COCO_BYTES_KEY]) if COCO_BYTES_KEY in metadata else None
         if COUNTS_KEY in metadata and ERRORS_KEY in metadata:
             ids = shard.read(columns=["image_id"]).column("image_id").to_numpy()
-            return (ids, LabelCounts(**json.loads(metadata[COUNTS_KEY])),
-                    ErrorTally.from_json(json.loads(metadata[ERRORS_KEY])))
+            return ShardFacts(ids, LabelCounts(**json.loads(metadata[COUNTS_KEY])),
+                              ErrorTally.from_json(json.loads(metadata[ERRORS_KEY])), coco_bytes)
         table = shard.read(columns=["image_id", "uri", "status", "error", "detections", "proposals",
                                     "transfer_bytes"])
-        return table.column("image_id").to_numpy(), LabelCounts.of_table(table), ErrorTally.of_table(table)
+        return ShardFacts(table.column("image_id").to_numpy(), LabelCounts.of_table(table),
+                          ErrorTally.of_table(table), coco_bytes)
 
 
-def _scan_one(uri: str) -> tuple[np.ndarray, LabelCounts, ErrorTally] | Exception:
+def _scan_one(uri: str) -> ShardFacts | Exception:
     try:
         return read_ids_and_counts(uri)
     except (pa.ArrowInvalid, KeyError, TypeError, ValueError) as error:
         return error
+
+
+def _move_rows_out(out: str, uri: str, table: pa.Table, leaving: np.ndarray,
+                   categories: list[Category] | None) -> None:
+    """Move the rows ``leaving`` of the shard ``uri`` (read as ``table``) to ``_state/removed/``: they
+    are written there and the rest as a new shard before the old shard and its twin are deleted, so a
+    kill at any moment leaves every row somewhere and the next run finishes the move."""
+    write_shard(out, table.filter(pa.array(leaving)), folder=out_folder.join(out, REMOVED_DIR))
+    if (~leaving).any():
+        write_shard(out, table.filter(pa.array(~leaving)), categories=categories)
+    _remove(uri)
+    _remove(coco_twin(out, uri))
+
+
+def retire_changed_images(out: str, listed: pa.Table, categories: list[Category] | None) -> int:
+    """Move to ``_state/removed/`` the rows of images whose id the COCO listing ``listed``
+    (``image_id`` ascending, ``uri``) gives to another file now; returns how many.
+
+    A COCO source's ids are its own: ``--relist`` after an id was pointed at
+    another file must label that file, and its old labels must go. The listing is
+    written but not yet published when this runs, so a kill leaves the previous
+    listing in force and the next ``--relist`` finds the same rows.
+    """
+    ids = listed.column("image_id").to_numpy()
+    uris = listed.column("uri").combine_chunks()
+    moved = 0
+    for uri in list_shards(out):
+        table = read_shard(uri)
+        shard_ids = table.column("image_id").to_numpy()
+        position = np.minimum(np.searchsorted(ids, shard_ids), max(ids.size - 1, 0))
+        found = (ids[position] == shard_ids) if ids.size else np.zeros(shard_ids.size, dtype=bool)
+        if not found.any():
+            continue
+        now = uris.take(pa.array(position[found]))
+        changed = np.zeros(shard_ids.size, dtype=bool)
+        changed[found] = ~pc.equal(now, table.column("uri").combine_chunks().filter(pa.array(found))).to_numpy(
+            zero_copy_only=False)
+        if changed.any():
+            _move_rows_out(out, uri, table, changed, categories)
+            moved += int(changed.sum())
+    if moved:
+        log.warning("%s: %d image ids of the source now name other files; their old rows moved to %s/ and the "
+                    "files they name now are labelled", out, moved, out_folder.join(out, REMOVED_DIR))
+    return moved
 
 
 @dataclass(frozen=True)
@@ -228,7 +294,7 @@ class ShardIndex:
         self.done = done  # the listed ids found in shards; empty at first
         self.counts = LabelCounts()
         self.errors = ErrorTally()
-        self._seen: set[str] = set()
+        self._seen: dict[str, int | None] = {}  # shard -> size of its COCO twin (None: not known)
         self._fixes: dict[str, np.ndarray] = {}  # shard -> rows to keep
         self._updating = threading.Lock()
 
@@ -268,10 +334,11 @@ class ShardIndex:
                     if isinstance(result, Exception):
                         self._set_aside(uri, result)
                     else:
-                        self._add(uri, *result)
+                        self._add(uri, result)
 
-    def _add(self, uri: str, ids: np.ndarray, counts: LabelCounts, errors: ErrorTally) -> None:
-        self._seen.add(uri)
+    def _add(self, uri: str, facts: ShardFacts) -> None:
+        ids, counts, errors = facts.ids, facts.counts, facts.errors
+        self._seen[uri] = facts.coco_bytes
         order = np.argsort(ids, kind="stable")
         repeat = np.zeros(ids.size, dtype=bool)
         repeat[order[1:]] = ids[order][1:] == ids[order][:-1]
@@ -288,6 +355,24 @@ class ShardIndex:
         fs.mv(path, path + UNREADABLE_SUFFIX)
         log.warning("%s: not a readable label shard (%s); moved aside to %s%s, its images are labelled again",
                     uri, error, uri, UNREADABLE_SUFFIX)
+
+    def repair_coco_twins(self, categories: list[Category]) -> int:
+        """Write anew the COCO twin of every shard read whose twin is missing or not of the size
+        its shard's footer records (deleted or truncated by something other than labeler);
+        returns how many. Costs one listing of ``coco/``, whatever the number of shards."""
+        fs, path = storage.filesystem(coco_dir(self.out))
+        sizes = {_name(entry["name"]): entry.get("size") for entry in fs.ls(path, detail=True)} \
+            if fs.exists(path) else {}
+        repaired = 0
+        for uri, expected in sorted(self._seen.items()):
+            size = sizes.get(_name(coco_twin(self.out, uri)))
+            if size is None or (expected is not None and size != expected):
+                self._seen[uri] = write_coco_twin(self.out, uri, read_shard(uri), categories)
+                repaired += 1
+        if repaired:
+            log.warning("%s: %d COCO shards were missing or damaged; written anew from their Parquet shards",
+                        self.out, repaired)
+        return repaired
 
     @property
     def shards(self) -> int:
@@ -317,14 +402,14 @@ class ShardIndex:
                 write_shard(self.out, table.filter(pa.array(~listed)), folder=out_folder.join(self.out, REMOVED_DIR))
             kept = table.filter(pa.array(keep))
             if kept.num_rows:
-                self._seen.add(write_shard(self.out, kept, categories=categories))
+                self._seen[write_shard(self.out, kept, categories=categories)] = None
             self.counts.add(LabelCounts.of_table(table), -1)
             self.counts.add(LabelCounts.of_table(kept))
             self.errors.add(ErrorTally.of_table(table), -1)
             self.errors.add(ErrorTally.of_table(kept))
             _remove(uri)
             _remove(coco_twin(self.out, uri))
-            self._seen.discard(uri)
+            self._seen.pop(uri, None)
         self._fixes = {}
         if not_listed:
             log.warning("%s: %d labelled images are no longer in the source; their rows moved to %s/",

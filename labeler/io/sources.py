@@ -83,7 +83,21 @@ def _folder(source: str) -> SourceEntries:
 def _lines(fs: Any, path: str) -> Iterator[str]:
     """The lines of a text file, read as they are consumed."""
     with fs.open(path, "rb") as binary:
-        yield from io.TextIOWrapper(binary, encoding="utf-8", errors="replace")
+        yield from io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape")
+
+
+def _list_entry(line: str, folder: str, local_list: bool) -> str:
+    """The URI a line of a list names; relative lines are relative to the list's folder.
+
+    Local paths are normalised (``a/./b.jpg``, ``/r/../o.jpg``), so two lines
+    naming one file are one image and no path climbs out of where it seems to
+    be. Object keys are kept as written: ``a//b`` and ``a/b`` are two objects.
+    """
+    if "://" in line:
+        return line
+    if os.path.isabs(line):
+        return os.path.normpath(line)
+    return os.path.normpath(os.path.join(folder, line)) if local_list else f"{folder}/{line}"
 
 
 def _uri_list(source: str) -> SourceEntries:
@@ -101,10 +115,7 @@ def _uri_list(source: str) -> SourceEntries:
                 uri = line.strip()
                 if not uri or uri.startswith("#"):
                     continue
-                if "://" not in uri and not os.path.isabs(uri):
-                    uri = f"{folder}/{uri}" if not storage.is_local(source) else os.path.normpath(
-                        os.path.join(folder, uri))
-                batch.append(uri)
+                batch.append(storage.displayable(_list_entry(uri, folder, storage.is_local(source))))
                 if len(batch) >= LIST_BATCH:
                     yield batch
                     batch = []
@@ -122,7 +133,7 @@ def _coco(source: str, image_root: str | None) -> SourceEntries:
     ids, uris = [], []
     for image in sorted(dataset.images.values(), key=lambda i: i.id):
         ids.append(image.id)
-        uris.append(storage.join_under(root, image.file_name, what=f"{source}: image {image.id}"))
+        uris.append(storage.displayable(storage.join_under(root, image.file_name, what=f"{source}: image {image.id}")))
     table = pa.table({"image_id": pa.array(ids, pa.int64()), "uri": pa.array(uris, pa.string())})
     return SourceEntries("coco", coco_images=table)
 

@@ -73,6 +73,46 @@ def exists(uri: str) -> bool:
     return fs.exists(path)
 
 
+def displayable(name: str) -> str:
+    """``name`` as valid Unicode, for a listing (Parquet and JSON hold only valid UTF-8).
+
+    A local name whose bytes are not UTF-8 (Latin-1 names on old shares) comes
+    from the OS with surrogate escapes; its undecodable bytes become ``\\xe9``.
+    A lone surrogate (a COCO ``file_name`` written as ``"\\ud800"``) becomes
+    ``\\ud800``. Such a name names no file as it is: the image is an error row
+    (:func:`undecodable_name_reason`). Valid names are returned unchanged.
+    """
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    try:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+_ESCAPED_BYTE = re.compile(rb"\\x([0-9a-f]{2})")
+_ESCAPED_SURROGATE = re.compile(r"\\ud[89a-f][0-9a-f]{2}")
+
+
+def undecodable_name_reason(uri: str) -> str | None:
+    """Why a local image that could not be opened has no usable name, or None.
+
+    True for names :func:`displayable` escaped: the file whose bytes they
+    stand for exists, or the name held a lone surrogate.
+    """
+    if not is_local(uri):
+        return None
+    if _ESCAPED_SURROGATE.search(uri):
+        return "its file name is not valid Unicode (a lone surrogate); fix the name in the source"
+    raw = uri.removeprefix("file://").encode("utf-8")
+    if _ESCAPED_BYTE.search(raw) and os.path.lexists(_ESCAPED_BYTE.sub(lambda m: bytes([int(m[1], 16)]), raw)):
+        return "its file name is not valid UTF-8; rename the file (e.g. convmv -f latin1 -t utf8)"
+    return None
+
+
 class ReadRefusedError(Exception):
     """A file labeler will not read: not a regular file, too large, or failing a header check."""
 
