@@ -113,12 +113,13 @@ def test_image_addresses_for_label_studio():
 
 
 def test_comparing_one_image():
-    auto = [Instance(1, box(0, 10, 0, 10)), Instance(1, box(20, 30, 20, 30)), Instance(3, box(0, 10, 20, 30)),
-            Instance(3, box(30, 40, 0, 10))]
-    reviewed = [Instance(1, box(0, 10, 0, 10)),  # kept
-                Instance(1, box(20, 30, 20, 27)),  # edited: IoU 0.7
-                Instance(1, box(0, 10, 20, 30)),  # the square relabelled as a disc
-                Instance(3, box(12, 18, 12, 18))]  # added; the last square removed
+    auto = [Instance.of_mask(1, box(0, 10, 0, 10)), Instance.of_mask(1, box(20, 30, 20, 30)),
+            Instance.of_mask(3, box(0, 10, 20, 30)),
+            Instance.of_mask(3, box(30, 40, 0, 10))]
+    reviewed = [Instance.of_mask(1, box(0, 10, 0, 10)),  # kept
+                Instance.of_mask(1, box(20, 30, 20, 27)),  # edited: IoU 0.7
+                Instance.of_mask(1, box(0, 10, 20, 30)),  # the square relabelled as a disc
+                Instance.of_mask(3, box(12, 18, 12, 18))]  # added; the last square removed
     figures = compare(auto, reviewed)
     assert figures[1] == ClassFigures(auto=2, reviewed=3, kept=1, edited=1, added=1)
     assert figures[3] == ClassFigures(auto=2, reviewed=1, removed=2, relabelled=1, added=1)
@@ -233,3 +234,221 @@ def test_review_and_merge_on_the_command_line(tmp_path, run, run_cli):
     missing = run_cli("review", "merge", "--pred", out, "--review", tmp_path / "nope", "--labels",
                       tmp_path / "export.json", "--out", tmp_path / "final2")
     assert missing.exit_code == 2 and "--review" in missing.stderr
+
+
+def _first_region(export):
+    return next(t for t in export if t["annotations"][0]["result"])["annotations"][0]["result"][0]
+
+
+def _region_value(key, value):
+    return lambda export: _first_region(export)["value"].update({key: value})
+
+
+HOSTILE_LABEL_STUDIO = [
+    (lambda e: e[0].update(annotations={"result": []}), "'annotations' must be a list of objects"),
+    (lambda e: _first_region(e).update(type=None), "'type' must be a string, got null"),
+    (_region_value("rle", [300, 1, 2]), "'rle' must be a list of bytes"),
+    (_region_value("rle", [-1]), "'rle' must be a list of bytes"),
+    (_region_value("rle", "abc"), "'rle' must be a list of bytes"),
+    (_region_value("rle", [0, 0, 0]), "brush RLE"),
+    (_region_value("brushlabels", [["disc"]]), "'brushlabels' must name one class"),
+    (_region_value("brushlabels", ["disc", "star"]), "'brushlabels' must name one class"),
+    (_region_value("brushlabels", "disc"), "'brushlabels' must name one class"),
+    (_region_value("brushlabels", ["boat"]), "class \"boat\" is not one of the run's"),
+    (lambda e: _first_region(e).update(value=None), "'value' must be an object"),
+    (lambda e: e[0]["data"].update(labeler_image_id="7"), "image \"7\" is not one of this review's"),
+    (lambda e: e[0]["data"].update(file_name="other.png"), "the export is of another review"),
+]
+POLYGON = {"id": "p1", "type": "polygonlabels", "value": {"points": [[2, 2], [12, 2], [12, 12]],
+                                                          "polygonlabels": ["disc"]}}
+
+
+def _with_region(region):
+    def mutate(export):
+        next(t for t in export if t["annotations"][0]["result"])["annotations"][0]["result"].append(
+            copy.deepcopy(region))
+    return mutate
+
+
+def _polygon(points):
+    return _with_region({**POLYGON, "value": {**POLYGON["value"], "points": points}})
+
+
+def _box(**value):
+    return _with_region({"id": "b1", "type": "rectanglelabels", "value": {
+        "x": 10, "y": 10, "width": 20, "height": 20, "rotation": 0, "rectanglelabels": ["disc"], **value}})
+
+
+HOSTILE_LABEL_STUDIO += [
+    (_polygon([[2, 2], [float("nan"), 2], [12, 12]]), "a point's x must be a finite number"),  # was 8,604 pixels
+    (_polygon([[2, 2], [12], [12, 12]]), "'points' must be a list of at least 3 [x, y] pairs"),  # ragged
+    (_polygon([[2, 2], [12, 2]]), "'points' must be a list of at least 3"),
+    (_polygon([[200, 200], [300, 200], [300, 300]]), "the polygon lies outside the image"),
+    (_box(x=float("inf")), "'x' must be a finite number"),
+    (_box(width=-5), "is empty"),
+    (_box(x=150), "the box lies outside the image"),
+    (_box(rectanglelabels=None), "'rectanglelabels' must name one class"),
+    (lambda export: export.append(copy.deepcopy(export[0])), "has a second task"),  # the last silently won
+]
+
+
+@pytest.mark.parametrize("mutate, message", HOSTILE_LABEL_STUDIO,
+                         ids=[f"{i}-{m[:30]}" for i, (_, m) in enumerate(HOSTILE_LABEL_STUDIO)])
+def test_a_hostile_label_studio_export_is_refused_in_one_line_naming_task_and_region(tmp_path, run, run_cli, mutate,
+                                                                                     message):
+    """Issue 26, item 7: about 20 tracebacks and some silent garbage before."""
+    _, out, _ = run
+    review = prepare_review(str(out), str(tmp_path / "review"), n=4, min_score="0.3")
+    export = reviewer_export(json.loads(review.tasks.read_text()))
+    mutate(export)
+    (tmp_path / "export.json").write_text(json.dumps(export))
+    result = run_cli("review", "merge", "--pred", out, "--review", tmp_path / "review", "--labels",
+                     tmp_path / "export.json", "--out", tmp_path / "final")
+    assert result.exit_code == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert message in line and "task" in line, line
+    assert not (tmp_path / "final").exists()  # nothing written
+
+
+HOSTILE_CVAT = [
+    (lambda d: d.update(images=5), "'images' must be a list of objects"),
+    (lambda d: d["images"][0].pop("file_name"), "has no 'file_name'"),
+    (lambda d: d["annotations"][0].pop("image_id"), "'image_id' must be an integer"),
+    (lambda d: d["categories"][0].pop("name"), "has no 'name'"),
+    (lambda d: d["images"].append(dict(d["images"][0], id=999)), "is listed twice"),
+    (lambda d: d["annotations"][0].update(segmentation=None, bbox=[400, 400, 30, 30]), "lies outside the"),
+    (lambda d: d["annotations"][0].update(segmentation=None, bbox=[1, float("nan"), 3, 3]), "NaN or infinity"),
+    (lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3]]), "polygon 0 must be a list of x, y pairs"),
+    (lambda d: d["annotations"][0].update(category_id=99), "category 99 is not listed"),
+]
+
+
+@pytest.mark.parametrize("mutate, message", HOSTILE_CVAT, ids=[m[:30] for _, m in HOSTILE_CVAT])
+def test_a_hostile_cvat_export_is_refused_in_one_line(tmp_path, run, mutate, message):
+    _, out, _ = run
+    review = prepare_review(str(out), str(tmp_path / "review"), n=4, min_score="0.3")
+    document = load_json(review.cvat)
+    mutate(document)
+    (tmp_path / "cvat.json").write_text(json.dumps(document))
+    with pytest.raises(LabelerError, match=message.replace("(", "\\(").replace("[", "\\[")):
+        merge_review(str(out), str(tmp_path / "review"), str(tmp_path / "cvat.json"), str(tmp_path / "final"))
+    assert not (tmp_path / "final").exists()
+
+
+def test_a_cvat_box_partly_outside_the_image_is_clipped(tmp_path, run):
+    """The box [-20, -20, 50, 50] became a 275x211 box through negative slicing before."""
+    _, out, _ = run
+    review = prepare_review(str(out), str(tmp_path / "review"), n=1, min_score="0.3")
+    document = load_json(review.cvat)
+    image = document["images"][0]
+    document["annotations"] = [{"id": 1, "image_id": image["id"], "category_id": document["categories"][0]["id"],
+                                "bbox": [-20, -20, 50, 50], "segmentation": [], "iscrowd": 0, "area": 0}]
+    (tmp_path / "cvat.json").write_text(json.dumps(document))
+    merge_review(str(out), str(tmp_path / "review"), str(tmp_path / "cvat.json"), str(tmp_path / "final"))
+    (annotation,) = load_json(tmp_path / "final" / "annotations" / "reviewed.json")["annotations"]
+    assert annotation["bbox"] == [0.0, 0.0, 30.0, 30.0] and annotation["area"] == 900
+
+
+def _renumbered(gt, tmp_path):
+    """The ground truth of ``gt`` with its image ids in reverse: another run of the same images."""
+    document = load_json(gt)
+    ids = [i["id"] for i in document["images"]]
+    new = dict(zip(ids, reversed(ids)))
+    for image in document["images"]:
+        image["id"] = new[image["id"]]
+    for annotation in document["annotations"]:
+        annotation["image_id"] = new[annotation["image_id"]]
+    path = gt.parent / "renumbered.json"
+    path.write_text(json.dumps(document))
+    return path
+
+
+def test_a_review_merged_into_another_run_is_refused(tmp_path, run):
+    """Issue 26, item 3: tasks were matched by labeler_image_id alone: every mask went to another image, exit 0."""
+    gt, out, scores = run
+    review = prepare_review(str(out), str(tmp_path / "review"), n=6, min_score="0.3")
+    export = reviewer_export(json.loads(review.tasks.read_text()))
+    (tmp_path / "export.json").write_text(json.dumps(export))
+    other = fake_run(tmp_path / "other", _renumbered(gt, tmp_path), scores)
+    with pytest.raises(LabelerError, match=r"image \d+ is .* there, but the review chose .* under that id"):
+        merge_review(str(other), str(tmp_path / "review"), str(tmp_path / "export.json"), str(tmp_path / "f1"))
+
+    manifest = load_json(out / "run.json")
+    (out / "run.json").write_text(json.dumps(dict(manifest, out_id="a" * 32)))
+    (other / "run.json").write_text(json.dumps(dict(manifest, out_id="b" * 32)))
+    prepare_review(str(out), str(tmp_path / "review2"), n=6, min_score="0.3")
+    with pytest.raises(LabelerError, match="was prepared on another run"):
+        merge_review(str(other), str(tmp_path / "review2"), str(tmp_path / "export.json"), str(tmp_path / "f2"))
+    merge_review(str(out), str(tmp_path / "review2"), str(tmp_path / "export.json"), str(tmp_path / "f3"))
+    assert not (tmp_path / "f1").exists() and not (tmp_path / "f2").exists()
+
+
+def test_boxes_drawn_alone_are_instances_and_boxes_over_masks_are_not():
+    from labeler.io.label_studio import reviewed_instances
+
+    mask = box(0, 20, 0, 20)
+    regions = [
+        {"id": "m", "type": "brushlabels", "value": {"rle": mask_to_rle(mask), "brushlabels": ["disc"]}},
+        {"id": "b-same", "type": "rectanglelabels",  # the box of the mask: not an instance of its own
+         "value": {"x": 0, "y": 0, "width": 50, "height": 50, "rectanglelabels": ["disc"]}},
+        {"id": "b-other", "type": "rectanglelabels",  # over the mask, another class: an instance
+         "value": {"x": 0, "y": 0, "width": 50, "height": 50, "rectanglelabels": ["square"]}},
+        {"id": "b-alone", "type": "rectanglelabels",
+         "value": {"x": 75, "y": 75, "width": 25, "height": 25, "rectanglelabels": ["disc"]}},
+        {"id": "rel", "type": "relation", "from_id": "m", "to_id": "b-alone"},  # not a region: ignored
+    ]
+    instances = reviewed_instances(regions, 40, 40, "task 1")
+    from pycocotools import mask as mask_utils
+
+    assert [(i.name, int(mask_utils.area(i.rle))) for i in instances] == [("disc", 400), ("square", 400),
+                                                                         ("disc", 100)]
+
+
+def test_reviewed_json_builds_a_bank_when_a_class_was_removed_and_images_lie_outside_the_root(tmp_path, run):
+    """Issue 26, item 10: reviewed.json listed every class (build-bank refused the one reviewers removed) and kept
+    absolute file names for images outside a list source's folder (refused by build-bank)."""
+    gt, _, scores = run
+    document = load_json(gt)
+    for image in document["images"]:  # a list source's images outside its folder: file_name is the absolute path
+        image["file_name"] = str(gt.parent / "images" / image["file_name"])
+    listed = tmp_path / "listed.json"
+    listed.write_text(json.dumps(document))
+    out = fake_run(tmp_path / "list-run", listed, scores)
+    (out / "run.json").write_text(json.dumps(dict(load_json(out / "run.json"), source_root=str(tmp_path / "lists"))))
+    review = prepare_review(str(out), str(tmp_path / "review"), n=12, min_score="0.3", document_root=str(tmp_path))
+    export = reviewer_export(json.loads(review.tasks.read_text()))
+    gone = "square"
+    for task in export:
+        result = task["annotations"][0]["result"]
+        result[:] = [r for r in result if r["value"]["brushlabels"][0] != gone]
+    (tmp_path / "export.json").write_text(json.dumps(export))
+    merged = merge_review(str(out), str(tmp_path / "review"), str(tmp_path / "export.json"), str(tmp_path / "final"))
+    assert gone not in merged.reference_classes and f"no reviewed instance of {gone}" in merged.table()
+    reviewed = load_json(tmp_path / "final" / "annotations" / "reviewed.json")
+    assert gone not in [c["name"] for c in reviewed["categories"]]
+    assert all(not i["file_name"].startswith(("/", "..")) for i in reviewed["images"])
+    from labeler.build_bank import build_bank
+
+    bank = build_bank(str(tmp_path / "final" / "annotations" / "reviewed.json"), reviewed["info"]["image_root"],
+                      dinov2="random:tiny", sam2="random:tiny", device="cpu")
+    assert gone not in [c.name for c in bank.categories] and len(bank.annotation_ids) == len(reviewed["annotations"])
+
+
+def test_task_addresses_stay_under_their_roots(tmp_path):
+    """Issue 26, item 9: --url-prefix leaked absolute paths and .. into task URLs."""
+    with pytest.raises(LabelerError, match="--url-prefix: image /elsewhere/a.jpg is not under the run's image root"):
+        image_url("/elsewhere/a.jpg", "/elsewhere/a.jpg", document_root=None, url_prefix="https://h/img/")
+    with pytest.raises(LabelerError, match="not under the run's image root"):
+        image_url("/data/../x/a.jpg", "../x/a.jpg", document_root=None, url_prefix="https://h/img/")
+    with pytest.raises(LabelerError, match="is not under it"):
+        image_url("/root/../outside/o.jpg", "o.jpg", document_root="/root", url_prefix=None)
+    assert image_url("/data/./set/a.jpg", "set/a.jpg", document_root="/data/", url_prefix=None) == \
+        "/data/local-files/?d=set/a.jpg"
+
+
+@pytest.mark.parametrize("value", ["5", "nan", "-0.1"])
+def test_review_merge_refuses_a_val_fraction_outside_the_unit_interval(tmp_path, run, run_cli, value):
+    _, out, _ = run
+    result = run_cli("review", "merge", "--pred", out, "--review", tmp_path, "--labels", tmp_path / "x.json",
+                     "--out", tmp_path / "final", "--val-fraction", value)
+    assert result.exit_code == 2

@@ -18,10 +18,13 @@ and the score; rectangles and polygons are in percent of the image.
 from __future__ import annotations
 
 import html
+import json
+import math
 import uuid
 from dataclasses import dataclass
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from labeler.errors import LabelerError
 
@@ -62,7 +65,7 @@ class _Bits:
 
     def read(self, count: int) -> int:
         if self.position + count > self.bits.size:
-            raise LabelerError("a Label Studio brush RLE ends early")
+            raise LabelerError("the brush RLE ends early")
         value = 0
         for bit in self.bits[self.position:self.position + count]:
             value = (value << 1) | int(bit)
@@ -75,8 +78,10 @@ def rle_to_mask(rle: list[int], height: int, width: int) -> np.ndarray:
     stream = _Bits(rle)
     count = stream.read(32)
     if count != height * width * 4:
-        raise LabelerError(f"a Label Studio brush RLE of {count} values does not fit a {width}x{height} image")
+        raise LabelerError(f"a brush RLE of {count} values does not fit a {width}x{height} image")
     word = stream.read(5) + 1
+    if word > 8:
+        raise LabelerError(f"a brush RLE of {word}-bit values; Label Studio's are bytes")
     widths = [stream.read(4) + 1 for _ in range(4)]
     out = np.zeros(count, dtype=np.uint8)
     i = 0
@@ -128,49 +133,145 @@ def prediction_regions(name: str, score: float, mask: np.ndarray, bbox: list[flo
 
 @dataclass(frozen=True)
 class ReviewedInstance:
-    """One instance a reviewer left in an image: its class name and mask (``None`` for a box alone)."""
+    """One instance a reviewer left in an image: its class name and its mask as a pycocotools RLE."""
 
     name: str
-    mask: np.ndarray
+    rle: dict
 
 
-def _polygon_mask(points: list[list[float]], height: int, width: int) -> np.ndarray:
-    import cv2
-
-    mask = np.zeros((height, width), dtype=np.uint8)
-    corners = np.round(np.asarray(points, dtype=np.float64) * [width / 100, height / 100]).astype(np.int32)
-    if len(corners) >= 3:
-        cv2.fillPoly(mask, [corners], 1)
-    return mask.astype(bool)
+def encode_mask(mask: np.ndarray) -> dict:
+    """A pycocotools RLE of an ``[H, W]`` mask."""
+    return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
 
 
-def _box_mask(value: dict, height: int, width: int) -> np.ndarray:
-    mask = np.zeros((height, width), dtype=bool)
-    x0, y0 = round(value["x"] * width / 100), round(value["y"] * height / 100)
-    x1, y1 = round((value["x"] + value["width"]) * width / 100), round((value["y"] + value["height"]) * height / 100)
-    mask[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = True
-    return mask
+def _number(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise LabelerError(f"{what} must be a finite number, got {json.dumps(value)[:40]}")
+    return float(value)
 
 
-def reviewed_instances(result: list[dict], height: int, width: int, where: str) -> list[ReviewedInstance]:
+def _label(value: dict, key: str) -> str:
+    labels = value.get(key)
+    if not isinstance(labels, list) or len(labels) != 1 or not isinstance(labels[0], str):
+        raise LabelerError(f"'{key}' must name one class, as [\"name\"], got {json.dumps(labels)[:60]}")
+    return labels[0]
+
+
+def _brush(value: dict, height: int, width: int) -> dict:
+    rle = value.get("rle")
+    if not isinstance(rle, list) or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255
+                                            for v in rle):
+        raise LabelerError("'rle' must be a list of bytes (integers 0 to 255)")
+    return encode_mask(rle_to_mask(rle, height, width))
+
+
+def _percent_points(points: object, height: int, width: int) -> list[float]:
+    if not isinstance(points, list) or len(points) < 3 or not all(isinstance(p, list) and len(p) == 2 for p in points):
+        raise LabelerError("'points' must be a list of at least 3 [x, y] pairs")
+    flat = []
+    for x, y in points:
+        flat += [_number(x, "a point's x") * width / 100, _number(y, "a point's y") * height / 100]
+    return flat
+
+
+def _polygon_rle(flat: list[float], height: int, width: int) -> dict:
+    """A polygon in pixels, clipped to the image, rasterised as pycocotools rasterises COCO polygons."""
+    points = np.asarray(flat, dtype=np.float64).reshape(-1, 2).clip(0, [width, height])
+    return mask_utils.frPyObjects([points.ravel().tolist()], height, width)[0]
+
+
+def _box_polygon(value: dict, height: int, width: int) -> list[float]:
+    """A rectangle region's corners in pixels; Label Studio rotates it about its top-left corner."""
+    x, y, w, h = (_number(value.get(key), f"'{key}'") for key in ("x", "y", "width", "height"))
+    if w <= 0 or h <= 0:
+        raise LabelerError(f"box of width {w:g}% and height {h:g}% is empty")
+    angle = math.radians(_number(value.get("rotation", 0), "'rotation'"))
+    corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float64)
+    turn = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    pixels = (corners @ turn.T + [x, y]) * [width / 100, height / 100]
+    return pixels.ravel().tolist()
+
+
+def _inside(flat: list[float], height: int, width: int) -> bool:
+    points = np.asarray(flat).reshape(-1, 2)
+    low, high = points.min(axis=0), points.max(axis=0)
+    return bool(high[0] > 0 and high[1] > 0 and low[0] < width and low[1] < height)
+
+
+def _region(region: object, height: int, width: int) -> tuple[str, ReviewedInstance] | None:
+    """``("mask" | "box", instance)`` of one region of a ``result``; None for other kinds (relations, text)."""
+    if not isinstance(region, dict):
+        raise LabelerError("not an object")
+    kind, value = region.get("type"), region.get("value")
+    if not isinstance(kind, str):
+        raise LabelerError(f"'type' must be a string, got {json.dumps(kind)[:40]}")
+    kind = kind.lower()
+    if kind not in ("brushlabels", "polygonlabels", "rectanglelabels"):
+        return None
+    if not isinstance(value, dict):
+        raise LabelerError("'value' must be an object")
+    name = _label(value, kind)
+    if kind == "brushlabels":
+        return MASK_TOOL, ReviewedInstance(name, _brush(value, height, width))
+    flat = _percent_points(value.get("points"), height, width) if kind == "polygonlabels" \
+        else _box_polygon(value, height, width)
+    if not _inside(flat, height, width):
+        raise LabelerError(f"the {'polygon' if kind == 'polygonlabels' else 'box'} lies outside the image")
+    shape = MASK_TOOL if kind == "polygonlabels" else BOX_TOOL
+    return shape, ReviewedInstance(name, _polygon_rle(flat, height, width))
+
+
+#: Share of a mask region that must lie inside a box of its class for the box to be that region's.
+BOX_COVERS_MASK = 0.5
+
+
+def _boxes_alone(masks: list[ReviewedInstance], boxes: list[ReviewedInstance]) -> list[ReviewedInstance]:
+    """The boxes no mask region of their class lies in (at least half of it): boxes a reviewer drew alone.
+
+    Boxes first: only pairs whose bounding boxes meet are compared pixel by pixel,
+    so a task with thousands of regions costs about as many comparisons as regions.
+    """
+    if not masks or not boxes:
+        return boxes
+    mask_boxes = mask_utils.toBbox([m.rle for m in masks])  # x, y, w, h
+    box_boxes = mask_utils.toBbox([b.rle for b in boxes])
+    meet = ((box_boxes[:, None, 0] < mask_boxes[None, :, 0] + mask_boxes[None, :, 2])
+            & (mask_boxes[None, :, 0] < box_boxes[:, None, 0] + box_boxes[:, None, 2])
+            & (box_boxes[:, None, 1] < mask_boxes[None, :, 1] + mask_boxes[None, :, 3])
+            & (mask_boxes[None, :, 1] < box_boxes[:, None, 1] + box_boxes[:, None, 3]))
+    mask_areas = mask_utils.area([m.rle for m in masks])
+    alone = []
+    for i, box in enumerate(boxes):
+        covered = False
+        for j in np.flatnonzero(meet[i]):
+            if masks[j].name != box.name:
+                continue
+            inside = mask_utils.area(mask_utils.merge([masks[j].rle, box.rle], intersect=True))
+            if inside >= BOX_COVERS_MASK * max(int(mask_areas[j]), 1):
+                covered = True
+                break
+        if not covered:
+            alone.append(box)
+    return alone
+
+
+def reviewed_instances(result: object, height: int, width: int, where: str) -> list[ReviewedInstance]:
     """The instances of one Label Studio annotation's ``result``: brush and polygon regions as masks;
-    a box only where no mask region covers it (a reviewer added a box alone: its filled box).
+    a box only where no mask region of its class lies in it (a box a reviewer drew alone: its filled box).
+    Every value is checked; a polygon or box is clipped to the image.
 
     Raises:
-        LabelerError: a region that cannot be read, naming ``where``.
+        LabelerError: a region that cannot be read, naming ``where`` and the region.
     """
+    if not isinstance(result, list):
+        raise LabelerError(f"{where}: 'result' must be a list of regions")
     masks, boxes = [], []
-    for region in result:
-        kind, value = region.get("type", "").lower(), region.get("value", {})
+    for position, region in enumerate(result):
+        label = region.get("id", position) if isinstance(region, dict) else position
         try:
-            if kind == "brushlabels":
-                masks.append(ReviewedInstance(value["brushlabels"][0], rle_to_mask(value["rle"], height, width)))
-            elif kind == "polygonlabels":
-                masks.append(ReviewedInstance(value["polygonlabels"][0], _polygon_mask(value["points"], height, width)))
-            elif kind == "rectanglelabels":
-                boxes.append(ReviewedInstance(value["rectanglelabels"][0], _box_mask(value, height, width)))
-        except (KeyError, IndexError, TypeError) as error:
-            raise LabelerError(f"{where}: region {region.get('id', '?')}: missing {error}") from None
-    alone = [box for box in boxes if not any(
-        m.name == box.name and (m.mask & box.mask).sum() >= 0.5 * max(int(m.mask.sum()), 1) for m in masks)]
-    return masks + alone
+            found = _region(region, height, width)
+        except LabelerError as error:
+            raise LabelerError(f"{where}: region {json.dumps(label)[:40]}: {error}") from None
+        if found is not None:
+            (masks if found[0] == MASK_TOOL else boxes).append(found[1])
+    return masks + _boxes_alone(masks, boxes)

@@ -35,8 +35,8 @@ def _checked_rle(segmentation: dict, height: int, width: int, where: str) -> dic
     return rle
 
 
-def segmentation_to_mask(segmentation: Any, height: int, width: int, *, where: str) -> np.ndarray:
-    """Decode a COCO segmentation to an ``[H, W]`` uint8 mask.
+def segmentation_to_rle(segmentation: Any, height: int, width: int, *, where: str) -> dict:
+    """A COCO segmentation as one pycocotools RLE of an ``height x width`` image.
 
     Accepts polygons (a list of flat coordinate lists), uncompressed RLE
     (``counts`` a list) and compressed RLE (``counts`` a string), checked first
@@ -46,13 +46,20 @@ def segmentation_to_mask(segmentation: Any, height: int, width: int, *, where: s
     check_segmentation(segmentation, where, (height, width))
     try:
         if isinstance(segmentation, list):
-            rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-        else:
-            rle = _checked_rle(segmentation, height, width, where)
-        return mask_utils.decode(rle).astype(np.uint8)
+            return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+        return _checked_rle(segmentation, height, width, where)
     except LabelerError:
         raise
     except Exception as error:  # pycocotools raises bare ValueError/TypeError on malformed input
+        raise LabelerError(f"{where}: malformed segmentation ({error})") from None
+
+
+def segmentation_to_mask(segmentation: Any, height: int, width: int, *, where: str) -> np.ndarray:
+    """Decode a COCO segmentation to an ``[H, W]`` uint8 mask (:func:`segmentation_to_rle`)."""
+    rle = segmentation_to_rle(segmentation, height, width, where=where)
+    try:
+        return mask_utils.decode(rle).astype(np.uint8)
+    except Exception as error:  # noqa: BLE001 - pycocotools on a malformed string
         raise LabelerError(f"{where}: malformed segmentation ({error})") from None
 
 
