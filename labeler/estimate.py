@@ -22,8 +22,12 @@ Then, over the pooled held-out labels:
   its spread across folds, and the confusion table as a heat map).
 
 Layout of OUT: ``folds/<k>/{refs.json, bank.safetensors, heldout.json,
-labels/}``, ``predictions.json`` (pooled, COCO results), ``thresholds.json``,
-``report.json``, ``report.txt``, ``estimate.png``.
+labels/}`` (a fold with no reference outside it has an empty
+``predictions.json`` instead of a bank and labels: its images count as
+labelled with nothing, and the report says so), ``predictions.json``
+(pooled, COCO results), ``thresholds.json``, ``report.json``,
+``report.txt``, ``estimate.png``. OUT is built beside its place and
+published whole (:mod:`labeler.io.published_folder`).
 """
 
 from __future__ import annotations
@@ -151,7 +155,9 @@ def _estimate(config: EstimateConfig, out: Path, gt_document: dict, notes: list[
             if not train["categories"]:
                 notes.append(f"fold {k}: no reference annotation outside it, so no bank to label it with; its "
                              f"{len(heldout['images'])} images count as labelled with nothing")
-                reports.append(evaluate_nothing(folder / "heldout.json", str(folder / "none.json")))
+                (folder / "predictions.json").write_text(json.dumps({"images": heldout["images"], "annotations": []}))
+                reports.append(evaluate(str(folder / "predictions.json"), str(folder / "heldout.json")))
+                pooled_images += heldout["images"]
                 continue
             missing = sorted(c["name"] for c in gt_document["categories"]
                              if c not in train["categories"] and any(a["category_id"] == c["id"]
@@ -178,12 +184,6 @@ def _estimate(config: EstimateConfig, out: Path, gt_document: dict, notes: list[
     iou_type = "segm" if "segm" in pooled.metrics else "bbox"
     thresholds, confusion = _thresholds_and_confusion(gt_document, pooled_annotations, config.target_precision)
     return EstimateResult(out, pooled, reports, thresholds, confusion, notes + pooled.notes, iou_type)
-
-
-def evaluate_nothing(heldout: Path, path: str) -> EvalReport:
-    """The evaluation of a fold labelled with nothing (an empty predictions file at ``path``)."""
-    Path(path).write_text(json.dumps({"images": [], "annotations": []}))
-    return evaluate(path, str(heldout))
 
 
 def _thresholds_and_confusion(document: dict, detections: list[dict], target: float

@@ -40,6 +40,8 @@ def inputs(tmp_path_factory):
                                                         for a in gt_document["annotations"]]},
         "no-categories.json": {k: v for k, v in gt_document.items() if k != "categories"},
         "huge-image-id.json": {**gt_document, "images": [dict(gt_document["images"][0], id=2**63)]},
+        "no-image-id.json": {**gt_document, "annotations": [{k: v for k, v in a.items() if k != "image_id"}
+                                                            for a in gt_document["annotations"]]},
     }
     for name, document in variants.items():
         write_json(root / name, document)
@@ -97,6 +99,22 @@ CASES = {
                                                    r / "e"], "--format must be one of"),
     "export not a run": (lambda r, refs, gt: ["export", "--pred", r / "folder", "--format", "coco", "--out", r / "e"],
                          "no run.json"),
+    # Issue 26, item 9: tracebacks before.
+    "visualize --seed -1": (lambda r, refs, gt: ["visualize", "--pred", r / "run", "--out", r / "v", "--seed", "-1"],
+                            "--seed must be non-negative"),
+    "visualize --gt []": (lambda r, refs, gt: ["visualize", "--pred", r / "run", "--out", r / "v", "--gt",
+                                               r / "empty-list.json"], "a COCO file must hold a JSON object"),
+    "visualize --gt without image_id": (lambda r, refs, gt: ["visualize", "--pred", r / "run", "--out", r / "v",
+                                                             "--gt", r / "no-image-id.json"],
+                                        "missing field 'image_id'"),
+    "estimate --seed -1": (lambda r, refs, gt: ["estimate", "--refs", refs, "--images", refs.parent / "images",
+                                                "--out", r / "est", "--seed", "-1", *TINY],
+                           "--seed must be non-negative"),
+    "export --simplify 1e300": (lambda r, refs, gt: ["export", "--pred", r / "run", "--format", "yolo", "--out",
+                                                     r / "y", "--simplify", "1e300"], "--simplify must be"),
+    "review merge --val-fraction nan": (lambda r, refs, gt: ["review", "merge", "--pred", r / "run", "--review", r,
+                                                             "--labels", r / "file.txt", "--out", r / "m",
+                                                             "--val-fraction", "nan"], "--val-fraction must be"),
     "bench --json a folder": (lambda r, refs, gt: ["bench", "--json", r / "folder", "--no-ray"], "--json .* is a folder"),
     "bench --image-size 10": (lambda r, refs, gt: ["bench", "--image-size", "10", "--no-ray"], "--image-size: expected"),
     "demo --out a file": (lambda r, refs, gt: ["demo", "--out", r / "file.txt"], "is a file; pass a folder"),

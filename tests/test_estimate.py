@@ -121,3 +121,20 @@ def test_the_thresholds_file_is_what_run_export_and_visualize_take(estimate):
     assert (out / "estimate.png").stat().st_size > 10_000
     text = (out / "report.txt").read_text()
     assert "built without it (3 folds)" in text and "Thresholds for precision 0.5" in text
+
+
+def test_a_fold_with_no_reference_outside_it_is_noted_not_fatal(tmp_path):
+    """Issue 26, item 9: a fold with nothing to build a bank from aborted the whole estimate, naming an internal
+    file (folds/k/refs.json)."""
+    refs = generate_dataset(tmp_path / "refs", 2, seed=3)
+    document = load_json(refs)
+    empty = document["images"][1]["id"]  # every annotation on the first image: its fold has no bank to build
+    document["annotations"] = [a for a in document["annotations"] if a["image_id"] != empty]
+    refs.write_text(json.dumps(document))
+    result = run_estimate(EstimateConfig(
+        refs=str(refs), images=str(refs.parent / "images"), out=str(tmp_path / "out"), dinov2="random:tiny",
+        sam2="random:tiny", folds=2, seed=1, target_precision=0.5, device="cpu",
+        run_options=dict(points_per_side=4, batch_size=4, max_error_rate=1.0)))
+    assert any("no reference annotation outside it" in note for note in result.notes)
+    assert len(result.per_fold) == 2 and (tmp_path / "out" / "report.txt").exists()
+    assert "no reference annotation outside it" in (tmp_path / "out" / "report.txt").read_text()

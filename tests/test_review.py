@@ -444,11 +444,3 @@ def test_task_addresses_stay_under_their_roots(tmp_path):
         image_url("/root/../outside/o.jpg", "o.jpg", document_root="/root", url_prefix=None)
     assert image_url("/data/./set/a.jpg", "set/a.jpg", document_root="/data/", url_prefix=None) == \
         "/data/local-files/?d=set/a.jpg"
-
-
-@pytest.mark.parametrize("value", ["5", "nan", "-0.1"])
-def test_review_merge_refuses_a_val_fraction_outside_the_unit_interval(tmp_path, run, run_cli, value):
-    _, out, _ = run
-    result = run_cli("review", "merge", "--pred", out, "--review", tmp_path, "--labels", tmp_path / "x.json",
-                     "--out", tmp_path / "final", "--val-fraction", value)
-    assert result.exit_code == 2

@@ -269,3 +269,28 @@ def test_error_reasons_are_tallied_in_footers_and_summed_by_the_index(tmp_path):
     again = index_of(out, [1, 2, 4, 5])
     assert [(kind, e.count) for kind, e in again.errors.most_common(5)] == [
         ("read failed: no such file", 2), ("decode failed: cannot identify image file …", 1)]
+
+
+def test_a_writer_that_cannot_write_its_labels_reports_its_own_error(tmp_path):
+    """Issue 26, item 6: a class name holding a lone surrogate failed every write task, and the run ended as
+    "2 images were still unlabelled after 3 passes" with the writer's error never shown."""
+    from labeler.actors.writer import LabelShardSink
+
+    class Tracker:  # the tracker actor's interface: report_fatal.remote(stage, message)
+        def __init__(self):
+            self.fatal = []
+            self.report_fatal = self
+            self.add = self
+
+        def remote(self, *args):
+            self.fatal.append(args)
+
+    rows = LabelRows()
+    rows.add(1, str(tmp_path / "a.jpg"), 4, 4, "ok", None)
+    tracker = Tracker()
+    sink = LabelShardSink(str(tmp_path / "out"), 10, [Category(1, "bad-\ud800")], str(tmp_path), tracker=tracker)
+    with pytest.raises(UnicodeEncodeError):
+        sink.write([rows.table()], None)
+    assert [args[0] for args in tracker.fatal] == ["write"]
+    assert tracker.fatal[0][1].startswith("writing a label shard failed: UnicodeEncodeError:")
+    assert not list((tmp_path / "out").rglob("part-*"))

@@ -59,18 +59,21 @@ def mask_to_rle(mask: np.ndarray) -> list[int]:
 
 
 class _Bits:
+    """A bit stream read MSB first; fields are parsed by ``int(text, 2)`` on a string of 0s and 1s."""
+
     def __init__(self, data: list[int]):
-        self.bits = np.unpackbits(np.asarray(data, dtype=np.uint8))
+        self.bits = np.unpackbits(np.asarray(data, dtype=np.uint8)).tobytes().translate(_BIT_CHARACTERS).decode()
         self.position = 0
 
     def read(self, count: int) -> int:
-        if self.position + count > self.bits.size:
+        if self.position + count > len(self.bits):
             raise LabelerError("the brush RLE ends early")
-        value = 0
-        for bit in self.bits[self.position:self.position + count]:
-            value = (value << 1) | int(bit)
+        value = int(self.bits[self.position:self.position + count], 2)
         self.position += count
         return value
+
+
+_BIT_CHARACTERS = bytes.maketrans(b"\x00\x01", b"01")
 
 
 def rle_to_mask(rle: list[int], height: int, width: int) -> np.ndarray:
@@ -239,7 +242,7 @@ def _boxes_alone(masks: list[ReviewedInstance], boxes: list[ReviewedInstance]) -
             & (mask_boxes[None, :, 0] < box_boxes[:, None, 0] + box_boxes[:, None, 2])
             & (box_boxes[:, None, 1] < mask_boxes[None, :, 1] + mask_boxes[None, :, 3])
             & (mask_boxes[None, :, 1] < box_boxes[:, None, 1] + box_boxes[:, None, 3]))
-    mask_areas = mask_utils.area([m.rle for m in masks])
+    mask_areas = [int(mask_utils.area(m.rle)) for m in masks]  # area() of a list fails from 256 masks
     alone = []
     for i, box in enumerate(boxes):
         covered = False
