@@ -12,6 +12,24 @@ import pytest
 from labeler.synthetic import generate_dataset
 
 
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected what will not run
+def pytest_collection_modifyitems(session, config, items):
+    """Tests of a real Label Studio server run last, and the server starts now, in the background:
+    its first start (the database migrations) overlaps the rest of the suite."""
+    served = [item for item in items if item.get_closest_marker("label_studio")]
+    if served:
+        from .label_studio_server import start_in_background
+
+        items[:] = [item for item in items if item not in served] + served
+        start_in_background()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    from . import label_studio_server
+
+    label_studio_server.stop()
+
+
 @dataclass
 class CliResult:
     exit_code: int

@@ -189,13 +189,6 @@ def test_unloadable_models_fail_before_any_image_is_read(tmp_path, bank_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_coco_source_keeps_image_ids(tmp_path, ray_session, bank_path):
-    gt = generate_dataset(tmp_path / "gt", 3, seed=4, first_image_id=500)
-    out = tmp_path / "out"
-    run_labeling(RunConfig(bank=bank_path, images=str(gt), out=str(out), **TINY_RUN))
-    assert sorted(r["image_id"] for r in read_rows(out)) == [500, 501, 502]
-
-
 def test_killed_run_resumes_to_each_image_exactly_once(tmp_path, bank_path, run_cli):
     """Also: a second run on the same OUT is refused while the first holds it, and the
     lock the SIGKILLed run leaves behind does not stop the rerun."""
@@ -543,11 +536,12 @@ def test_damaged_run_state_ends_in_one_line_naming_the_way_out_or_is_repaired(tm
     assert run_cli("export", "--pred", out, "--format", "coco", "--out", tmp_path / "export").exit_code == 0
 
 
-def test_a_coco_id_pointed_at_another_file_is_a_new_image_on_relist(tmp_path, ray_session, bank_path):
-    """Issue 26, items 5 and 6: after --relist, an id whose file_name changed is labelled from the new file and
-    its old row goes to _state/removed (it kept the old labels, "0 labelled now"); a file_name holding a lone
-    surrogate is one error row, not a crashed listing."""
-    gt = generate_dataset(tmp_path / "t", 4, seed=23, image_format="jpg", subfolders=False)
+def test_a_coco_source_keeps_its_ids_and_an_id_pointed_at_another_file_is_a_new_image_on_relist(
+        tmp_path, ray_session, bank_path):
+    """A COCO source's rows carry the file's own ids. Issue 26, items 5 and 6: after --relist, an id whose
+    file_name changed is labelled from the new file and its old row goes to _state/removed (it kept the old
+    labels, "0 labelled now"); a file_name holding a lone surrogate is one error row, not a crashed listing."""
+    gt = generate_dataset(tmp_path / "t", 4, seed=23, image_format="jpg", subfolders=False, first_image_id=500)
     document = load_json(gt)
     document["images"].append({"id": 77, "file_name": "bad-\ud800.jpg", "width": 10, "height": 10})
     gt.write_text(json.dumps(document))
@@ -557,6 +551,7 @@ def test_a_coco_id_pointed_at_another_file_is_a_new_image_on_relist(tmp_path, ra
     first = run_labeling(RunConfig(**config))
     assert (first.counts.images_ok, first.counts.images_error) == (4, 1)
     rows = {r["image_id"]: r for r in read_rows(out)}
+    assert sorted(rows) == [77, 500, 501, 502, 503]
     assert "not valid Unicode" in rows[77]["error"] and rows[77]["uri"].endswith("bad-\\ud800.jpg")
 
     moved = document["images"][0]

@@ -258,7 +258,7 @@ def retire_changed_images(out: str, listed: pa.Table, categories: list[Category]
     uris = listed.column("uri").combine_chunks()
     moved = 0
     for uri in list_shards(out):
-        table = read_shard(uri)
+        table = read_shard(uri, ["image_id", "uri"])  # the rest of a shard is read only when it changes
         shard_ids = table.column("image_id").to_numpy()
         position = np.minimum(np.searchsorted(ids, shard_ids), max(ids.size - 1, 0))
         found = (ids[position] == shard_ids) if ids.size else np.zeros(shard_ids.size, dtype=bool)
@@ -269,7 +269,7 @@ def retire_changed_images(out: str, listed: pa.Table, categories: list[Category]
         changed[found] = ~pc.equal(now, table.column("uri").combine_chunks().filter(pa.array(found))).to_numpy(
             zero_copy_only=False)
         if changed.any():
-            _move_rows_out(out, uri, table, changed, categories)
+            _move_rows_out(out, uri, read_shard(uri), changed, categories)
             moved += int(changed.sum())
     if moved:
         log.warning("%s: %d image ids of the source now name other files; their old rows moved to %s/ and the "
