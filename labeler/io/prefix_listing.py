@@ -18,7 +18,8 @@ from typing import Any
 
 from fsspec.asyn import sync
 
-from labeler.io import storage
+from labeler.io import out_folder, storage
+from labeler.io.published_folder import MARKER_NAME
 
 #: Names per yielded batch.
 BATCH_NAMES = 65_536
@@ -28,10 +29,8 @@ S3_CONCURRENCY = 32
 
 def is_labeler_folder(folder: str, dirnames: list[str], filenames: list[str]) -> bool:
     """True for a folder labeler wrote (a run's OUT, an export, pictures): never a source's images."""
-    from labeler.io.published_folder import MARKER_NAME
-
-    return MARKER_NAME in filenames or (
-        "_state" in dirnames and os.path.isfile(os.path.join(folder, "_state", "settings.json")))
+    return MARKER_NAME in filenames or (out_folder.STATE_DIR in dirnames and os.path.isfile(
+        os.path.join(folder, out_folder.STATE_DIR, out_folder.SETTINGS_NAME)))
 
 
 def iter_local(root: str, keep: Callable[[str], bool]) -> Iterator[list[str]]:
