@@ -27,10 +27,10 @@ from safetensors.torch import load, save
 
 from labeler import __version__
 from labeler.errors import BankError, LabelerError
-from labeler.io import storage
+from labeler.io import markers, storage
 from labeler.io.coco import Category, check_class_names
 
-FORMAT_MARKER = "labeler-prototype-bank"
+FORMAT_MARKER = markers.BANK
 FORMAT_VERSION = 1
 #: Encoder input sides a bank may record (DINOv2 patches are 14 px; 518 is the default).
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 14, 2048

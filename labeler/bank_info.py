@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from labeler.bank import PrototypeBank
+from labeler.io import markers
 
 DEFAULT_CONFUSION_THRESHOLD = 0.8
 
@@ -83,5 +84,5 @@ def plot_similarity(bank: PrototypeBank, path: str) -> None:
     axes.set_title(f"class prototype similarity ({bank.encoder})")
     figure.colorbar(image, ax=axes)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, metadata={"Software": markers.PLOT_SOFTWARE})
     plt.close(figure)

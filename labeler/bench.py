@@ -527,6 +527,6 @@ def run_bench(
 
 def write_report(report: BenchReport, path: str) -> None:
     """Save the report as JSON (path or URI)."""
-    from labeler.io import storage
+    from labeler.io import markers, storage
 
-    storage.write_bytes_atomic(path, json.dumps(report.to_json(), indent=2).encode())
+    storage.write_bytes_atomic(path, json.dumps({"format": markers.BENCH_REPORT, **report.to_json()}, indent=2).encode())

@@ -16,6 +16,7 @@ from typing import Optional
 import typer
 
 from labeler.errors import LabelerError
+from labeler.io import markers
 
 app = typer.Typer(
     name="labeler",
@@ -80,10 +81,11 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-def _output_file(uri: str, option: str = "--out") -> None:
+def _output_file(uri: str, option: str, marker: bytes) -> None:
+    """An output file: a folder, an unwritable place, or an existing file without ``marker`` is refused."""
     from labeler.io.storage import check_output_file
 
-    check_output_file(uri, option)
+    check_output_file(uri, option, marker)
 
 
 def _output_folder(uri: str, option: str = "--out") -> None:
@@ -127,7 +129,7 @@ def build_bank_command(
     _storage(storage_options)
     paths = _job_paths({"--refs": refs, "--images": images}, {"--out": out})
     refs, images, out = paths["--refs"], paths["--images"], paths["--out"]
-    _output_file(out)
+    _output_file(out, "--out", markers.BANK.encode())
     from labeler.bank_info import describe_bank
     from labeler.build_bank import build_bank
 
@@ -150,7 +152,7 @@ def bank_info_command(
     """Print a bank's classes, shots per class and class-to-class prototype similarity."""
     _storage(storage_options)
     if plot:
-        _output_file(plot, "--plot")
+        _output_file(plot, "--plot", markers.png_text("Software", markers.PLOT_SOFTWARE))
     from labeler.bank import load_bank
     from labeler.bank_info import describe_bank, plot_similarity
 
@@ -246,7 +248,7 @@ def eval_command(
     paths = _job_paths({"--pred": pred, "--gt": gt}, {"--out": out})
     pred, gt, out = paths["--pred"], paths["--gt"], paths["--out"]
     if out:
-        _output_file(out)
+        _output_file(out, "--out", markers.EVAL_REPORT.encode())
     import json
 
     from labeler.evaluate import evaluate
@@ -255,7 +257,7 @@ def eval_command(
     report = evaluate(pred, gt, categories)
     typer.echo(report.table())
     if out:
-        storage.write_bytes_atomic(out, json.dumps(report.to_json(), indent=2).encode())
+        storage.write_bytes_atomic(out, json.dumps({"format": markers.EVAL_REPORT, **report.to_json()}, indent=2).encode())
         typer.echo(f"wrote {out}")
 
 
@@ -461,7 +463,7 @@ def bench_command(
 ) -> None:
     """Time every stage on generated images, the Ray pipeline, and plan GPU-hours for N images."""
     if json_path:
-        _output_file(json_path, "--json")
+        _output_file(json_path, "--json", markers.BENCH_REPORT.encode())
     from labeler.bench import BenchConfig, parse_image_size, run_bench, write_report
 
     report = run_bench(BenchConfig(

@@ -151,3 +151,24 @@ def test_ground_truth_without_area_is_evaluated_with_the_mask_area(run_cli, inpu
     result = run_cli("eval", "--pred", root / "run", "--gt", write_json(tmp_path / "no-area.json", document))
     assert result.exit_code == 0, result.stderr
     assert "had no 'area'; their mask (or box) area was used" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["build-bank", "eval", "bank-info --plot", "bench --json"])
+def test_a_file_of_the_users_at_an_output_path_is_never_replaced(run_cli, inputs, refs_mixed, tmp_path, command):
+    """Only folders had the ownership rule: build-bank, eval --out, bank-info --plot and bench --json
+    replaced whatever file stood at their path."""
+    root, refs, gt = inputs
+    mine = tmp_path / "mine.bin"
+    mine.write_bytes(b"a user's file")
+    make = {
+        "build-bank": lambda out: build_bank(refs_mixed, out),
+        "eval": lambda out: ["eval", "--pred", root / "run", "--gt", gt, "--out", out],
+        "bank-info --plot": lambda out: ["bank-info", root / "bank.safetensors", "--plot", out],
+        "bench --json": lambda out: ["bench", "--no-ray", "--images", "1", "--json", out],
+    }[command]
+    refused = run_cli(*make(mine))
+    assert refused.exit_code == 2 and "exists and this command did not write it" in refused.stderr
+    assert mine.read_bytes() == b"a user's file"
+    if command != "bench --json":  # its own earlier output is replaced (bench itself is too slow to run twice here)
+        own = tmp_path / {"build-bank": "own.safetensors", "eval": "own.json", "bank-info --plot": "own.png"}[command]
+        assert run_cli(*make(own)).exit_code == 0 and run_cli(*make(own)).exit_code == 0

@@ -345,13 +345,25 @@ def check_output_folder(uri: str, option: str = "--out") -> None:
         _check_writable(path, option, uri)
 
 
-def check_output_file(uri: str, option: str = "--out") -> None:
-    """Refuse, before any work, an output file that is an existing folder or whose folder cannot be made."""
+#: Bytes at the head of an existing output file searched for the marker of the command that writes it.
+MARKER_SEARCH_BYTES = 1 << 16
+
+
+def check_output_file(uri: str, option: str = "--out", marker: bytes | None = None) -> None:
+    """Refuse, before any work, an output file that is an existing folder, whose folder cannot
+    be made, or, with ``marker``, an existing file that does not carry it near its start (a
+    file this command did not write, which it must not replace)."""
     fs, path = filesystem(uri)
     if fs.isdir(path):
         raise LabelerError(f"{option} {uri} is a folder; pass a file name")
     if is_local(uri):
         _check_writable(os.path.dirname(os.path.abspath(path)), option, uri)
+    if marker is not None and fs.isfile(path):
+        with fs.open(path, "rb") as handle:
+            head = handle.read(MARKER_SEARCH_BYTES)
+        if marker not in head:
+            raise LabelerError(f"{option} {uri} exists and this command did not write it; labeler replaces only "
+                               "its own files: pass a new name")
 
 
 def join_under(root: str, relative: str, *, what: str) -> str:
