@@ -10,10 +10,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from labeler.bank import PrototypeBank
-from labeler.build_bank import build_bank
-from labeler.evaluate import EvalReport, evaluate
-from labeler.run import RunConfig, RunSummary, run_labeling
+from labeler.bank.build import build_bank
+from labeler.bank.file import PrototypeBank
+from labeler.quality.evaluate import EvalReport, evaluate
+from labeler.run.driver import RunConfig, RunSummary, run_labeling
 from labeler.synthetic import generate_dataset
 from labeler.visualize import VisualizeResult, visualize
 

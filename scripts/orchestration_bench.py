@@ -37,8 +37,8 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/labeler-orchestration")
     args = parser.parse_args()
 
-    from labeler.build_bank import build_bank
-    from labeler.run import RunConfig, run_labeling
+    from labeler.bank.build import build_bank
+    from labeler.run.driver import RunConfig, run_labeling
     from labeler.synthetic import generate_dataset
 
     work = Path(args.work) / str(args.entries)

@@ -11,8 +11,8 @@ Two kinds of masks at the size of real photos (1152 x 864):
   drawn 3.6 times larger than in the tests.
 
 For each tolerance, each mask goes through the export's path
-(:func:`labeler.export.mask_to_polygon`, then Ultralytics' rasterisation
-:func:`labeler.export.polygon_to_mask`), and the IoU with the mask is taken.
+(:func:`labeler.export.training_sets.mask_to_polygon`, then Ultralytics' rasterisation
+:func:`labeler.export.training_sets.polygon_to_mask`), and the IoU with the mask is taken.
 Prints one JSON line per (kind, tolerance): vertices per polygon (mean and
 max), IoU (mean, 1st percentile, min) and the IoU lost against tolerance 0.
 """
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from labeler.export import mask_to_polygon, polygon_to_mask
+from labeler.export.training_sets import mask_to_polygon, polygon_to_mask
 from labeler.synthetic import SHAPE_CLASSES, outline
 
 SIZE = (864, 1152)  # height, width

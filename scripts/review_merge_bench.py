@@ -22,9 +22,9 @@ from pycocotools import mask as mask_utils
 
 from labeler.io.coco import Category
 from labeler.io.labels import Detections, LabelRows
-from labeler.io.shards import write_shard
-from labeler.review import prepare_review
-from labeler.review_merge import merge_review
+from labeler.outdir.shards import write_shard
+from labeler.review.merge import merge_review
+from labeler.review.prepare import prepare_review
 
 
 def make_run(folder: Path, regions: int, width: int, height: int) -> Path:

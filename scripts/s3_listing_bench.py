@@ -5,7 +5,7 @@
 Puts KEYS small objects under P sub-prefixes of one prefix, then times
 s3fs's own ``find`` (one paged listing), labeler's per-sub-prefix listing
 (:func:`labeler.io.prefix_listing.iter_remote`) and the whole stored
-listing (:func:`labeler.io.listing.store_listing`: list, sort, write parts)
+listing (:func:`labeler.outdir.listing.store_listing`: list, sort, write parts)
 into a local OUT. Prints one JSON line.
 """
 
@@ -34,8 +34,8 @@ def main() -> None:
                       AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
 
     from labeler.io import prefix_listing, storage
-    from labeler.io.listing import store_listing
     from labeler.io.sources import read_source
+    from labeler.outdir.listing import store_listing
 
     fs, _ = storage.filesystem("s3://bench")
     fs.mkdir("bench")

@@ -65,7 +65,7 @@ def refs_mixed(tmp_path_factory) -> Path:
 
 def stored_listing(out) -> dict[str, int]:
     """The listing a run stored in ``out``: URI -> image id."""
-    from labeler.io.listing import load_listing
+    from labeler.outdir.listing import load_listing
 
     listing = load_listing(str(out))
     return {uri: image_id for table in listing.iter_tables()
@@ -86,7 +86,7 @@ def assert_coco_shards_match_parquet(out) -> int:
     import pyarrow.parquet as pq
     from pycocotools.coco import COCO
 
-    from labeler.io.shards import coco_twin, list_shards
+    from labeler.outdir.shards import coco_twin, list_shards
 
     out = str(out)
     shards = list_shards(out)
@@ -127,7 +127,7 @@ def fake_run(out: Path, gt_path: Path, scores=None, extra_rows=()) -> Path:
     from labeler.io.labels import Detections, LabelRows
     from labeler.io.masks import segmentation_to_mask
     from labeler.io.rle import encode_masks
-    from labeler.io.shards import write_shard
+    from labeler.outdir.shards import write_shard
 
     document = load_json(gt_path)
     rows = LabelRows()
@@ -186,7 +186,7 @@ class BackgroundRun:
     def __init__(self, config):
         import threading
 
-        from labeler.run import run_labeling
+        from labeler.run.driver import run_labeling
 
         self.config = config
         self.outcome: dict = {}
@@ -204,7 +204,7 @@ class BackgroundRun:
         """Block until a shard is published; fail if the run ended first."""
         import time
 
-        from labeler.io.shards import list_shards
+        from labeler.outdir.shards import list_shards
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.thread.is_alive() and not list_shards(self.config.out):

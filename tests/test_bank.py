@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from labeler.bank import FORMAT_MARKER, PrototypeBank, load_bank
-from labeler.bank_info import confusable_pairs, describe_bank
+from labeler.bank.file import FORMAT_MARKER, PrototypeBank, load_bank
+from labeler.bank.info import confusable_pairs, describe_bank
 from labeler.errors import BankError
 from labeler.io.coco import Category
 
@@ -178,7 +178,7 @@ def test_out_of_range_metadata_behind_a_valid_hash_is_refused_on_load(tmp_path, 
 
 
 def test_a_bank_file_loads_only_with_the_hash_the_run_checked(tmp_path):
-    from labeler.bank import BankFile
+    from labeler.bank.file import BankFile
 
     path = tmp_path / "b.safetensors"
     make_bank().save(str(path))

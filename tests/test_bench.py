@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from labeler.bench import (
+from labeler.bench.runner import (
     MODEL_STAGES,
     STAGE_TITLES,
     BenchConfig,

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from labeler.bank import load_bank
-from labeler.build_bank import _BoxMasker, _reference_masks, build_bank
+from labeler.bank.build import _BoxMasker, _reference_masks, build_bank
+from labeler.bank.file import load_bank
 from labeler.io.coco import read_coco
 from labeler.io.images import decode_image
 from labeler.io.masks import segmentation_to_mask

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from labeler.io.shards import list_shards
-from labeler.run import RunConfig
+from labeler.outdir.shards import list_shards
+from labeler.run.driver import RunConfig
 from labeler.synthetic import generate_dataset
 
 from .conftest import BackgroundRun, stored_listing
@@ -140,7 +140,7 @@ def test_settling_waits_until_a_lost_node_is_no_longer_listed(cluster_of_workers
     only once Ray has declared it dead (its probe never answers), and a live cluster settles at once."""
     import ray
 
-    from labeler.cluster_fit import settle_nodes
+    from labeler.run.cluster import settle_nodes
 
     assert settle_nodes(timeout=30)
     victim = cluster_of_workers.worker_nodes.copy().pop()
@@ -178,7 +178,7 @@ def test_losing_the_nodes_of_a_sam2_and_a_dinov2_actor_finishes_each_image_once(
     whatever the second loss hits, every image ends in exactly one row, in bounded time."""
     cluster = cluster_of_workers
     refs = generate_dataset(tmp_path / "refs", 4, seed=1)
-    from labeler.build_bank import build_bank
+    from labeler.bank.build import build_bank
 
     bank = tmp_path / "bank.safetensors"
     build_bank(str(refs), str(refs.parent / "images"), dinov2="random:tiny", device="cpu").save(str(bank))

@@ -4,9 +4,9 @@ import time
 
 import pytest
 
-from labeler.cluster_fit import Cluster, Fit, actor_slots, fit_actors
 from labeler.errors import LabelerError
-from labeler.progress import stalled_stage
+from labeler.run.cluster import Cluster, Fit, actor_slots, fit_actors
+from labeler.run.progress import stalled_stage
 
 
 def test_a_run_that_fits_is_unchanged():
@@ -50,8 +50,8 @@ def test_a_two_cpu_ray_is_refused_within_seconds(tmp_path):
     """The situation of `ray start --head --num-cpus 2`: it used to wait forever at 'Total Progress: 0/?'."""
     import ray
 
-    from labeler.build_bank import build_bank
-    from labeler.run import RunConfig, run_labeling
+    from labeler.bank.build import build_bank
+    from labeler.run.driver import RunConfig, run_labeling
     from labeler.synthetic import generate_dataset
 
     refs = generate_dataset(tmp_path / "refs", 2, seed=1)
@@ -85,7 +85,7 @@ def test_an_autoscaler_configuration_is_read_as_the_nodes_it_can_start(monkeypat
     from ray._private.state import state
     from ray.core.generated import autoscaler_pb2
 
-    from labeler.cluster_fit import current_cluster
+    from labeler.run.cluster import current_cluster
 
     config = autoscaler_pb2.ClusterConfig(node_group_configs=[
         autoscaler_pb2.NodeGroupConfig(name="head", resources={"CPU": 4}, min_count=1, max_count=1),

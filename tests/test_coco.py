@@ -111,7 +111,7 @@ def test_build_bank_with_a_nan_polygon_fails_in_one_line_without_allocating(tmp_
     refs.write_text(json.dumps(document))  # Python's json writes and reads NaN
     # The limit is set once the libraries are loaded (OpenBLAS reserves address space at import): 2 GiB more.
     script = (
-        "import resource, torch, labeler.build_bank; from labeler.cli import main; "
+        "import resource, torch, labeler.bank.build; from labeler.cli import main; "
         "size = int(next(l for l in open('/proc/self/status') if l.startswith('VmSize')).split()[1]) * 1024; "
         "resource.setrlimit(resource.RLIMIT_AS, (size + (2 << 30), size + (2 << 30))); main()"
     )

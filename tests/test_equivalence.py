@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from labeler.equivalence import compare_labels
+from labeler.bench.equivalence import compare_labels
 
 
 def rle(box: tuple[int, int, int, int], height: int = 10, width: int = 10) -> str:

@@ -1,6 +1,6 @@
 """Error reasons grouped by kind, with a bounded number of kinds whatever the number of images."""
 
-from labeler.io.error_tally import MAX_KINDS, OTHER_KINDS, ErrorTally, error_kind
+from labeler.outdir.error_tally import MAX_KINDS, OTHER_KINDS, ErrorTally, error_kind
 
 
 def test_what_belongs_to_one_image_is_taken_out_of_its_kind():

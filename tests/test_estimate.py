@@ -10,11 +10,11 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from labeler.bank import load_bank
-from labeler.estimate import EstimateConfig, _fold_documents, fold_of_images, run_estimate
+from labeler.bank.file import load_bank
 from labeler.io.coco import Category
 from labeler.label_filter import parse_label_filter
-from labeler.quality import BACKGROUND, MISSED, choose_threshold, confusion_counts, match_image
+from labeler.quality.estimate import EstimateConfig, _fold_documents, fold_of_images, run_estimate
+from labeler.quality.matching import BACKGROUND, MISSED, choose_threshold, confusion_counts, match_image
 from labeler.synthetic import generate_dataset
 
 from .conftest import load_json

@@ -10,9 +10,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from labeler.errors import LabelerError
-from labeler.evaluate import METRICS, evaluate
-from labeler.io.coco_merge import write_coco
-from labeler.io.run_output import run_categories
+from labeler.outdir.merged_coco import write_coco
+from labeler.outdir.readers import run_categories
+from labeler.quality.evaluate import METRICS, evaluate
 from labeler.synthetic import generate_dataset
 
 from .conftest import fake_run, load_json, write_json

@@ -12,10 +12,10 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from labeler.errors import LabelerError
-from labeler.export import export, mask_to_polygon, polygon_to_mask, split_of
+from labeler.export.training_sets import export, mask_to_polygon, polygon_to_mask, split_of
 from labeler.io.masks import segmentation_to_mask
 from labeler.io.rle import decode_masks
-from labeler.io.run_output import iter_label_rows
+from labeler.outdir.readers import iter_label_rows
 from labeler.synthetic import generate_dataset
 
 from .conftest import fake_run, load_json
@@ -343,7 +343,7 @@ def test_a_second_export_replaces_the_first_whole_and_a_kill_leaves_the_first(tm
     assert tree(folder) == tree(tmp_path / "fresh-strict") and stricter.images < 4
     finished = tree(folder)
 
-    from labeler import export as export_module
+    from labeler.export import training_sets as export_module
 
     placed = []
     real_place = export_module.place_image

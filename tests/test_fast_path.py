@@ -12,9 +12,9 @@ from labeler.actors import dinov2_scorer
 from labeler.actors.decode import decode_batch
 from labeler.actors.dinov2_scorer import Dinov2Scorer
 from labeler.actors.sam2_proposer import Sam2Proposer
-from labeler.bank import BankFile
-from labeler.build_bank import build_bank
-from labeler.equivalence import compare_labels
+from labeler.bank.build import build_bank
+from labeler.bank.file import BankFile
+from labeler.bench.equivalence import compare_labels
 from labeler.models.sam2_inference import point_proposals
 from labeler.synthetic import generate_dataset
 

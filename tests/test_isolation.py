@@ -9,8 +9,8 @@ from labeler.actors.decode import decode_batch
 from labeler.actors.dinov2_scorer import Dinov2Scorer
 from labeler.actors.isolation import SYSTEMIC_AFTER, SystemicFailure
 from labeler.actors.sam2_proposer import Sam2Proposer
-from labeler.bank import BankFile
-from labeler.build_bank import build_bank
+from labeler.bank.build import build_bank
+from labeler.bank.file import BankFile
 from labeler.synthetic import generate_dataset
 
 POISON = 7  # grey level of the one image the injected fault fails on

@@ -12,8 +12,8 @@ import urllib.request
 
 import pytest
 
-from labeler.review import prepare_review
-from labeler.review_merge import merge_review
+from labeler.review.merge import merge_review
+from labeler.review.prepare import prepare_review
 from labeler.synthetic import generate_dataset
 
 from .conftest import fake_run, load_json

@@ -6,11 +6,11 @@ import json
 import pytest
 
 from labeler.errors import LabelerError
-from labeler.io import out_folder
-from labeler.io.coco_merge import write_coco
 from labeler.io.labels import LabelRows
-from labeler.io.out_lock import LOCK_DIR
-from labeler.io.shards import REMOVED_DIR, list_shards, write_shard
+from labeler.outdir import layout as out_folder
+from labeler.outdir.lock import LOCK_DIR
+from labeler.outdir.merged_coco import write_coco
+from labeler.outdir.shards import REMOVED_DIR, list_shards, write_shard
 
 SETTINGS = {"bank_hash": "abc", "points_per_side": 32}
 HEX = "0123456789abcdef" * 2

@@ -13,7 +13,7 @@ import pytest
 from s3fs import S3FileSystem
 
 from labeler.io import storage
-from labeler.io.out_lock import LOCK_DIR, OutputLock, OutputLockedError
+from labeler.outdir.lock import LOCK_DIR, OutputLock, OutputLockedError
 
 from .s3_endpoint import S3Endpoint
 
@@ -60,7 +60,7 @@ def test_racing_claimants_never_hold_the_lock_together(tmp_path):
 
 HOLD_AND_WAIT = """
 import sys, time
-from labeler.io.out_lock import OutputLock
+from labeler.outdir.lock import OutputLock
 OutputLock(sys.argv[1]).acquire()
 print("held", flush=True)
 time.sleep(600)

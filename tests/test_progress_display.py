@@ -2,7 +2,7 @@
 
 import io
 
-from labeler.progress_display import ProgressDisplay, format_duration
+from labeler.run.display import ProgressDisplay, format_duration
 
 
 class Clock:

@@ -13,11 +13,11 @@ from labeler.errors import LabelerError
 from labeler.io.coco import Category
 from labeler.io.label_studio import mask_to_rle, rle_to_mask
 from labeler.io.rle import decode_masks
-from labeler.io.run_output import iter_label_rows
 from labeler.label_filter import parse_label_filter
-from labeler.review import image_url, prepare_review
-from labeler.review_merge import ClassFigures, Instance, compare, merge_review
-from labeler.review_selection import image_uncertainty, sample_key
+from labeler.outdir.readers import iter_label_rows
+from labeler.review.merge import ClassFigures, Instance, compare, merge_review
+from labeler.review.prepare import image_url, prepare_review
+from labeler.review.selection import image_uncertainty, sample_key
 from labeler.synthetic import generate_dataset
 
 from .conftest import fake_run, load_json
@@ -194,7 +194,7 @@ def test_merge_of_a_hand_made_label_studio_export(tmp_path, run):
     reviewed_only = load_json(tmp_path / "final" / "annotations" / "reviewed.json")
     assert sorted(i["id"] for i in reviewed_only["images"]) == sorted(set(by_id) - {skipped})
 
-    from labeler.build_bank import build_bank  # the loop: reviewed images are references as they are
+    from labeler.bank.build import build_bank  # the loop: reviewed images are references as they are
 
     bank = build_bank(str(tmp_path / "final" / "annotations" / "reviewed.json"), reviewed_only["info"]["image_root"],
                       dinov2="random:tiny", sam2="random:tiny", device="cpu")
@@ -427,7 +427,7 @@ def test_reviewed_json_builds_a_bank_when_a_class_was_removed_and_images_lie_out
     reviewed = load_json(tmp_path / "final" / "annotations" / "reviewed.json")
     assert gone not in [c["name"] for c in reviewed["categories"]]
     assert all(not i["file_name"].startswith(("/", "..")) for i in reviewed["images"])
-    from labeler.build_bank import build_bank
+    from labeler.bank.build import build_bank
 
     bank = build_bank(str(tmp_path / "final" / "annotations" / "reviewed.json"), reviewed["info"]["image_root"],
                       dinov2="random:tiny", sam2="random:tiny", device="cpu")

@@ -14,11 +14,11 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from labeler.bank import load_bank
-from labeler.build_bank import build_bank
+from labeler.bank.build import build_bank
+from labeler.bank.file import load_bank
 from labeler.errors import LabelerError, ModelLoadError
-from labeler.io.shards import list_shards
-from labeler.run import RunConfig, run_labeling
+from labeler.outdir.shards import list_shards
+from labeler.run.driver import RunConfig, run_labeling
 from labeler.synthetic import generate_dataset
 
 from .conftest import BackgroundRun, assert_coco_shards_match_parquet, load_json, source_uris, stored_listing
@@ -285,20 +285,20 @@ def test_full_or_read_only_disk_is_a_clear_error_and_leaves_no_partial_shard(
 def test_actors_use_the_bank_the_run_checked_even_if_it_is_rebuilt_in_place(tmp_path, ray_session, bank_path,
                                                                              monkeypatch):
     """The file is replaced after the driver read it: labels and run.json must both come from the original."""
-    import labeler.run
+    import labeler.run.driver
 
     original = load_bank(bank_path)
     rebuilt = type(original)(**{**original.__dict__, "content_hash": "",
                                 "categories": [type(c)(c.id + 100, c.name) for c in original.categories]})
     path = tmp_path / "bank.safetensors"
     path.write_bytes(Path(bank_path).read_bytes())
-    read_source_before = labeler.run.read_source
+    read_source_before = labeler.run.driver.read_source
 
     def rebuild_then_list(*args, **kwargs):
         rebuilt.save(str(path))  # as `labeler build-bank --out` the same path would, mid-run
         return read_source_before(*args, **kwargs)
 
-    monkeypatch.setattr(labeler.run, "read_source", rebuild_then_list)
+    monkeypatch.setattr(labeler.run.driver, "read_source", rebuild_then_list)
     images = generate_dataset(tmp_path / "t", 4, seed=8, image_format="jpg").parent / "images"
     out = tmp_path / "out"
     run_labeling(RunConfig(bank=str(path), images=str(images), out=str(out), **TINY_RUN))

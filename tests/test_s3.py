@@ -9,11 +9,11 @@ import pytest
 from pycocotools.coco import COCO
 from s3fs import S3FileSystem
 
-from labeler.bank import load_bank
-from labeler.build_bank import build_bank
+from labeler.bank.build import build_bank
+from labeler.bank.file import load_bank
 from labeler.io import storage
-from labeler.io.shards import list_shards
-from labeler.run import RunConfig, run_labeling
+from labeler.outdir.shards import list_shards
+from labeler.run.driver import RunConfig, run_labeling
 from labeler.synthetic import generate_dataset
 
 from .conftest import assert_coco_shards_match_parquet, stored_listing

@@ -10,10 +10,10 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from labeler.io.coco import Category
-from labeler.io.id_set import IdSet
 from labeler.io.labels import Detections, LabelRows
-from labeler.io.out_folder import remove_temporaries
-from labeler.io.shards import (
+from labeler.outdir.id_set import IdSet
+from labeler.outdir.layout import remove_temporaries
+from labeler.outdir.shards import (
     COUNTS_KEY,
     REMOVED_DIR,
     LabelCounts,
@@ -161,7 +161,7 @@ def test_an_unreadable_shard_is_set_aside_and_its_images_are_not_done(tmp_path):
 
 
 def test_the_index_reads_each_shard_once_and_counts_from_footers(tmp_path, monkeypatch):
-    from labeler.io import shards
+    from labeler.outdir import shards
 
     out = str(tmp_path)
     write_shard(out, table([1, 2], detections_per_image=2))
@@ -180,7 +180,8 @@ def test_merged_coco_streams_into_out_and_an_interrupted_write_leaves_nothing(tm
     """It was staged in /tmp/labeler-coco-*, which a kill left behind."""
     import tempfile
 
-    from labeler.io import coco_merge, coco_writer
+    from labeler.io import coco_writer
+    from labeler.outdir import merged_coco as coco_merge
 
     out = tmp_path / "out"
     write_shard(str(out), table([1, 2]))

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 
 from labeler.errors import LabelerError
-from labeler.io import listing as listing_module
 from labeler.io.external_sort import ExternalSort
-from labeler.io.id_set import IdSet
 from labeler.io.labels import relative_file_name
-from labeler.io.listing import load_listing, part_rows_for, store_listing
 from labeler.io.sources import read_source, source_root
+from labeler.outdir import listing as listing_module
+from labeler.outdir.id_set import IdSet
+from labeler.outdir.listing import load_listing, part_rows_for, store_listing
 
 from .conftest import source_uris, stored_listing, write_json
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.profiler import record_function
 
-from labeler.stage_timing import StageClock, host_split
+from labeler.bench.stage_timing import StageClock, host_split
 
 
 def test_host_split_separates_torch_operators_from_the_rest():

@@ -16,7 +16,7 @@ from labeler.io import storage
 from labeler.io.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError, read_image, resize_square
 from labeler.io.labels import STATUS_ERROR, STATUS_OK
 from labeler.io.timed_map import map_with_deadline
-from labeler.progress import report
+from labeler.run.progress import report
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
@@ -93,7 +93,7 @@ def decode_batch(
     has none (module doc). Reads run on a few threads to overlap storage latency,
     each image within ``read_timeout`` seconds; ``storage_options`` are
     applied in this worker first (:func:`storage.configure`). The rows are
-    reported to ``tracker`` (:mod:`labeler.progress`).
+    reported to ``tracker`` (:mod:`labeler.run.progress`).
     """
     storage.configure(storage_options)
     uris = [str(u) for u in batch["uri"]]

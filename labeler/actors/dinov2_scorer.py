@@ -14,7 +14,7 @@ from labeler.actors.decode import stack_rows
 from labeler.actors.isolation import FailureStreak, SystemicFailure, each_image
 from labeler.actors.sam2_proposer import payload_from_row
 from labeler.actors.worker_setup import prepare_worker
-from labeler.bank import BankFile
+from labeler.bank.file import BankFile
 from labeler.devices import to_device
 from labeler.io.labels import STATUS_ERROR, STATUS_OK, Detections, LabelRows
 from labeler.io.proposal_payload import decode_proposals
@@ -33,7 +33,7 @@ from labeler.method.scoring import (
 from labeler.models import load_dinov2
 from labeler.models.sam2_inference import upsample_logits
 from labeler.models.speedups import Speedups, compile_modules
-from labeler.progress import report, report_fatal
+from labeler.run.progress import report, report_fatal
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle

@@ -11,7 +11,7 @@ import torch
 from labeler.actors.decode import pixel_column, stack_rows
 from labeler.actors.isolation import FailureStreak, SystemicFailure, each_image, free_device_memory, is_out_of_memory
 from labeler.actors.worker_setup import prepare_worker
-from labeler.bank import BankFile
+from labeler.bank.file import BankFile
 from labeler.devices import to_device
 from labeler.io.labels import STATUS_ERROR, STATUS_OK
 from labeler.io.proposal_payload import ProposalPayload, encode_proposals
@@ -26,7 +26,7 @@ from labeler.method.proposals import (
 from labeler.models import load_dinov2, load_sam2
 from labeler.models.sam2_inference import Sam2Features, encode_images, point_proposals, sam2_input
 from labeler.models.speedups import Speedups, compile_modules, compile_sam2, decoder_in_dtype
-from labeler.progress import report, report_fatal
+from labeler.run.progress import report, report_fatal
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle

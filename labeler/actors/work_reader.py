@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from labeler.io import storage
-from labeler.io.id_set import IdSet
-from labeler.io.listing import read_part
+from labeler.outdir.id_set import IdSet
+from labeler.outdir.listing import read_part
 
 
 def unfinished_rows(batch: dict[str, np.ndarray], *, done: IdSet, storage_options: dict | None = None

@@ -12,8 +12,8 @@ from ray.data.block import BlockAccessor
 from labeler.io import storage
 from labeler.io.coco import Category
 from labeler.io.labels import LABELS_SCHEMA, with_file_names
-from labeler.io.shards import write_shard
-from labeler.progress import report, report_fatal
+from labeler.outdir.shards import write_shard
+from labeler.run.progress import report, report_fatal
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 class LabelShardSink(Datasink[list[str]]):
     """Writes each write task's rows as one Parquet shard under ``OUT/labels`` and
-    its COCO twin under ``OUT/coco`` (:mod:`labeler.io.shards`), each image's
+    its COCO twin under ``OUT/coco`` (:mod:`labeler.outdir.shards`), each image's
     ``file_name`` relative to ``source_root``.
 
     Ray Data gathers at least ``rows_per_shard`` rows per write call (more when

@@ -1,5 +1,5 @@
 """COCO JSON documents from label tables, streamed: one table's (a COCO shard),
-or many tables' in one file (:mod:`labeler.io.coco_merge`). Annotation ids
+or many tables' in one file (:mod:`labeler.outdir.merged_coco`). Annotation ids
 run from 1 within each document.
 """
 

@@ -1,7 +1,7 @@
 """What labeler's own output files carry near their start, so that a command can tell a file it may
 replace (one it wrote) from a user's file that happens to have the same name
 (:func:`labeler.io.storage.check_output_file`). Folders carry theirs in
-:mod:`labeler.io.published_folder`, run folders in :mod:`labeler.io.out_folder`."""
+:mod:`labeler.io.published_folder`, run folders in :mod:`labeler.outdir.layout`."""
 
 #: The safetensors metadata ``format`` of a prototype bank.
 BANK = "labeler-prototype-bank"

@@ -18,8 +18,9 @@ from typing import Any
 
 from fsspec.asyn import sync
 
-from labeler.io import out_folder, storage
+from labeler.io import storage
 from labeler.io.published_folder import MARKER_NAME
+from labeler.outdir import layout as out_folder
 
 #: Names per yielded batch.
 BATCH_NAMES = 65_536

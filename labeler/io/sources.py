@@ -2,7 +2,7 @@
 or a COCO JSON, read as a stream of image URIs (folders and lists) or of
 ``(image_id, uri)`` rows (COCO sources keep their own ids, so outputs can be
 evaluated against them). The run stores what is read here as its listing
-(:mod:`labeler.io.listing`), which gives folder and list images their ids.
+(:mod:`labeler.outdir.listing`), which gives folder and list images their ids.
 
 Local paths are made absolute when listed, so the labels name each image
 wherever they are read from: a folder or ``--image-root`` relative to the

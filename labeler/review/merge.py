@@ -47,16 +47,16 @@ import pyarrow.compute as pc
 from pycocotools import mask as mask_utils
 
 from labeler.errors import LabelerError
-from labeler.export import SPLITS, rows_of_split
+from labeler.export.training_sets import SPLITS, rows_of_split
 from labeler.io import storage
 from labeler.io.coco import Category, check_bbox
-from labeler.io.coco_merge import write_coco
 from labeler.io.label_studio import encode_mask, reviewed_instances
 from labeler.io.masks import segmentation_to_rle
 from labeler.io.published_folder import building, local_folder
-from labeler.io.run_output import iter_label_rows, read_manifest, run_categories
 from labeler.label_filter import LabelFilter, label_filter_from_json
-from labeler.review import read_selection
+from labeler.outdir.merged_coco import write_coco
+from labeler.outdir.readers import iter_label_rows, read_manifest, run_categories
+from labeler.review.prepare import read_selection
 
 MATCH_IOU = 0.5
 KEPT_IOU = 0.9

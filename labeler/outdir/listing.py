@@ -37,11 +37,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from labeler.errors import LabelerError
-from labeler.io import out_folder, storage
+from labeler.io import storage
 from labeler.io.external_sort import ExternalSort
-from labeler.io.id_set import IdSet
-from labeler.io.shards import list_shards, read_shard
 from labeler.io.sources import SourceEntries
+from labeler.outdir import layout as out_folder
+from labeler.outdir.id_set import IdSet
+from labeler.outdir.shards import list_shards, read_shard
 
 log = logging.getLogger(__name__)
 

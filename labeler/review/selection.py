@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pycocotools import mask as mask_utils
 
 from labeler.io.labels import STATUS_OK
-from labeler.io.run_output import iter_label_rows
 from labeler.label_filter import LabelFilter
+from labeler.outdir.readers import iter_label_rows
 
 #: A detection within this distance of its class threshold is "near the threshold".
 NEAR_THRESHOLD = 0.1

@@ -39,12 +39,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from labeler.io import out_folder, storage
+from labeler.io import storage
 from labeler.io.coco import Category
 from labeler.io.coco_writer import coco_shard_bytes
-from labeler.io.error_tally import ERRORS_KEY, ErrorTally
-from labeler.io.id_set import IdSet
 from labeler.io.labels import CATEGORIES_KEY, LABELS_SCHEMA, STATUS_OK, with_category_names
+from labeler.outdir import layout as out_folder
+from labeler.outdir.error_tally import ERRORS_KEY, ErrorTally
+from labeler.outdir.id_set import IdSet
 
 log = logging.getLogger(__name__)
 

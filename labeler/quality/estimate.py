@@ -3,8 +3,8 @@
 The references are ground truth. Their images are split into ``folds`` groups
 (seeded; one image per group, leave-one-image-out, when there are fewer
 images). For each group a bank is built from the other groups' references
-only (:func:`labeler.build_bank.build_bank`), and the group's images are
-labelled with it by :func:`labeler.run.run_labeling`, the code path of
+only (:func:`labeler.bank.build.build_bank`), and the group's images are
+labelled with it by :func:`labeler.run.driver.run_labeling`, the code path of
 ``labeler run`` (Ray Data, the same actors; on a cluster with ``address``).
 Every reference image is so labelled once, by a bank that never saw it.
 
@@ -13,11 +13,11 @@ Then, over the pooled held-out labels:
 * COCOeval (``bbox``, ``segm``) against the references: AP, AP50, per-class
   AP, and per fold, for their spread;
 * per class, the lowest score threshold whose precision reaches
-  ``target_precision`` (:func:`labeler.quality.choose_threshold`), written as
+  ``target_precision`` (:func:`labeler.quality.matching.choose_threshold`), written as
   a thresholds file ``--min-score`` takes in ``run``, ``export``, ``visualize``
   and ``review``;
 * the confusion table of the detections those thresholds keep
-  (:func:`labeler.quality.confusion_counts`);
+  (:func:`labeler.quality.matching.confusion_counts`);
 * ``report.txt`` (a minute's reading) and ``estimate.png`` (per-class AP with
   its spread across folds, and the confusion table as a heat map).
 
@@ -40,13 +40,20 @@ from typing import Any
 
 import numpy as np
 
-from labeler.build_bank import build_bank
+from labeler.bank.build import build_bank
 from labeler.errors import LabelerError
-from labeler.evaluate import EvalReport, evaluate, load_ground_truth, load_predictions
 from labeler.io.coco import check_class_names, read_coco
 from labeler.io.published_folder import building, local_folder
-from labeler.quality import BACKGROUND, MISSED, ThresholdChoice, choose_threshold, confusion_counts, match_image
-from labeler.run import RunConfig, run_labeling
+from labeler.quality.evaluate import EvalReport, evaluate, load_ground_truth, load_predictions
+from labeler.quality.matching import (
+    BACKGROUND,
+    MISSED,
+    ThresholdChoice,
+    choose_threshold,
+    confusion_counts,
+    match_image,
+)
+from labeler.run.driver import RunConfig, run_labeling
 
 DEFAULT_FOLDS = 5
 DEFAULT_TARGET_PRECISION = 0.9
@@ -141,7 +148,7 @@ def run_estimate(config: EstimateConfig) -> EstimateResult:
 def _estimate(config: EstimateConfig, out: Path, gt_document: dict, notes: list[str], fold: dict[int, int],
               folds: int) -> EstimateResult:
     reports, pooled_images, pooled_annotations = [], [], []
-    from labeler.pipeline import ray_session
+    from labeler.run.pipeline import ray_session
 
     options = dict(config.run_options)
     with ray_session(options.get("address"), options.get("sam2_actors", 1) + options.get("dinov2_actors", 1),

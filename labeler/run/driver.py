@@ -27,24 +27,11 @@ from typing import Any
 
 from labeler import __version__
 from labeler.actors.decode import DEFAULT_READ_TIMEOUT
-from labeler.bank import BankFile, PrototypeBank
+from labeler.bank.file import BankFile, PrototypeBank
 from labeler.errors import LabelerError
-from labeler.io import out_folder, storage
+from labeler.io import storage
 from labeler.io.coco import Category
-from labeler.io.coco_merge import write_coco
-from labeler.io.error_tally import ErrorTally
 from labeler.io.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
-from labeler.io.listing import DamagedListing, Listing, load_listing, publish_listing, write_listing
-from labeler.io.out_lock import OutputLock
-from labeler.io.shards import (
-    LabelCounts,
-    ShardIndex,
-    coco_dir,
-    labels_dir,
-    list_shards,
-    remove_orphan_coco_shards,
-    retire_changed_images,
-)
 from labeler.io.sources import SourceEntries, read_source, source_root
 from labeler.label_filter import LabelFilter, parse_label_filter
 from labeler.method.matched_prompts import DEFAULT_MATCHED_POINTS, PROMPT_MODES
@@ -58,7 +45,21 @@ from labeler.method.proposals import (
 from labeler.method.scoring import DEFAULT_MAX_DETS, DEFAULT_NMS_THR
 from labeler.models import DEFAULT_SAM2, load_dinov2, load_sam2
 from labeler.models.speedups import DTYPE_CHOICES
-from labeler.progress import DEFAULT_REPLAN_AFTER, DEFAULT_STALL_TIMEOUT
+from labeler.outdir import layout as out_folder
+from labeler.outdir.error_tally import ErrorTally
+from labeler.outdir.listing import DamagedListing, Listing, load_listing, publish_listing, write_listing
+from labeler.outdir.lock import OutputLock
+from labeler.outdir.merged_coco import write_coco
+from labeler.outdir.shards import (
+    LabelCounts,
+    ShardIndex,
+    coco_dir,
+    labels_dir,
+    list_shards,
+    remove_orphan_coco_shards,
+    retire_changed_images,
+)
+from labeler.run.progress import DEFAULT_REPLAN_AFTER, DEFAULT_STALL_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -287,10 +288,10 @@ def _label(config: RunConfig, listing: Listing, index: ShardIndex, bank_file: Ba
     """
     from ray.exceptions import NodeDiedError, RayActorError
 
-    from labeler.cluster_fit import current_cluster, fit_actors, settle_nodes
-    from labeler.pipeline import ray_session, run_pipeline
-    from labeler.progress import PassAbandoned, PipelineStopped, Watchdog, start_tracker
-    from labeler.progress_display import ProgressDisplay
+    from labeler.run.cluster import current_cluster, fit_actors, settle_nodes
+    from labeler.run.display import ProgressDisplay
+    from labeler.run.pipeline import ray_session, run_pipeline
+    from labeler.run.progress import PassAbandoned, PipelineStopped, Watchdog, start_tracker
 
     display = ProgressDisplay(listing.images, index.finished())
     with ray_session(config.address, config.sam2_actors + config.dinov2_actors, quiet=not config.ray_logs) as ray_log, \

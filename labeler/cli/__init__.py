@@ -58,8 +58,8 @@ def _storage(text: Optional[str]) -> Optional[dict]:
 
 
 def _job_paths(inputs: dict, outputs: dict) -> dict:
-    """Inputs and outputs as the command must use them (:mod:`labeler.job_paths`); local inputs must exist."""
-    from labeler.job_paths import require_local_inputs, resolve_for_job
+    """Inputs and outputs as the command must use them (:mod:`labeler.cli.job_paths`); local inputs must exist."""
+    from labeler.cli.job_paths import require_local_inputs, resolve_for_job
 
     resolved = resolve_for_job(inputs, outputs)
     require_local_inputs({option: resolved[option] for option in inputs})
@@ -68,7 +68,7 @@ def _job_paths(inputs: dict, outputs: dict) -> dict:
 
 def _run_folder(pred: str) -> None:
     """``--pred`` must be a finished run's folder (read before any heavy import)."""
-    from labeler.io.run_output import read_manifest
+    from labeler.outdir.readers import read_manifest
 
     read_manifest(pred)
 
@@ -130,8 +130,8 @@ def build_bank_command(
     paths = _job_paths({"--refs": refs, "--images": images}, {"--out": out})
     refs, images, out = paths["--refs"], paths["--images"], paths["--out"]
     _output_file(out, "--out", markers.BANK.encode())
-    from labeler.bank_info import describe_bank
-    from labeler.build_bank import build_bank
+    from labeler.bank.build import build_bank
+    from labeler.bank.info import describe_bank
 
     bank = build_bank(
         refs, images, dinov2=dinov2, sam2=sam2, shots=shots, seed=seed,
@@ -153,8 +153,8 @@ def bank_info_command(
     _storage(storage_options)
     if plot:
         _output_file(plot, "--plot", markers.png_text("Software", markers.PLOT_SOFTWARE))
-    from labeler.bank import load_bank
-    from labeler.bank_info import describe_bank, plot_similarity
+    from labeler.bank.file import load_bank
+    from labeler.bank.info import describe_bank, plot_similarity
 
     bank = load_bank(bank_path)
     typer.echo(describe_bank(bank, threshold))
@@ -216,7 +216,7 @@ def run_command(
     options = _storage(storage_options)
     paths = _job_paths({"--bank": bank, "--images": images, "--image-root": image_root}, {"--out": out})
     bank, images, image_root, out = paths["--bank"], paths["--images"], paths["--image-root"], paths["--out"]
-    from labeler.run import RunConfig, describe_summary, run_labeling
+    from labeler.run.driver import RunConfig, describe_summary, run_labeling
 
     summary = run_labeling(RunConfig(
         bank=bank, images=images, out=out, sam2=sam2, image_root=image_root, points_per_side=points_per_side,
@@ -251,8 +251,8 @@ def eval_command(
         _output_file(out, "--out", markers.EVAL_REPORT.encode())
     import json
 
-    from labeler.evaluate import evaluate
     from labeler.io import storage
+    from labeler.quality.evaluate import evaluate
 
     report = evaluate(pred, gt, categories)
     typer.echo(report.table())
@@ -309,7 +309,7 @@ def export_command(
     pred, out = paths["--pred"], paths["--out"]
     _run_folder(pred)
     _output_folder(out)
-    from labeler.export import export
+    from labeler.export.training_sets import export
 
     result = export(pred, fmt, out, min_score=min_score, classes=classes, images=images, val_fraction=val_fraction,
                     seed=seed, keep_empty=keep_empty, simplify=simplify)
@@ -345,7 +345,7 @@ def estimate_command(
     paths = _job_paths({"--refs": refs, "--images": images}, {"--out": out})
     refs, images, out = paths["--refs"], paths["--images"], paths["--out"]
     _output_folder(out)
-    from labeler.estimate import EstimateConfig, describe, run_estimate
+    from labeler.quality.estimate import EstimateConfig, describe, run_estimate
 
     result = run_estimate(EstimateConfig(
         refs=refs, images=images, out=out, dinov2=dinov2, sam2=sam2, folds=folds, seed=seed,
@@ -393,7 +393,7 @@ def review_command(
     _output_folder(out)
     from collections import Counter
 
-    from labeler.review import prepare_review
+    from labeler.review.prepare import prepare_review
 
     result = prepare_review(pred, out, n=n, min_score=min_score, classes=classes, random_fraction=random_fraction,
                             seed=seed, document_root=document_root, url_prefix=url_prefix)
@@ -421,7 +421,7 @@ def review_merge_command(
     pred, review, labels, out = paths["--pred"], paths["--review"], paths["--labels"], paths["--out"]
     _run_folder(pred)
     _output_folder(out)
-    from labeler.review_merge import merge_review
+    from labeler.review.merge import merge_review
 
     result = merge_review(pred, review, labels, out, val_fraction=val_fraction, seed=seed)
     typer.echo(result.table())
@@ -464,7 +464,7 @@ def bench_command(
     """Time every stage on generated images, the Ray pipeline, and plan GPU-hours for N images."""
     if json_path:
         _output_file(json_path, "--json", markers.BENCH_REPORT.encode())
-    from labeler.bench import BenchConfig, parse_image_size, run_bench, write_report
+    from labeler.bench.runner import BenchConfig, parse_image_size, run_bench, write_report
 
     report = run_bench(BenchConfig(
         sam2=sam2, dinov2=dinov2, images=images, image_size=parse_image_size(image_size), batch_size=batch_size,

@@ -21,9 +21,9 @@ from pycocotools.cocoeval import COCOeval
 from labeler.errors import LabelerError
 from labeler.io import storage
 from labeler.io.coco import CocoAnnotation, CocoDataset, check_bbox, check_segmentation, parse_coco
-from labeler.io.coco_merge import read_coco_shards
 from labeler.io.masks import segmentation_to_mask
-from labeler.io.shards import list_coco_shards
+from labeler.outdir.merged_coco import read_coco_shards
+from labeler.outdir.shards import list_coco_shards
 
 #: Names of ``COCOeval.stats`` entries reported, with their positions.
 METRICS = {"AP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5, "AR@100": 8}

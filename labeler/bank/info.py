@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from labeler.bank import PrototypeBank
+from labeler.bank.file import PrototypeBank
 from labeler.io import markers
 
 DEFAULT_CONFUSION_THRESHOLD = 0.8

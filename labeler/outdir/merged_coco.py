@@ -15,8 +15,8 @@ from labeler.errors import LabelerError
 from labeler.io import storage
 from labeler.io.coco import Category
 from labeler.io.coco_writer import COCO_COLUMNS, CocoCounts, write_document
-from labeler.io.shards import iter_shard_tables, list_coco_shards
 from labeler.label_filter import LabelFilter
+from labeler.outdir.shards import iter_shard_tables, list_coco_shards
 
 
 def write_coco(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from labeler.bank import MAX_CONTEXT_RATIO, PrototypeBank
+from labeler.bank.file import MAX_CONTEXT_RATIO, PrototypeBank
 from labeler.devices import resolve_device
 from labeler.errors import LabelerError
 from labeler.io import storage

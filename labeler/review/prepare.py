@@ -1,6 +1,6 @@
 """``labeler review``: hand the labels a person should check to Label Studio or CVAT.
 
-A review folder holds, for the images :mod:`labeler.review_selection` chose:
+A review folder holds, for the images :mod:`labeler.review.selection` chose:
 
 * ``selection.json``: the run, the filter, the seed, and each chosen image
   (id, uri, file_name, size, share, uncertainty and its reason);
@@ -11,7 +11,7 @@ A review folder holds, for the images :mod:`labeler.review_selection` chose:
   predictions, as CVAT imports it (masks as RLE, ``iscrowd: 1``, which is how
   CVAT itself writes masks), ``file_name`` relative to the run's image root.
 
-``labeler review merge`` (:mod:`labeler.review_merge`) reads the reviewers'
+``labeler review merge`` (:mod:`labeler.review.merge`) reads the reviewers'
 export back.
 """
 
@@ -29,9 +29,9 @@ from labeler.io.label_studio import labelling_config, prediction_regions
 from labeler.io.labels import STATUS_OK
 from labeler.io.published_folder import building, local_folder
 from labeler.io.rle import decode_masks
-from labeler.io.run_output import iter_label_rows, read_manifest, run_categories
 from labeler.label_filter import parse_label_filter
-from labeler.review_selection import DEFAULT_RANDOM_FRACTION, Chosen, choose_for_review
+from labeler.outdir.readers import iter_label_rows, read_manifest, run_categories
+from labeler.review.selection import DEFAULT_RANDOM_FRACTION, Chosen, choose_for_review
 from labeler.visualize import category_colours
 
 SELECTION_NAME = "selection.json"

@@ -12,8 +12,8 @@ task could run again, and the job stalled. Here lost model actors are not
 restarted (``max_restarts=0``, so their tasks are not retried either): a task
 on a lost actor fails at once, Ray Data drops that block instead of failing
 the job (``max_errored_blocks=-1``) and goes on with the live actors. If a
-stage is left with none, the watchdog (:mod:`labeler.progress`) abandons the
-pass, and :func:`labeler.run.run_labeling` plans the next pass on what the
+stage is left with none, the watchdog (:mod:`labeler.run.progress`) abandons the
+pass, and :func:`labeler.run.driver.run_labeling` plans the next pass on what the
 cluster has then and labels the images of the dropped blocks. Every error
 our own code raises out of a stage is reported to the progress tracker
 first, which stops the run: only the losses Ray itself reports are dropped
@@ -38,17 +38,17 @@ from labeler.actors.dinov2_scorer import Dinov2Scorer
 from labeler.actors.sam2_proposer import Sam2Proposer
 from labeler.actors.work_reader import unfinished_rows
 from labeler.actors.writer import LabelShardSink
-from labeler.bank import BankFile
-from labeler.cluster_fit import ACTOR_CPUS, DECODE_CPUS, WRITE_CPUS, Fit
+from labeler.bank.file import BankFile
 from labeler.io.coco import Category
-from labeler.io.id_set import IdSet
-from labeler.io.listing import Listing
-from labeler.ray_logs import send_ray_logs_to_file
+from labeler.outdir.id_set import IdSet
+from labeler.outdir.listing import Listing
+from labeler.run.cluster import ACTOR_CPUS, DECODE_CPUS, WRITE_CPUS, Fit
+from labeler.run.ray_logs import send_ray_logs_to_file
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
 
-    from labeler.run import RunConfig
+    from labeler.run.driver import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def ray_session(address: str | None, extra_cpus: int, quiet: bool = True) -> Ite
     shut down what this call started.
 
     With ``quiet``, a Ray this call starts or joins keeps its messages out of
-    the terminal (:mod:`labeler.ray_logs`): its loggers write to a file, worker
+    the terminal (:mod:`labeler.run.ray_logs`): its loggers write to a file, worker
     output stays in Ray's logs, and Ray Data shows no progress of its own (the
     run shows its own). A Ray the caller started is left as the caller set it
     up. Yields the log file's path, or None.

@@ -20,7 +20,7 @@ depend on what random weights happen to produce. The Ray run is
 
 Host work: up to :data:`PROFILED_BATCHES` more batches run under the
 profiler, and each stage's time is split into time inside torch operators
-and the rest (:mod:`labeler.stage_timing`).
+and the rest (:mod:`labeler.bench.stage_timing`).
 """
 
 from __future__ import annotations
@@ -41,21 +41,21 @@ import torch
 from labeler.actors.decode import decode_batch
 from labeler.actors.dinov2_scorer import Dinov2Scorer, detections_from_choice, merge_and_select, rank_on_grid
 from labeler.actors.sam2_proposer import Sam2Proposer, payload_from_row
-from labeler.bank import BankFile
-from labeler.build_bank import build_bank
+from labeler.bank.build import build_bank
+from labeler.bank.file import BankFile
+from labeler.bench.equivalence import compare_labels
+from labeler.bench.stage_timing import StageClock, host_split, top_operators
 from labeler.devices import resolve_device
-from labeler.equivalence import compare_labels
 from labeler.errors import LabelerError
 from labeler.io.labels import STATUS_OK, LabelRows
 from labeler.io.proposal_payload import decode_proposals, encode_proposals
-from labeler.io.shards import write_shard
 from labeler.method.matched_prompts import DEFAULT_MATCHED_POINTS, PROMPT_MODES
 from labeler.method.proposals import DEFAULT_POINTS_PER_BATCH, DEFAULT_POINTS_PER_SIDE
 from labeler.method.scoring import DEFAULT_MAX_DETS, DEFAULT_NMS_THR
 from labeler.models.sam2_inference import Sam2Features
 from labeler.models.speedups import DTYPE_CHOICES
 from labeler.models.work_count import count_work
-from labeler.stage_timing import StageClock, host_split, top_operators
+from labeler.outdir.shards import write_shard
 from labeler.synthetic import generate_dataset, proposal_logits
 
 #: Proposals per image pinned by default: with ``pred_iou_thr = 0.4`` nearly
@@ -399,7 +399,7 @@ def _check_against_fp32(
     scorer: Dinov2Scorer, decoded: dict[str, np.ndarray],
 ) -> dict[str, Any]:
     """Label one decoded batch through the timed actors and through plain fp32 actors
-    with the same (seeded) weights, proposals not pinned; see :mod:`labeler.equivalence`."""
+    with the same (seeded) weights, proposals not pinned; see :mod:`labeler.bench.equivalence`."""
     plain_proposer = Sam2Proposer(
         sam2, device=str(device), points_per_side=config.points_per_side, points_per_batch=config.points_per_batch,
         dtype="fp32", prompts=config.prompts, matched_points=config.matched_points, bank=bank,
@@ -421,7 +421,7 @@ def _require_ray() -> None:
 
 
 def _pipeline(config: BenchConfig, sam2: str, images_dir: Path, bank_path: Path, out: Path) -> dict[str, float]:
-    from labeler.run import RunConfig, run_labeling
+    from labeler.run.driver import RunConfig, run_labeling
 
     summary = run_labeling(RunConfig(
         bank=str(bank_path), images=str(images_dir), out=str(out), sam2=sam2, points_per_side=config.points_per_side,

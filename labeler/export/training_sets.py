@@ -44,12 +44,12 @@ from PIL import Image, ImageDraw
 from labeler.errors import LabelerError
 from labeler.io import storage
 from labeler.io.coco import Category
-from labeler.io.coco_merge import write_coco
 from labeler.io.labels import STATUS_OK
 from labeler.io.published_folder import building, check_apart, check_source_image_outside, local_folder
 from labeler.io.rle import decode_masks
-from labeler.io.run_output import iter_label_rows, read_manifest, run_categories
 from labeler.label_filter import LabelFilter, parse_label_filter
+from labeler.outdir.merged_coco import write_coco
+from labeler.outdir.readers import iter_label_rows, read_manifest, run_categories
 from labeler.visualize import category_colours
 
 FORMATS = ("coco", "yolo", "semantic")

@@ -9,7 +9,7 @@ from typing import Any
 from labeler.errors import LabelerError
 from labeler.io import storage
 from labeler.io.coco import Category
-from labeler.io.shards import iter_shard_tables, list_shards
+from labeler.outdir.shards import iter_shard_tables, list_shards
 
 
 def _damaged(uri: str, what: str) -> LabelerError:
