@@ -1,4 +1,4 @@
-"""Crop geometry (METHOD.md 1.2), in the middle of an image and at its borders."""
+"""Crop geometry (docs/method.md 1.2), in the middle of an image and at its borders."""
 
 import torch
 

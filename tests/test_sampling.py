@@ -1,4 +1,4 @@
-"""K-shot sampling (METHOD.md 1.5): determinism and its skip rules."""
+"""K-shot sampling (docs/method.md 1.5): determinism and its skip rules."""
 
 import random
 

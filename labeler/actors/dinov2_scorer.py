@@ -106,7 +106,7 @@ def choose_detections(
     max_dets: int,
     min_score: float | torch.Tensor,
 ) -> ChosenDetections:
-    """METHOD.md section 3 for one image: :func:`rank_on_grid`, then :func:`merge_and_select`.
+    """docs/method.md section 3 for one image: :func:`rank_on_grid`, then :func:`merge_and_select`.
 
     Args:
         masks: ``[P, h, w]`` boolean low-res masks.

@@ -1,6 +1,6 @@
 """``labeler build-bank``: reference images + COCO annotations -> prototype bank.
 
-METHOD.md section 1: masks from the annotations (or from SAM2 prompted with
+docs/method.md section 1: masks from the annotations (or from SAM2 prompted with
 the box), context crops, DINOv2 patch features, mask-weighted pooling into
 instance prototypes, and their normalised means as class prototypes.
 """

@@ -1,4 +1,4 @@
-"""The prototype bank: one safetensors file (METHOD.md section 1).
+"""The prototype bank: one safetensors file (docs/method.md section 1).
 
 Tensors:
     ``class_prototypes``    ``[C, D]`` float32, unit norm, in category order

@@ -1,4 +1,4 @@
 """The method as pure torch functions on tensors: no Ray, no I/O.
 
-See ../shared/METHOD.md; each module implements one stage.
+docs/method.md describes the method; each module implements one stage.
 """

@@ -1,4 +1,4 @@
-"""Reference crops (METHOD.md 1.2): a square context window around an
+"""Reference crops (docs/method.md 1.2): a square context window around an
 instance, resized to the encoder input, and its mask as a weight map on the
 feature grid."""
 

@@ -1,4 +1,4 @@
-"""Overlaps soft merging needs (METHOD.md 3.5): ``|m_i & m_j| / |m_i|`` for same-class
+"""Overlaps soft merging needs (docs/method.md 3.5): ``|m_i & m_j| / |m_i|`` for same-class
 pairs of masks at the original image size.
 
 Two exact ways to the same numbers. :func:`overlap_fractions` multiplies the

@@ -1,4 +1,4 @@
-"""Mask proposals from SAM2 outputs (METHOD.md section 2), as tensor functions."""
+"""Mask proposals from SAM2 outputs (docs/method.md section 2), as tensor functions."""
 
 from __future__ import annotations
 

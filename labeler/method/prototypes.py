@@ -1,4 +1,4 @@
-"""Prototype pooling (METHOD.md 1.3-1.4)."""
+"""Prototype pooling (docs/method.md 1.3-1.4)."""
 
 from __future__ import annotations
 

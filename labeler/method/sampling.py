@@ -1,4 +1,4 @@
-"""K-shot sampling of reference instances (METHOD.md 1.5)."""
+"""K-shot sampling of reference instances (docs/method.md 1.5)."""
 
 from __future__ import annotations
 

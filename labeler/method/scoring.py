@@ -1,4 +1,4 @@
-"""Scoring proposals against the prototypes (METHOD.md section 3), as tensor functions."""
+"""Scoring proposals against the prototypes (docs/method.md section 3), as tensor functions."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def rank_proposals(
     nms_thr: float = DEFAULT_NMS_THR,
     max_dets: int = DEFAULT_MAX_DETS,
 ) -> RankedProposals:
-    """METHOD.md 3.2-3.4: embed and classify every proposal, class-aware NMS ranked by
+    """docs/method.md 3.2-3.4: embed and classify every proposal, class-aware NMS ranked by
     predicted IoU on :func:`nms_boxes`, keep at most ``8 * max_dets``, then drop score 0.
 
     Args:
@@ -107,7 +107,7 @@ def rank_proposals(
 
 
 def soft_merge(overlap: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """Semantic-aware soft merging (METHOD.md 3.5), proposals given in NMS rank order (best first).
+    """Semantic-aware soft merging (docs/method.md 3.5), proposals given in NMS rank order (best first).
 
     ``ios_i = max_{j < i, label_j = label_i} overlap_ij * max(0, cos(e_i, e_j))`` and
     ``score_i * (1 - ios_i) ** 0.5``, with ``ios`` clamped to ``[0, 1]`` (a cosine

@@ -1,4 +1,4 @@
-"""DINOv2 patch features as METHOD.md specifies them.
+"""DINOv2 patch features as docs/method.md specifies them.
 
 Inputs are floats on the 0..1 scale, resized to ``input_size`` (518) with
 bicubic interpolation, without antialiasing or clamping (a target is the

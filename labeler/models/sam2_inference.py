@@ -134,7 +134,7 @@ def point_proposals(
     pred_iou_thr: float,
     fixed_batch: bool = False,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """METHOD.md section 2 for a batch of images: prompt every point (one positive
+    """docs/method.md section 2 for a batch of images: prompt every point (one positive
     point each), keep the best of the three masks per point and the proposals
     whose predicted IoU passes ``pred_iou_thr``.
 
