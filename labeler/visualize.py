@@ -23,7 +23,8 @@ from labeler.io.masks import segmentation_to_mask  # noqa: E402
 from labeler.io.published_folder import building, check_apart, local_folder  # noqa: E402
 from labeler.io.rle import decode_masks  # noqa: E402
 from labeler.label_filter import LabelFilter, parse_label_filter  # noqa: E402
-from labeler.outdir.readers import iter_label_rows, read_manifest, run_categories  # noqa: E402
+from labeler.outdir.shards import iter_label_rows
+from labeler.run.manifest import read_manifest, run_categories  # noqa: E402
 
 MASK_ALPHA = 0.45
 

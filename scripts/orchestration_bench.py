@@ -38,7 +38,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from labeler.bank.build import build_bank
-    from labeler.run.driver import RunConfig, run_labeling
+    from labeler.run.config import RunConfig
+    from labeler.run.driver import run_labeling
     from labeler.synthetic import generate_dataset
 
     work = Path(args.work) / str(args.entries)

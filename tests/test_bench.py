@@ -7,15 +7,8 @@ import sys
 import pytest
 import torch
 
-from labeler.bench.runner import (
-    MODEL_STAGES,
-    STAGE_TITLES,
-    BenchConfig,
-    make_plan,
-    parse_image_size,
-    pin_proposals,
-    pinned_count,
-)
+from labeler.bench.config import BenchConfig, parse_image_size
+from labeler.bench.runner import MODEL_STAGES, STAGE_TITLES, make_plan, pin_proposals, pinned_count
 from labeler.errors import LabelerError
 from labeler.io.rle import run_lengths
 from labeler.synthetic import proposal_logits

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from labeler.bank.file import PrototypeBank
 from labeler.io.coco import Category
 from labeler.outdir.merged_coco import write_coco
-from labeler.outdir.readers import run_categories
+from labeler.run.manifest import run_categories
 from labeler.synthetic import generate_dataset
 
 from .conftest import fake_run, write_json

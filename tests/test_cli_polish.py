@@ -126,3 +126,50 @@ def test_a_cached_sam2_hub_checkpoint_loads_without_the_hub(closed_hub, tmp_path
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300,
                             env={**os.environ, **closed_hub})
     assert result.returncode == 0 and result.stdout.strip() == "same", result.stderr[-2000:]
+
+
+def _options(*path):
+    from typer.main import get_command
+
+    from labeler.cli import app
+
+    command = get_command(app)
+    for name in path:
+        command = command.commands[name]
+    return {param.name: param for param in command.params}
+
+
+@pytest.mark.parametrize("command, config, set_by_cli", [
+    ("run", "labeler.run.config:RunConfig", {"ray_logs", "replan_after"}),
+    ("bench", "labeler.bench.config:BenchConfig", {"image_size"}),  # WxH text, checked below
+    ("estimate", "labeler.quality.estimate_config:EstimateConfig", {"run"}),
+])
+def test_every_config_field_is_an_option_with_the_fields_default(command, config, set_by_cli):
+    """A new config field without an option, or a CLI default that differs from the API's, fails here."""
+    import dataclasses
+    import importlib
+
+    module, name = config.split(":")
+    fields = {f.name: f for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+    options = _options(command)
+    assert set(fields) - set_by_cli <= set(options)
+    for field_name in set(fields) - set_by_cli:
+        field, option = fields[field_name], options[field_name]
+        assert option.required == (field.default is dataclasses.MISSING), field_name
+        if not option.required:
+            assert option.default == field.default, field_name
+    if command == "bench":
+        from labeler.bench.config import parse_image_size
+
+        assert parse_image_size(options["image_size"].default) == fields["image_size"].default
+
+
+def test_estimate_fold_run_options_have_the_run_defaults():
+    import dataclasses
+
+    from labeler.cli.estimate import FOLD_RUN_OPTIONS
+    from labeler.run.config import RunConfig
+
+    fields = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    options = _options("estimate")
+    assert {name: options[name].default for name in FOLD_RUN_OPTIONS} == {name: fields[name] for name in FOLD_RUN_OPTIONS}

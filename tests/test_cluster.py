@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from labeler.outdir.shards import list_shards
-from labeler.run.driver import RunConfig
+from labeler.run.config import RunConfig
 from labeler.synthetic import generate_dataset
 
 from .conftest import BackgroundRun, stored_listing

@@ -51,7 +51,8 @@ def test_a_two_cpu_ray_is_refused_within_seconds(tmp_path):
     import ray
 
     from labeler.bank.build import build_bank
-    from labeler.run.driver import RunConfig, run_labeling
+    from labeler.run.config import RunConfig
+    from labeler.run.driver import run_labeling
     from labeler.synthetic import generate_dataset
 
     refs = generate_dataset(tmp_path / "refs", 2, seed=1)

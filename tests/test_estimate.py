@@ -13,8 +13,10 @@ from pycocotools.cocoeval import COCOeval
 from labeler.bank.file import load_bank
 from labeler.io.coco import Category
 from labeler.label_filter import parse_label_filter
-from labeler.quality.estimate import EstimateConfig, _fold_documents, fold_of_images, run_estimate
+from labeler.quality.estimate import _fold_documents, fold_of_images, run_estimate
+from labeler.quality.estimate_config import EstimateConfig
 from labeler.quality.matching import BACKGROUND, MISSED, choose_threshold, confusion_counts, match_image
+from labeler.run.config import RunConfig
 from labeler.synthetic import generate_dataset
 
 from .conftest import load_json
@@ -73,8 +75,9 @@ def estimate(tmp_path_factory):
     refs = generate_dataset(folder / "refs", 6, seed=3)
     result = run_estimate(EstimateConfig(
         refs=str(refs), images=str(refs.parent / "images"), out=str(folder / "out"), dinov2="random:tiny",
-        sam2="random:tiny", folds=3, seed=1, target_precision=0.5, device="cpu",
-        run_options=dict(points_per_side=4, batch_size=4, max_error_rate=1.0)))
+        folds=3, seed=1, target_precision=0.5, device="cpu",
+        run=RunConfig(bank="", images="", out="", sam2="random:tiny", points_per_side=4, batch_size=4,
+                      max_error_rate=1.0)))
     return refs, folder / "out", result
 
 
@@ -133,8 +136,9 @@ def test_a_fold_with_no_reference_outside_it_is_noted_not_fatal(tmp_path):
     refs.write_text(json.dumps(document))
     result = run_estimate(EstimateConfig(
         refs=str(refs), images=str(refs.parent / "images"), out=str(tmp_path / "out"), dinov2="random:tiny",
-        sam2="random:tiny", folds=2, seed=1, target_precision=0.5, device="cpu",
-        run_options=dict(points_per_side=4, batch_size=4, max_error_rate=1.0)))
+        folds=2, seed=1, target_precision=0.5, device="cpu",
+        run=RunConfig(bank="", images="", out="", sam2="random:tiny", points_per_side=4, batch_size=4,
+                      max_error_rate=1.0)))
     assert any("no reference annotation outside it" in note for note in result.notes)
     assert len(result.per_fold) == 2 and (tmp_path / "out" / "report.txt").exists()
     assert "no reference annotation outside it" in (tmp_path / "out" / "report.txt").read_text()

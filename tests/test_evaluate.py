@@ -11,8 +11,8 @@ from pycocotools.cocoeval import COCOeval
 
 from labeler.errors import LabelerError
 from labeler.outdir.merged_coco import write_coco
-from labeler.outdir.readers import run_categories
 from labeler.quality.evaluate import METRICS, evaluate
+from labeler.run.manifest import run_categories
 from labeler.synthetic import generate_dataset
 
 from .conftest import fake_run, load_json, write_json

@@ -15,7 +15,7 @@ from labeler.errors import LabelerError
 from labeler.export.training_sets import export, mask_to_polygon, polygon_to_mask, split_of
 from labeler.io.masks import segmentation_to_mask
 from labeler.io.rle import decode_masks
-from labeler.outdir.readers import iter_label_rows
+from labeler.outdir.shards import iter_label_rows
 from labeler.synthetic import generate_dataset
 
 from .conftest import fake_run, load_json

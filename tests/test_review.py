@@ -14,7 +14,7 @@ from labeler.io.coco import Category
 from labeler.io.label_studio import mask_to_rle, rle_to_mask
 from labeler.io.rle import decode_masks
 from labeler.label_filter import parse_label_filter
-from labeler.outdir.readers import iter_label_rows
+from labeler.outdir.shards import iter_label_rows
 from labeler.review.merge import ClassFigures, Instance, compare, merge_review
 from labeler.review.prepare import image_url, prepare_review
 from labeler.review.selection import image_uncertainty, sample_key

@@ -13,7 +13,8 @@ from labeler.bank.build import build_bank
 from labeler.bank.file import load_bank
 from labeler.io import storage
 from labeler.outdir.shards import list_shards
-from labeler.run.driver import RunConfig, run_labeling
+from labeler.run.config import RunConfig
+from labeler.run.driver import run_labeling
 from labeler.synthetic import generate_dataset
 
 from .conftest import assert_coco_shards_match_parquet, stored_listing

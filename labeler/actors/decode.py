@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from labeler.io import storage
-from labeler.io.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError, read_image, resize_square
+from labeler.io.images import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_READ_TIMEOUT,
+    ImageDecodeError,
+    read_image,
+    resize_square,
+)
 from labeler.io.labels import STATUS_ERROR, STATUS_OK
 from labeler.io.timed_map import map_with_deadline
 from labeler.run.progress import report
@@ -22,8 +29,6 @@ if TYPE_CHECKING:
     from ray.actor import ActorHandle
 
 IO_THREADS = 8
-#: Seconds one image may take to be read and decoded (retries included) before it is an error row.
-DEFAULT_READ_TIMEOUT = 300.0
 
 
 @dataclass

@@ -19,10 +19,9 @@ from labeler.devices import to_device
 from labeler.io.labels import STATUS_ERROR, STATUS_OK, Detections, LabelRows
 from labeler.io.proposal_payload import decode_proposals
 from labeler.io.rle import PackedRle, pack_counts, run_areas, run_lengths
+from labeler.method.defaults import DEFAULT_MAX_DETS, DEFAULT_NMS_THR
 from labeler.method.mask_overlaps import rle_overlap_fractions
 from labeler.method.scoring import (
-    DEFAULT_MAX_DETS,
-    DEFAULT_NMS_THR,
     RankedProposals,
     boxes_from_masks,
     rank_proposals,

@@ -15,14 +15,15 @@ from labeler.bank.file import BankFile
 from labeler.devices import to_device
 from labeler.io.labels import STATUS_ERROR, STATUS_OK
 from labeler.io.proposal_payload import ProposalPayload, encode_proposals
-from labeler.method.matched_prompts import DEFAULT_MATCHED_POINTS, matched_points, prototype_similarity
-from labeler.method.proposals import (
+from labeler.method.defaults import (
     DEFAULT_GRID_LAYOUT,
+    DEFAULT_MATCHED_POINTS,
     DEFAULT_POINTS_PER_BATCH,
     DEFAULT_POINTS_PER_SIDE,
     DEFAULT_PRED_IOU_THR,
-    point_grid,
 )
+from labeler.method.matched_prompts import matched_points, prototype_similarity
+from labeler.method.proposals import point_grid
 from labeler.models import load_dinov2, load_sam2
 from labeler.models.sam2_inference import Sam2Features, encode_images, point_proposals, sam2_input
 from labeler.models.speedups import Speedups, compile_modules, compile_sam2, decoder_in_dtype

@@ -11,7 +11,7 @@ Random SAM2 weights decide how many proposals survive the predicted-IoU
 filter, and what they look like: salt-and-pepper masks with runs of one or
 two pixels, which no trained SAM2 produces and which make the hand-off and
 RLE stages several times dearer than real masks do. ``proposals`` pins both
-(default :data:`DEFAULT_PINNED_PROPOSALS` per image): after the decoder is
+(default :data:`labeler.bench.config.DEFAULT_PINNED_PROPOSALS`): after the decoder is
 timed on every prompt, each image gets exactly that many proposals, with
 the highest predicted IoUs (repeated if fewer) and SAM2-like masks from
 :func:`labeler.synthetic.proposal_logits`, so timings after SAM2 do not
@@ -43,26 +43,21 @@ from labeler.actors.dinov2_scorer import Dinov2Scorer, detections_from_choice, m
 from labeler.actors.sam2_proposer import Sam2Proposer, payload_from_row
 from labeler.bank.build import build_bank
 from labeler.bank.file import BankFile
+from labeler.bench.config import BenchConfig
 from labeler.bench.equivalence import compare_labels
 from labeler.bench.stage_timing import StageClock, host_split, top_operators
 from labeler.devices import resolve_device
 from labeler.errors import LabelerError
 from labeler.io.labels import STATUS_OK, LabelRows
 from labeler.io.proposal_payload import decode_proposals, encode_proposals
-from labeler.method.matched_prompts import DEFAULT_MATCHED_POINTS, PROMPT_MODES
-from labeler.method.proposals import DEFAULT_POINTS_PER_BATCH, DEFAULT_POINTS_PER_SIDE
-from labeler.method.scoring import DEFAULT_MAX_DETS, DEFAULT_NMS_THR
+from labeler.method.defaults import (
+    DEFAULT_MAX_DETS,
+    DEFAULT_NMS_THR,
+)
 from labeler.models.sam2_inference import Sam2Features
-from labeler.models.speedups import DTYPE_CHOICES
 from labeler.models.work_count import count_work
 from labeler.outdir.shards import write_shard
 from labeler.synthetic import generate_dataset, proposal_logits
-
-#: Proposals per image pinned by default: with ``pred_iou_thr = 0.4`` nearly
-#: every one of the 1024 grid prompts of a natural image keeps its best mask
-#: (SAM2's multimask IoU predictions are mostly well above 0.4); 800 is our
-#: assumption for that figure, not a measurement with real weights.
-DEFAULT_PINNED_PROPOSALS = 800
 
 #: Batches run again under the profiler for the host/torch split.
 PROFILED_BATCHES = 2
@@ -84,59 +79,6 @@ STAGE_TITLES = {
     "masks_rle": "masks at image size + boxes + RLE + soft merging + top 100",
     "writing": "Parquet writing (CPU)",
 }
-
-
-@dataclass
-class BenchConfig:
-    """Everything ``labeler bench`` takes; ``None`` models pick by device."""
-
-    sam2: str | None = None
-    dinov2: str | None = None
-    images: int = 32
-    image_size: tuple[int, int] = (1152, 864)
-    batch_size: int = 8
-    dtype: str = "auto"
-    compile: bool = False
-    points_per_side: int = DEFAULT_POINTS_PER_SIDE
-    points_per_batch: int = DEFAULT_POINTS_PER_BATCH
-    proposals: int = DEFAULT_PINNED_PROPOSALS
-    prompts: str = "grid"
-    matched_points: int = DEFAULT_MATCHED_POINTS
-    warmup_batches: int = 1
-    device: str = "auto"
-    no_ray: bool = False
-    plan_images: int | None = None
-    gpus: int = 1
-    check: bool = False
-    top_operators: int = 0
-
-    def validate(self) -> None:
-        checks = [
-            (self.images >= 1, "--images must be at least 1"),
-            (min(self.image_size) >= 16, "--image-size must be at least 16x16"),
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.dtype in DTYPE_CHOICES, f"--dtype must be one of {', '.join(DTYPE_CHOICES)}"),
-            (self.points_per_side >= 1, "--points-per-side must be at least 1"),
-            (self.points_per_batch >= 1, "--points-per-batch must be at least 1"),
-            (self.proposals >= 0, "--proposals must be 0 (not pinned) or more"),
-            (self.prompts in PROMPT_MODES, f"--prompts must be one of {', '.join(PROMPT_MODES)}"),
-            (self.matched_points >= 1, "--matched-points must be at least 1"),
-            (self.warmup_batches >= 0, "--warmup must be 0 or more"),
-            (self.plan_images is None or self.plan_images >= 1, "--plan must be at least 1 image"),
-            (self.gpus >= 1, "--gpus must be at least 1"),
-            (self.top_operators >= 0, "--top-operators must be 0 or more"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise LabelerError(message)
-
-
-def parse_image_size(text: str) -> tuple[int, int]:
-    """``WxH`` to ``(width, height)``."""
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise LabelerError(f"--image-size: expected WxH (e.g. 1152x864), got {text!r}")
-    return int(parts[0]), int(parts[1])
 
 
 def default_models(device: torch.device) -> tuple[str, str]:
@@ -421,7 +363,8 @@ def _require_ray() -> None:
 
 
 def _pipeline(config: BenchConfig, sam2: str, images_dir: Path, bank_path: Path, out: Path) -> dict[str, float]:
-    from labeler.run.driver import RunConfig, run_labeling
+    from labeler.run.config import RunConfig
+    from labeler.run.driver import run_labeling
 
     summary = run_labeling(RunConfig(
         bank=str(bank_path), images=str(images_dir), out=str(out), sam2=sam2, points_per_side=config.points_per_side,

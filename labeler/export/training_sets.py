@@ -49,7 +49,8 @@ from labeler.io.published_folder import building, check_apart, check_source_imag
 from labeler.io.rle import decode_masks
 from labeler.label_filter import LabelFilter, parse_label_filter
 from labeler.outdir.merged_coco import write_coco
-from labeler.outdir.readers import iter_label_rows, read_manifest, run_categories
+from labeler.outdir.shards import iter_label_rows
+from labeler.run.manifest import read_manifest, run_categories
 from labeler.visualize import category_colours
 
 FORMATS = ("coco", "yolo", "semantic")

@@ -21,6 +21,8 @@ from labeler.io import storage
 DEFAULT_MAX_PIXELS = 100_000_000
 #: Default size limit of an image file: 100 megapixels of 16-bit RGB, uncompressed, fit.
 DEFAULT_MAX_BYTES = 1 << 30
+#: Seconds one image may take to be read and decoded (retries included) before it is an error row.
+DEFAULT_READ_TIMEOUT = 300.0
 #: Pillow formats labeler reads (MPO is how Pillow names some multi-picture JPEGs).
 IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "TIFF", "WEBP", "AVIF", "JPEG2000")
 

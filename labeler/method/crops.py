@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-DEFAULT_CONTEXT_RATIO = 0.2
+from labeler.method.defaults import DEFAULT_CONTEXT_RATIO
 
 
 def context_crop_box(

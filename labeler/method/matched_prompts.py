@@ -13,9 +13,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-PROMPT_MODES = ("grid", "matched")
-DEFAULT_MATCHED_POINTS = 256
-
 
 def prototype_similarity(features: torch.Tensor, class_prototypes: torch.Tensor) -> torch.Tensor:
     """Best cosine similarity of each patch to any class prototype.

@@ -5,14 +5,7 @@ from __future__ import annotations
 import torch
 from sam2.utils.amg import build_point_grid
 
-DEFAULT_POINTS_PER_SIDE = 32
-DEFAULT_POINTS_PER_BATCH = 256
-DEFAULT_PRED_IOU_THR = 0.4
-
-#: Prompt grid layouts: ``edge-to-edge`` is the reference's (the default),
-#: ``cell-centres`` is SAM's automatic mask generator's.
-GRID_LAYOUTS = ("edge-to-edge", "cell-centres")
-DEFAULT_GRID_LAYOUT = "edge-to-edge"
+from labeler.method.defaults import DEFAULT_GRID_LAYOUT, GRID_LAYOUTS
 
 
 def point_grid(points_per_side: int, input_size: int, layout: str = DEFAULT_GRID_LAYOUT) -> torch.Tensor:

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from sam2.utils.amg import batched_mask_to_box
 from torchvision.ops import batched_nms
 
-DEFAULT_NMS_THR = 0.5
-DEFAULT_MAX_DETS = 100
+from labeler.method.defaults import DEFAULT_MAX_DETS, DEFAULT_NMS_THR
+
 NMS_KEEP_FACTOR = 8
 
 

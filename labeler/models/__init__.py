@@ -3,7 +3,4 @@
 from labeler.models.dinov2_encoder import Dinov2Encoder, load_dinov2
 from labeler.models.sam2_builder import load_sam2
 
-DEFAULT_SAM2 = "facebook/sam2.1-hiera-large"
-DEFAULT_DINOV2 = "facebook/dinov2-large"
-
-__all__ = ["DEFAULT_DINOV2", "DEFAULT_SAM2", "Dinov2Encoder", "load_dinov2", "load_sam2"]
+__all__ = ["Dinov2Encoder", "load_dinov2", "load_sam2"]

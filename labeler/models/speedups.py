@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch
 
 from labeler.errors import LabelerError
+from labeler.method.defaults import DTYPE_CHOICES
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-DTYPE_CHOICES = ("auto", *DTYPES)
 
 
 @dataclass(frozen=True)

@@ -157,11 +157,12 @@ def load_listing(out: str) -> Listing | None:
     """The listing stored in OUT, checked (its pointer, id set and parts agree), or None.
 
     Raises:
-        DamagedListing: a pointer, id set or part that cannot be read or does not add up.
+        DamagedListing: a pointer, id set or part that cannot be read or does not add up,
+            or none at all beside label shards.
     """
     uri = _pointer(out)
     if not storage.exists(uri):
-        if has_listing_state(out):
+        if has_listing_state(out) or list_shards(out):
             raise _damaged(uri, "missing")
         return None
     try:

@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from labeler.errors import LabelerError
 from labeler.io import storage
 from labeler.io.coco import Category
 from labeler.io.coco_writer import coco_shard_bytes
@@ -416,3 +417,12 @@ class ShardIndex:
             log.warning("%s: %d labelled images are no longer in the source; their rows moved to %s/",
                         self.out, not_listed, out_folder.join(self.out, REMOVED_DIR))
         return Reconciled(duplicates, not_listed)
+
+
+def iter_label_rows(out: str, columns: list[str] | None = None, batch_rows: int = 256) -> Iterator[dict]:
+    """Label rows of all shards, a few hundred in memory at a time."""
+    if not list_shards(out):
+        raise LabelerError(f"{out}: no label shards under labels/")
+    for _, table in iter_shard_tables(out, columns):
+        for batch in table.to_batches(max_chunksize=batch_rows):
+            yield from batch.to_pylist()

@@ -32,18 +32,19 @@ published whole (:mod:`labeler.io.published_folder`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from labeler.bank.build import build_bank
 from labeler.errors import LabelerError
 from labeler.io.coco import check_class_names, read_coco
 from labeler.io.published_folder import building, local_folder
+from labeler.quality.estimate_config import EstimateConfig
 from labeler.quality.evaluate import EvalReport, evaluate, load_ground_truth, load_predictions
 from labeler.quality.matching import (
     BACKGROUND,
@@ -53,28 +54,9 @@ from labeler.quality.matching import (
     confusion_counts,
     match_image,
 )
-from labeler.run.driver import RunConfig, run_labeling
 
-DEFAULT_FOLDS = 5
-DEFAULT_TARGET_PRECISION = 0.9
 #: Threshold of a class the held-out images gave no detection of.
 FALLBACK_THRESHOLD = 0.5
-
-
-@dataclass
-class EstimateConfig:
-    """What ``labeler estimate`` takes; ``run_options`` go to each fold's :class:`RunConfig`."""
-
-    refs: str
-    images: str
-    out: str
-    dinov2: str
-    sam2: str
-    folds: int = DEFAULT_FOLDS
-    seed: int = 0
-    target_precision: float = DEFAULT_TARGET_PRECISION
-    device: str = "auto"
-    run_options: dict[str, Any] = field(default_factory=dict)
 
 
 def fold_of_images(image_ids: list[int], folds: int, seed: int) -> dict[int, int]:
@@ -147,12 +129,13 @@ def run_estimate(config: EstimateConfig) -> EstimateResult:
 
 def _estimate(config: EstimateConfig, out: Path, gt_document: dict, notes: list[str], fold: dict[int, int],
               folds: int) -> EstimateResult:
-    reports, pooled_images, pooled_annotations = [], [], []
+    from labeler.bank.build import build_bank
+    from labeler.run.driver import run_labeling
     from labeler.run.pipeline import ray_session
 
-    options = dict(config.run_options)
-    with ray_session(options.get("address"), options.get("sam2_actors", 1) + options.get("dinov2_actors", 1),
-                     quiet=not options.get("ray_logs", False)):
+    reports, pooled_images, pooled_annotations = [], [], []
+    with ray_session(config.run.address, config.run.sam2_actors + config.run.dinov2_actors,
+                     quiet=not config.run.ray_logs):
         for k in range(folds):
             folder = out / "folds" / str(k)
             folder.mkdir(parents=True, exist_ok=True)
@@ -172,12 +155,12 @@ def _estimate(config: EstimateConfig, out: Path, gt_document: dict, notes: list[
             if missing:
                 notes.append(f"fold {k}: no reference of {', '.join(missing)} outside it; its instances there "
                              "count as missed")
-            bank = build_bank(str(folder / "refs.json"), config.images, dinov2=config.dinov2, sam2=config.sam2,
+            bank = build_bank(str(folder / "refs.json"), config.images, dinov2=config.dinov2, sam2=config.run.sam2,
                               device=config.device)
             bank.save(str(folder / "bank.safetensors"))
-            run_labeling(RunConfig(bank=str(folder / "bank.safetensors"), images=str(folder / "heldout.json"),
-                                   image_root=config.images, out=str(folder / "labels"), sam2=config.sam2,
-                                   overwrite=True, **options))
+            run_labeling(dataclasses.replace(
+                config.run, bank=str(folder / "bank.safetensors"), images=str(folder / "heldout.json"),
+                image_root=config.images, out=str(folder / "labels"), overwrite=True))
             predictions = load_predictions(str(folder / "labels"))
             reports.append(evaluate(str(folder / "labels"), str(folder / "heldout.json")))
             pooled_images += predictions.get("images", [])

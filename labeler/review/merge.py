@@ -55,8 +55,9 @@ from labeler.io.masks import segmentation_to_rle
 from labeler.io.published_folder import building, local_folder
 from labeler.label_filter import LabelFilter, label_filter_from_json
 from labeler.outdir.merged_coco import write_coco
-from labeler.outdir.readers import iter_label_rows, read_manifest, run_categories
+from labeler.outdir.shards import iter_label_rows
 from labeler.review.prepare import read_selection
+from labeler.run.manifest import read_manifest, run_categories
 
 MATCH_IOU = 0.5
 KEPT_IOU = 0.9

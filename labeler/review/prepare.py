@@ -30,8 +30,9 @@ from labeler.io.labels import STATUS_OK
 from labeler.io.published_folder import building, local_folder
 from labeler.io.rle import decode_masks
 from labeler.label_filter import parse_label_filter
-from labeler.outdir.readers import iter_label_rows, read_manifest, run_categories
+from labeler.outdir.shards import iter_label_rows
 from labeler.review.selection import DEFAULT_RANDOM_FRACTION, Chosen, choose_for_review
+from labeler.run.manifest import read_manifest, run_categories
 from labeler.visualize import category_colours
 
 SELECTION_NAME = "selection.json"

@@ -21,7 +21,7 @@ from pycocotools import mask as mask_utils
 
 from labeler.io.labels import STATUS_OK
 from labeler.label_filter import LabelFilter
-from labeler.outdir.readers import iter_label_rows
+from labeler.outdir.shards import iter_label_rows
 
 #: A detection within this distance of its class threshold is "near the threshold".
 NEAR_THRESHOLD = 0.1

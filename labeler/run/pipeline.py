@@ -43,12 +43,11 @@ from labeler.io.coco import Category
 from labeler.outdir.id_set import IdSet
 from labeler.outdir.listing import Listing
 from labeler.run.cluster import ACTOR_CPUS, DECODE_CPUS, WRITE_CPUS, Fit
+from labeler.run.config import RunConfig
 from labeler.run.ray_logs import send_ray_logs_to_file
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
-
-    from labeler.run.driver import RunConfig
 
 log = logging.getLogger(__name__)
 

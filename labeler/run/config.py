@@ -1,0 +1,138 @@
+"""What ``labeler run`` takes (:class:`RunConfig`, one field per option) and its resume key (``settings``).
+
+Each field's default is the option's: the CLI reads them from here. Only light
+modules are imported, so the CLI can check its arguments before torch or Ray load.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from labeler.errors import LabelerError
+from labeler.io.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_READ_TIMEOUT
+from labeler.io.sources import source_root
+from labeler.label_filter import LabelFilter, parse_label_filter
+from labeler.method.defaults import (
+    DEFAULT_GRID_LAYOUT,
+    DEFAULT_MATCHED_POINTS,
+    DEFAULT_MAX_DETS,
+    DEFAULT_NMS_THR,
+    DEFAULT_POINTS_PER_BATCH,
+    DEFAULT_POINTS_PER_SIDE,
+    DEFAULT_PRED_IOU_THR,
+    DEFAULT_SAM2,
+    DTYPE_CHOICES,
+    GRID_LAYOUTS,
+    PROMPT_MODES,
+)
+from labeler.run.progress import DEFAULT_REPLAN_AFTER, DEFAULT_STALL_TIMEOUT
+
+if TYPE_CHECKING:
+    from labeler.bank.file import PrototypeBank
+
+#: ``--merged-coco``: auto writes OUT/coco.json while OUT holds at most MERGED_COCO_MAX_ENTRIES label rows
+#: (ok and error: the merge reads them all) plus detections.
+MERGED_COCO_CHOICES = ("auto", "always", "never")
+MERGED_COCO_MAX_ENTRIES = 1_000_000
+#: ``--max-error-rate``: the largest share of error images (of all images in OUT) a run may end with
+#: and still exit with status 0. Real sets have a few corrupt or vanished files; a share above
+#: this says something is wrong with the whole source (a wrong --image-root, a lost mount).
+DEFAULT_MAX_ERROR_RATE = 0.05
+
+
+@dataclass
+class RunConfig:
+    """Everything ``labeler run`` takes; the CLI maps its options one to one."""
+
+    bank: str
+    images: str
+    out: str
+    sam2: str = DEFAULT_SAM2
+    image_root: str | None = None
+    points_per_side: int = DEFAULT_POINTS_PER_SIDE
+    grid_layout: str = DEFAULT_GRID_LAYOUT
+    points_per_batch: int = DEFAULT_POINTS_PER_BATCH
+    pred_iou_thr: float = DEFAULT_PRED_IOU_THR
+    nms_thr: float = DEFAULT_NMS_THR
+    max_dets: int = DEFAULT_MAX_DETS
+    min_score: float | str = 0.0  # one number, class=value pairs or a thresholds file (labeler.label_filter)
+    classes: str | None = None
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE
+    batch_size: int = 8
+    sam2_actors: int = 1
+    dinov2_actors: int = 1
+    gpus_per_actor: float = 1.0
+    address: str | None = None
+    overwrite: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT
+    replan_after: float = DEFAULT_REPLAN_AFTER
+    rows_per_shard: int = 1000
+    dtype: str = "auto"
+    compile: bool = False
+    prompts: str = "grid"
+    matched_points: int = DEFAULT_MATCHED_POINTS
+    relist: bool = False
+    merged_coco: str = "auto"
+    ray_logs: bool = False  # Ray's own messages in the terminal (the CLI's --debug), else in a log file
+    storage_options: dict[str, Any] | None = field(default=None, repr=False)
+
+    def validate(self) -> None:
+        checks = [
+            (self.points_per_side >= 1, "--points-per-side must be at least 1"),
+            (self.grid_layout in GRID_LAYOUTS, f"--grid-layout must be one of {', '.join(GRID_LAYOUTS)}"),
+            (self.points_per_batch >= 1, "--points-per-batch must be at least 1"),
+            (0.0 <= self.pred_iou_thr < 1.0, "--pred-iou-thr must be in [0, 1)"),
+            (0.0 < self.nms_thr <= 1.0, "--nms-thr must be in (0, 1]"),
+            (self.max_dets >= 1, "--max-dets must be at least 1"),
+            (0.0 <= self.max_error_rate <= 1.0, "--max-error-rate must be in [0, 1]"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.sam2_actors >= 1 and self.dinov2_actors >= 1, "actor counts must be at least 1"),
+            (self.gpus_per_actor >= 0, "--gpus-per-actor must be non-negative"),
+            (self.rows_per_shard >= 1, "--rows-per-shard must be at least 1"),
+            (self.max_pixels >= 1, "--max-pixels must be at least 1"),
+            (self.max_bytes >= 1, "--max-bytes must be at least 1"),
+            (math.isfinite(self.read_timeout) and self.read_timeout > 0, "--read-timeout must be a positive number"),
+            (math.isfinite(self.stall_timeout) and self.stall_timeout > 0, "--stall-timeout must be a positive number"),
+            (math.isfinite(self.replan_after) and self.replan_after > 0, "replan_after must be a positive number"),
+            (self.dtype in DTYPE_CHOICES, f"--dtype must be one of {', '.join(DTYPE_CHOICES)}"),
+            (self.prompts in PROMPT_MODES, f"--prompts must be one of {', '.join(PROMPT_MODES)}"),
+            (self.matched_points >= 1, "--matched-points must be at least 1"),
+            (self.merged_coco in MERGED_COCO_CHOICES, f"--merged-coco must be one of {', '.join(MERGED_COCO_CHOICES)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise LabelerError(message)
+
+    @property
+    def source_root(self) -> str:
+        """What each image's ``file_name`` is relative to (:func:`labeler.io.sources.source_root`)."""
+        return source_root(self.images, self.image_root)
+
+    def label_filter(self, bank: PrototypeBank) -> LabelFilter:
+        """``--min-score`` and ``--classes`` over the bank's classes."""
+        return parse_label_filter(self.min_score, self.classes, bank.categories)
+
+    def settings(self, bank: PrototypeBank) -> dict[str, Any]:
+        """What determines the labels: a rerun must match it to resume."""
+        return {
+            "bank_hash": bank.content_hash,
+            "encoder": bank.encoder,
+            "sam2": self.sam2,
+            "images": self.images,
+            "image_root": self.image_root,
+            "points_per_side": self.points_per_side,
+            "grid_layout": self.grid_layout,
+            "pred_iou_thr": self.pred_iou_thr,
+            "nms_thr": self.nms_thr,
+            "max_dets": self.max_dets,
+            "label_filter": self.label_filter(bank).to_json(bank.categories),
+            "max_pixels": self.max_pixels,
+            "dtype": self.dtype,
+            "prompts": self.prompts,
+            "matched_points": self.matched_points if self.prompts == "matched" else None,
+        }
