@@ -10,7 +10,7 @@ with masks at the image's size, boxes, areas and RLE.
 
 * ``low-res``: overlaps of the 256 x 256 masks (dense product), soft merging,
   then full-size masks of the 100 chosen only.
-* ``full-size``: :func:`labeler.actors.dinov2_scorer.merge_and_select`:
+* ``full-size``: :func:`labeler.method.detections.merge_and_select`:
   full-size masks of every ranked proposal, made once as RLE, overlaps on the
   RLEs with pycocotools, soft merging, the 100 best.
 
@@ -28,7 +28,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from labeler.actors.dinov2_scorer import full_size_masks, merge_and_select
+from labeler.method.detections import full_size_masks, merge_and_select
 from labeler.method.mask_overlaps import overlap_fractions
 from labeler.method.scoring import RankedProposals, select_detections, soft_merge
 

@@ -6,7 +6,7 @@ import pytest
 
 from labeler.errors import LabelerError
 from labeler.run.cluster import Cluster, Fit, actor_slots, fit_actors
-from labeler.run.progress import stalled_stage
+from labeler.run.watchdog import stalled_stage
 
 
 def test_a_run_that_fits_is_unchanged():

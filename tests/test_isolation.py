@@ -80,14 +80,14 @@ def test_an_image_sam2_fails_on_is_one_error_row_and_the_batch_is_labelled(stage
 def test_an_image_dinov2_fails_on_is_one_error_row(stages, monkeypatch):
     proposer, scorer, batch = stages
     proposals = proposer(copy(batch))
-    detections = Dinov2Scorer.detections
+    received = Dinov2Scorer.received
 
-    def failing_detections(self, rows_batch, row, features):
+    def failing_received(self, rows_batch, row):
         if row == 1:
             raise ValueError("injected: NaN in this image's features")
-        return detections(self, rows_batch, row, features)
+        return received(self, rows_batch, row)
 
-    monkeypatch.setattr(Dinov2Scorer, "detections", failing_detections)
+    monkeypatch.setattr(Dinov2Scorer, "received", failing_received)
     table = scorer(proposals).to_pylist()
     assert [row["status"] for row in table] == ["ok", "error", "ok", "ok"]
     assert table[1]["error"] == "DINOv2 failed: ValueError: injected: NaN in this image's features"

@@ -8,7 +8,7 @@ from pycocotools import mask as mask_utils
 
 from labeler.io.proposal_payload import band_radius, boundary_band, decode_proposals, encode_proposals
 from labeler.io.rle import decode_masks, encode_masks
-from labeler.models.sam2_inference import upsample_logits
+from labeler.method.proposals import upsample_logits
 
 
 def random_masks(count, height, width, seed=0):

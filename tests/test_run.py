@@ -230,8 +230,12 @@ def test_killed_run_resumes_to_each_image_exactly_once(tmp_path, bank_path, run_
 
 def test_a_killed_worker_process_is_replaced_by_the_next_pass(tmp_path, ray_session, bank_path):
     """The only SAM2 actor's process dies (out of host memory, a segfault in a kernel): the pass
-    stops moving, is abandoned, and the next pass labels what was lost; each image once."""
+    stops moving, is abandoned, and the next pass labels what was lost; each image once. The actor is
+    found the way the watchdog finds it, by the class name the pipeline gives it."""
     from ray._private.state import actors
+
+    from labeler.run.pipeline import MODEL_STAGE_ACTORS
+    from labeler.run.watchdog import actor_states
 
     images = generate_dataset(tmp_path / "t", 30, seed=12, image_format="jpg",
                               image_size=(160, 128)).parent / "images"
@@ -242,7 +246,8 @@ def test_a_killed_worker_process_is_replaced_by_the_next_pass(tmp_path, ray_sess
     deadline, workers = time.monotonic() + 120, []
     while not workers and job.thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.1)  # killed as soon as it is up: a run this small would finish first
-        workers = [a for a in actors().values() if a["State"] == "ALIVE" and "Sam2Proposer" in a["ActorClassName"]]
+        alive = [i for i, state in actor_states(MODEL_STAGE_ACTORS["sam2"]).items() if state == "ALIVE"]
+        workers = [actors()[i] for i in alive]
     assert workers and job.thread.is_alive(), f"no SAM2 actor to kill; the run: {job.outcome!r}"
     os.kill(workers[0]["Pid"], signal.SIGKILL)
     summary = job.finish()

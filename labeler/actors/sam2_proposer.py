@@ -9,12 +9,12 @@ import numpy as np
 import torch
 
 from labeler.actors.decode import pixel_column, stack_rows
-from labeler.actors.isolation import FailureStreak, SystemicFailure, each_image, free_device_memory, is_out_of_memory
-from labeler.actors.worker_setup import prepare_worker
+from labeler.actors.isolation import free_device_memory, is_out_of_memory
+from labeler.actors.model_stage import ModelStage
 from labeler.bank.file import BankFile
 from labeler.devices import to_device
 from labeler.io.labels import STATUS_ERROR, STATUS_OK
-from labeler.io.proposal_payload import ProposalPayload, encode_proposals
+from labeler.io.proposal_payload import ProposalPayload, encode_proposals, payload_columns
 from labeler.method.defaults import (
     DEFAULT_GRID_LAYOUT,
     DEFAULT_MATCHED_POINTS,
@@ -26,8 +26,7 @@ from labeler.method.matched_prompts import matched_points, prototype_similarity
 from labeler.method.proposals import point_grid
 from labeler.models import load_dinov2, load_sam2
 from labeler.models.sam2_inference import Sam2Features, encode_images, point_proposals, sam2_input
-from labeler.models.speedups import Speedups, compile_modules, compile_sam2, decoder_in_dtype
-from labeler.run.progress import report, report_fatal
+from labeler.models.speedups import compile_modules, compile_sam2, decoder_in_dtype
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
@@ -45,7 +44,7 @@ def row_nbytes(batch: dict[str, np.ndarray], index: int) -> int:
     return total + len(batch["rle_blob"][index])
 
 
-class Sam2Proposer:
+class Sam2Proposer(ModelStage):
     """Encodes a batch of images at once, then decodes the prompts of all its
     images in batches of ``points_per_batch``. Adds the proposal payload
     columns (:mod:`labeler.io.proposal_payload`); ``sam2_pixels`` go on to
@@ -57,6 +56,8 @@ class Sam2Proposer:
     features on (``dino_features``, float16) in place of the pixels, so the
     scoring stage does not encode the images again.
     """
+
+    stage = "sam2"
 
     def __init__(
         self,
@@ -75,10 +76,7 @@ class Sam2Proposer:
         storage_options: dict | None = None,
         tracker: ActorHandle | None = None,
     ):
-        self.tracker = tracker
-        self.failures = FailureStreak("SAM2")
-        self.device = prepare_worker(device, cpu_threads, storage_options)
-        self.speedups = Speedups.resolve(dtype, compile, self.device)
+        super().__init__(device, dtype, compile, cpu_threads, storage_options, tracker)
         self.model = load_sam2(sam2, self.device)
         decoder_in_dtype(self.model, self.speedups)
         if self.speedups.compile:
@@ -157,67 +155,25 @@ class Sam2Proposer:
             free_device_memory()
             return self._propose_rows(batch, [row], self.points_per_batch // 4)[0]
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def label(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A batch in, its proposal payloads out; an image SAM2 fails on becomes an error row."""
-        try:
-            return self._label(batch)
-        except SystemicFailure as failure:
-            report_fatal(self.tracker, "sam2", failure)
-            raise
-
-    def _label(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = np.flatnonzero(batch["status"] == STATUS_OK)
         size = len(batch["image_id"])
-        empty = ProposalPayload(b"", np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.float32), 0, 0)
-        payloads = [empty] * size
-        features: list[np.ndarray] | None = None
-        if self.encoder is not None:  # matched prompts: the features replace the pixels downstream
-            features = [NO_FEATURES] * size
-        outcomes = each_image(
-            lambda rows: self._propose_rows(batch, rows),
-            lambda row: self._propose_alone(batch, row),
-            ok, "SAM2",
-        )
+        payloads = [ProposalPayload.empty()] * size
+        features = [NO_FEATURES] * size if self.encoder is not None else None
+        outcomes = self.each_image(lambda rows: self._propose_rows(batch, rows),
+                                   lambda row: self._propose_alone(batch, row), ok)
         batch["status"], batch["error"] = batch["status"].copy(), batch["error"].copy()
         for index, outcome in zip(ok, outcomes):
             if isinstance(outcome, str):
                 batch["status"][index], batch["error"][index] = STATUS_ERROR, outcome
-                self.failures.record(outcome)
                 continue
-            self.failures.record(None)
             payloads[index] = outcome[0]
             if features is not None:
                 features[index] = outcome[1]
-        if features is not None:
+        if features is not None:  # matched prompts: the features replace the pixels downstream
             batch["dino_features"] = pixel_column(features)
             del batch["sam2_pixels"]
-        batch["rle_blob"] = np.array([p.rle_blob for p in payloads], dtype=object)
-        batch["rle_lengths"] = _ragged([p.rle_lengths for p in payloads])
-        batch["band_logits"] = _ragged([p.band_logits for p in payloads])
-        batch["iou"] = _ragged([p.iou for p in payloads])
-        batch["lowres_height"] = np.array([p.height for p in payloads], dtype=np.int32)
-        batch["lowres_width"] = np.array([p.width for p in payloads], dtype=np.int32)
-        batch["band_radius"] = np.array([p.band_radius for p in payloads], dtype=np.int32)
+        batch.update(payload_columns(payloads))
         batch["transfer_bytes"] = np.array([row_nbytes(batch, i) for i in range(size)], dtype=np.int64)
-        report(self.tracker, "sam2", size)
         return batch
-
-
-def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
-    """An object array of 1-D arrays of different lengths (a ragged column)."""
-    column = np.empty(len(arrays), dtype=object)
-    column[:] = arrays
-    return column
-
-
-def payload_from_row(batch: dict[str, np.ndarray], index: int) -> ProposalPayload:
-    """Read back one image's payload from a batch."""
-    return ProposalPayload(
-        rle_blob=bytes(batch["rle_blob"][index]),
-        rle_lengths=np.asarray(batch["rle_lengths"][index], dtype=np.int32),
-        band_logits=np.asarray(batch["band_logits"][index], dtype=np.float32),
-        iou=np.asarray(batch["iou"][index], dtype=np.float32),
-        height=int(batch["lowres_height"][index]),
-        width=int(batch["lowres_width"][index]),
-        band_radius=int(batch["band_radius"][index]),
-    )

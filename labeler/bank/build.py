@@ -25,10 +25,11 @@ from labeler.io.images import DEFAULT_MAX_PIXELS, ImageDecodeError, read_image, 
 from labeler.io.masks import box_to_mask, segmentation_to_mask
 from labeler.method.crops import context_crop_box, crop_reference
 from labeler.method.defaults import DEFAULT_CONTEXT_RATIO, DEFAULT_DINOV2, DEFAULT_SAM2
+from labeler.method.proposals import upsample_logits
 from labeler.method.prototypes import EmptyWeightsError, class_prototypes, instance_prototypes
 from labeler.method.sampling import Candidate, NotEnoughShotsError, sample_shots
 from labeler.models import Dinov2Encoder, load_dinov2, load_sam2
-from labeler.models.sam2_inference import box_prompts, decode_prompts, encode_images, sam2_input, upsample_logits
+from labeler.models.sam2_inference import box_prompts, decode_prompts, encode_images, sam2_input
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,6 @@ import platform
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,8 +38,8 @@ import numpy as np
 import torch
 
 from labeler.actors.decode import decode_batch
-from labeler.actors.dinov2_scorer import Dinov2Scorer, detections_from_choice, merge_and_select, rank_on_grid
-from labeler.actors.sam2_proposer import Sam2Proposer, payload_from_row
+from labeler.actors.dinov2_scorer import Dinov2Scorer
+from labeler.actors.sam2_proposer import Sam2Proposer
 from labeler.bank.build import build_bank
 from labeler.bank.file import BankFile
 from labeler.bench.config import BenchConfig
@@ -49,7 +48,7 @@ from labeler.bench.stage_timing import StageClock, host_split, top_operators
 from labeler.devices import resolve_device
 from labeler.errors import LabelerError
 from labeler.io.labels import STATUS_OK, LabelRows
-from labeler.io.proposal_payload import decode_proposals, encode_proposals
+from labeler.io.proposal_payload import encode_proposals, payload_columns
 from labeler.method.defaults import (
     DEFAULT_MAX_DETS,
     DEFAULT_NMS_THR,
@@ -57,6 +56,7 @@ from labeler.method.defaults import (
 from labeler.models.sam2_inference import Sam2Features
 from labeler.models.work_count import count_work
 from labeler.outdir.shards import write_shard
+from labeler.run.manifest import package_versions
 from labeler.synthetic import generate_dataset, proposal_logits
 
 #: Batches run again under the profiler for the host/torch split.
@@ -232,16 +232,6 @@ def pinned_count(config: BenchConfig) -> int:
     return round(config.proposals * prompts_per_image(config) / config.points_per_side**2)
 
 
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in ("labeler", "torch", "torchvision", "transformers", "sam2", "ray"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -307,33 +297,21 @@ def _time_batch(
         proposals = [pin_proposals(logits, iou, pinned, seed=int(image_id))
                      for (logits, iou), image_id in zip(proposals, decoded["image_id"][ok])]
     with clock.stage("handoff"):
-        unpacked = []
-        for (logits, iou), index in zip(proposals, ok):
-            payload = encode_proposals(logits, iou, (int(decoded["height"][index]), int(decoded["width"][index])))
-            row = {"rle_blob": [payload.rle_blob], "rle_lengths": [payload.rle_lengths],
-                   "band_logits": [payload.band_logits], "iou": [payload.iou],
-                   "lowres_height": [payload.height], "lowres_width": [payload.width],
-                   "band_radius": [payload.band_radius]}
-            masks, received = decode_proposals(payload_from_row(row, 0), scorer.device)
-            unpacked.append((masks, received, torch.from_numpy(payload.iou).to(scorer.device)))
-    ranked = []
+        image_hws = [(int(decoded["height"][index]), int(decoded["width"][index])) for index in ok]
+        columns = payload_columns([encode_proposals(logits, iou, hw) for (logits, iou), hw in zip(proposals, image_hws)])
+        columns["height"], columns["width"] = decoded["height"][ok], decoded["width"][ok]
+        received = [scorer.received(columns, k) for k in range(len(ok))]
     with clock.stage("scoring"):
-        for k, (masks, _, iou) in enumerate(unpacked):
-            ranked.append(rank_on_grid(masks, iou, features[k].float(), scorer.class_prototypes,
-                                       scorer.nms_thr, scorer.max_dets))
-    rows = LabelRows()
-    detections_total = 0
+        ranked = [scorer.rank(proposals, features[k]) for k, proposals in enumerate(received)]
     with clock.stage("masks_rle"):
-        for k, index in enumerate(ok):
-            hw = (int(decoded["height"][index]), int(decoded["width"][index]))
-            chosen = merge_and_select(ranked[k], unpacked[k][1], hw, scorer.max_dets, scorer.min_score)
-            detections = detections_from_choice(chosen, scorer.category_ids)
-            detections_total += len(detections)
-            rows.add(int(decoded["image_id"][index]), str(decoded["uri"][index]), hw[1], hw[0], STATUS_OK, None,
-                     detections, proposals=int(unpacked[k][0].shape[0]))
+        detections = [scorer.select(ranking, proposals) for ranking, proposals in zip(ranked, received)]
     with clock.stage("writing"):
+        rows = LabelRows()
+        for index, found, proposals in zip(ok, detections, received):
+            rows.add(int(decoded["image_id"][index]), str(decoded["uri"][index]), *proposals.image_hw[::-1],
+                     STATUS_OK, None, found, proposals=int(proposals.masks.shape[0]))
         write_shard(out, rows.table())
-    return sum(int(m.shape[0]) for m, _, _ in unpacked), detections_total
+    return sum(int(p.masks.shape[0]) for p in received), sum(len(found) for found in detections)
 
 
 def _check_against_fp32(
@@ -455,7 +433,7 @@ def run_bench(
         "proposals": f"pinned at {pinned_count(config)}" if config.proposals else "not pinned",
     }
     report = BenchReport(
-        device=_device_name(device), versions=_versions(), settings=settings, images_timed=config.images,
+        device=_device_name(device), versions=package_versions(), settings=settings, images_timed=config.images,
         stages=stages, proposals_per_image=proposals / config.images, detections_per_image=detections / config.images,
         peak_gpu_memory_mb=peak, flops_per_image={name: w.flops for name, w in work.items()},
         bytes_written_per_image={name: w.bytes_written for name, w in work.items()}, host=host, pipeline=pipeline,

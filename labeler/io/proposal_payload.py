@@ -76,6 +76,43 @@ class ProposalPayload:
         """Bytes this payload puts on the wire (array and blob contents)."""
         return len(self.rle_blob) + self.rle_lengths.nbytes + self.band_logits.nbytes + self.iou.nbytes
 
+    @classmethod
+    def empty(cls) -> ProposalPayload:
+        """No proposal (an error row's)."""
+        return cls(b"", np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.float32), 0, 0)
+
+
+def payload_columns(payloads: list[ProposalPayload]) -> dict[str, np.ndarray]:
+    """The batch columns holding ``payloads``, one row each (:func:`payload_from_columns` reads them back)."""
+
+    def objects(values: list) -> np.ndarray:  # bytes, or 1-D arrays of different lengths
+        column = np.empty(len(values), dtype=object)
+        column[:] = values
+        return column
+
+    return {
+        "rle_blob": objects([p.rle_blob for p in payloads]),
+        "rle_lengths": objects([p.rle_lengths for p in payloads]),
+        "band_logits": objects([p.band_logits for p in payloads]),
+        "iou": objects([p.iou for p in payloads]),
+        "lowres_height": np.array([p.height for p in payloads], dtype=np.int32),
+        "lowres_width": np.array([p.width for p in payloads], dtype=np.int32),
+        "band_radius": np.array([p.band_radius for p in payloads], dtype=np.int32),
+    }
+
+
+def payload_from_columns(batch: dict[str, np.ndarray], index: int) -> ProposalPayload:
+    """Row ``index``'s payload from the columns :func:`payload_columns` made (after Ray Data's hand-off)."""
+    return ProposalPayload(
+        rle_blob=bytes(batch["rle_blob"][index]),
+        rle_lengths=np.asarray(batch["rle_lengths"][index], dtype=np.int32),
+        band_logits=np.asarray(batch["band_logits"][index], dtype=np.float32),
+        iou=np.asarray(batch["iou"][index], dtype=np.float32),
+        height=int(batch["lowres_height"][index]),
+        width=int(batch["lowres_width"][index]),
+        band_radius=int(batch["band_radius"][index]),
+    )
+
 
 def encode_proposals(logits: torch.Tensor, iou: torch.Tensor, image_hw: tuple[int, int]) -> ProposalPayload:
     """Pack ``[P, h, w]`` low-res logits and their ``[P]`` predicted IoUs, for an image of ``image_hw``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from sam2.utils.amg import build_point_grid
 
 from labeler.method.defaults import DEFAULT_GRID_LAYOUT, GRID_LAYOUTS
@@ -53,3 +54,10 @@ def keep_proposals(logits: torch.Tensor, iou_predictions: torch.Tensor, pred_iou
     """
     non_empty = (logits > 0).flatten(1).any(dim=1)
     return (iou_predictions > pred_iou_thr) & non_empty
+
+
+def upsample_logits(low_res: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
+    """Resize ``[N, K, h, w]`` mask logits to the original image size as the reference
+    does: bilinear with antialiasing (which differs from plain bilinear by float
+    rounding when upsampling, and widens the filter when the image is smaller)."""
+    return F.interpolate(low_res.float(), size=image_hw, mode="bilinear", align_corners=False, antialias=True)

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from labeler.devices import to_device
 from labeler.method.proposals import best_of_three, keep_proposals
@@ -185,10 +184,3 @@ def point_proposals(
     logits, iou, image = torch.cat(kept_logits), torch.cat(kept_iou), torch.cat(kept_image)
     per_image = torch.bincount(image, minlength=len(points)).tolist()
     return list(zip(logits.split(per_image), iou.split(per_image)))
-
-
-def upsample_logits(low_res: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
-    """Resize ``[N, K, h, w]`` mask logits to the original image size as the reference
-    does: bilinear with antialiasing (which differs from plain bilinear by float
-    rounding when upsampling, and widens the filter when the image is smaller)."""
-    return F.interpolate(low_res.float(), size=image_hw, mode="bilinear", align_corners=False, antialias=True)

@@ -27,7 +27,7 @@ from labeler.method.defaults import (
     GRID_LAYOUTS,
     PROMPT_MODES,
 )
-from labeler.run.progress import DEFAULT_REPLAN_AFTER, DEFAULT_STALL_TIMEOUT
+from labeler.run.watchdog import DEFAULT_REPLAN_AFTER, DEFAULT_STALL_TIMEOUT
 
 if TYPE_CHECKING:
     from labeler.bank.file import PrototypeBank

@@ -79,8 +79,9 @@ def _label(config: RunConfig, listing: Listing, index: ShardIndex, bank_file: Ba
 
     from labeler.run.cluster import current_cluster, fit_actors, settle_nodes
     from labeler.run.display import ProgressDisplay
-    from labeler.run.pipeline import ray_session, run_pipeline
-    from labeler.run.progress import PassAbandoned, PipelineStopped, Watchdog, start_tracker
+    from labeler.run.pipeline import MODEL_STAGE_ACTORS, ray_session, run_pipeline
+    from labeler.run.progress import start_tracker
+    from labeler.run.watchdog import PassAbandoned, PipelineStopped, Watchdog
 
     display = ProgressDisplay(listing.images, index.finished())
     with ray_session(config.address, config.sam2_actors + config.dinov2_actors, quiet=not config.ray_logs) as ray_log, \
@@ -89,7 +90,7 @@ def _label(config: RunConfig, listing: Listing, index: ShardIndex, bank_file: Ba
             # Sized anew each pass: the cluster may have lost nodes in the last one.
             fit = fit_actors(current_cluster(), config.sam2_actors, config.dinov2_actors, config.gpus_per_actor)
             before = index.finished()
-            watchdog = Watchdog(start_tracker(), listing.images - before, config.rows_per_shard,
+            watchdog = Watchdog(start_tracker(), MODEL_STAGE_ACTORS, listing.images - before, config.rows_per_shard,
                                 config.stall_timeout, config.replan_after,
                                 on_progress=lambda rows, before=before: display.update(before + rows["dinov2"]))
             done = copy.deepcopy(index.done)  # what this pass skips; the index grows while it runs

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 ERROR_KINDS_IN_MANIFEST = 20
 
 
-def _package_versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
+    """The versions of labeler, Python and the libraries that decide the labels."""
     versions = {"labeler": __version__, "python": platform.python_version()}
     for name in ("torch", "torchvision", "transformers", "sam2", "ray", "pyarrow", "pycocotools"):
         try:
@@ -45,7 +46,7 @@ def write_manifest(config: RunConfig, bank: PrototypeBank, settings: dict, summa
         "bank": {"path": config.bank, "content_hash": bank.content_hash},
         "categories": [{"id": c.id, "name": c.name} for c in bank.categories],
         "models": {"sam2": config.sam2, "dinov2": bank.encoder},
-        "versions": _package_versions(),
+        "versions": package_versions(),
         "counts": {
             "images_listed": summary.images_listed,
             "images_ok": summary.counts.images_ok,

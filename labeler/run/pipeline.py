@@ -12,7 +12,7 @@ task could run again, and the job stalled. Here lost model actors are not
 restarted (``max_restarts=0``, so their tasks are not retried either): a task
 on a lost actor fails at once, Ray Data drops that block instead of failing
 the job (``max_errored_blocks=-1``) and goes on with the live actors. If a
-stage is left with none, the watchdog (:mod:`labeler.run.progress`) abandons the
+stage is left with none, the watchdog (:mod:`labeler.run.watchdog`) abandons the
 pass, and :func:`labeler.run.driver.run_labeling` plans the next pass on what the
 cluster has then and labels the images of the dropped blocks. Every error
 our own code raises out of a stage is reported to the progress tracker
@@ -50,6 +50,9 @@ if TYPE_CHECKING:
     from ray.actor import ActorHandle
 
 log = logging.getLogger(__name__)
+
+#: Model stage -> the class of its actors, whose name the watchdog finds them by in Ray's actor table.
+MODEL_STAGE_ACTORS = {actor.stage: actor.__name__ for actor in (Sam2Proposer, Dinov2Scorer)}
 
 
 @contextlib.contextmanager
