@@ -24,6 +24,8 @@ import torch
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
+from labeler.io.coco import coco_rle
+
 SegmentationKind = Literal["polygon", "rle", "rle-uncompressed", "box", "mixed"]
 SEGMENTATION_KINDS: tuple[str, ...] = ("polygon", "rle", "rle-uncompressed", "box")
 
@@ -94,14 +96,14 @@ def _segmentation(kind: str, polygon: list[float], mask: np.ndarray) -> list | d
         return None
     rle = mask_utils.encode(np.asfortranarray(mask))
     if kind == "rle":
-        return {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+        return coco_rle(rle["counts"].decode("ascii"), *rle["size"])
     flat = mask.flatten(order="F")
     changes = np.flatnonzero(np.diff(flat)) + 1
     bounds = np.concatenate([[0], changes, [flat.size]])
     counts = np.diff(bounds).tolist()
     if flat[0] == 1:
         counts = [0] + counts
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
+    return coco_rle(counts, *mask.shape)
 
 
 def generate_dataset(

@@ -43,8 +43,8 @@ def make_run(folder: Path, regions: int, width: int, height: int) -> Path:
     rows = LabelRows()
     image = folder / "image.png"
     image.write_bytes(b"")
-    rows.add(1, str(image), width, height, "ok", None, Detections.from_dicts(detections), regions, 0,
-             file_name="image.png")
+    rows.add_ok(image_id=1, uri=str(image), width=width, height=height, detections=Detections.from_dicts(detections),
+                proposals=regions, file_name="image.png")
     out = folder / "run"
     out.mkdir()
     write_shard(str(out), rows.table(), categories=[Category(1, "thing")])

@@ -114,7 +114,7 @@ def write_json(path: Path, document: dict) -> Path:
     return Path(path)
 
 
-def fake_run(out: Path, gt_path: Path, scores=None, extra_rows=()) -> Path:
+def fake_run(out: Path, gt_path: Path, scores=None, error_rows=()) -> Path:
     """A run folder whose detections are the ground-truth instances of ``gt_path``.
 
     ``scores`` maps annotation id -> score (default 0.9). Written through the
@@ -149,10 +149,10 @@ def fake_run(out: Path, gt_path: Path, scores=None, extra_rows=()) -> Path:
                 "rle": rle["counts"],
             })
         uri = str(Path(gt_path).parent / "images" / image["file_name"])
-        rows.add(image["id"], uri, width, height, "ok", None, Detections.from_dicts(detections), len(detections), 0,
-                 file_name=image["file_name"])
-    for row in extra_rows:
-        rows.add(*row)
+        rows.add_ok(image_id=image["id"], uri=uri, width=width, height=height,
+                    detections=Detections.from_dicts(detections), proposals=len(detections), file_name=image["file_name"])
+    for image_id, uri, reason in error_rows:
+        rows.add_error(image_id=image_id, uri=uri, error=reason)
     out.mkdir(parents=True, exist_ok=True)
     from labeler.io.coco import Category
 

@@ -36,7 +36,7 @@ def gt_and_run(tmp_path):
     gt = generate_dataset(tmp_path / "gt", 4, seed=8)
     document = load_json(gt)
     scores = {a["id"]: 0.2 + 0.1 * (a["id"] % 7) for a in document["annotations"]}
-    run = fake_run(tmp_path / "run", gt, scores, extra_rows=[(999, "/nowhere.png", 0, 0, "error", "read failed")])
+    run = fake_run(tmp_path / "run", gt, scores, error_rows=[(999, "/nowhere.png", "read failed")])
     return gt, run, scores
 
 

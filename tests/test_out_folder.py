@@ -8,7 +8,8 @@ import pytest
 from labeler.errors import LabelerError
 from labeler.io.labels import LabelRows
 from labeler.outdir import layout as out_folder
-from labeler.outdir.lock import LOCK_DIR
+
+LOCK_DIR = "_state/lock"  # where OUT keeps its lock claims (docs/formats.md)
 from labeler.outdir.merged_coco import write_coco
 from labeler.outdir.shards import REMOVED_DIR, list_shards, write_shard
 
@@ -19,7 +20,7 @@ HEX = "0123456789abcdef" * 2
 def rows(ids):
     table = LabelRows()
     for image_id in ids:
-        table.add(image_id, f"/img/{image_id}.png", 4, 3, "ok", None)
+        table.add_ok(image_id=image_id, uri=f"/img/{image_id}.png", width=4, height=3)
     return table.table()
 
 

@@ -13,9 +13,11 @@ import pytest
 from s3fs import S3FileSystem
 
 from labeler.io import storage
-from labeler.outdir.lock import LOCK_DIR, OutputLock, OutputLockedError
+from labeler.outdir.lock import OutputLock, OutputLockedError
 
 from .s3_endpoint import S3Endpoint
+
+LOCK_DIR = "_state/lock"  # where OUT keeps its lock claims
 
 
 def test_a_second_lock_is_refused_naming_the_holder_then_granted_after_release(tmp_path):

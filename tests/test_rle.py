@@ -71,8 +71,8 @@ def test_columnar_detections_make_the_same_table_as_dicts():
     tables = []
     for detections in (Detections.from_dicts(dicts), columnar):
         rows = LabelRows()
-        rows.add(1, "a.jpg", 5, 4, "ok", None, detections, proposals=2)
-        rows.add(2, "b.jpg", 0, 0, "error", "read failed")
+        rows.add_ok(image_id=1, uri="a.jpg", width=5, height=4, detections=detections, proposals=2)
+        rows.add_error(image_id=2, uri="b.jpg", error="read failed")
         tables.append(rows.table())
     assert tables[0].equals(tables[1])
     assert tables[1].column("detections").to_pylist()[0] == [

@@ -37,8 +37,8 @@ def table(ids, detections_per_image=0):
     for image_id in ids:
         detections = [{"category_id": 3 if k % 2 else 9, "score": 0.9 - 0.1 * k, "bbox": [0, 0, 2, 1], "area": 2,
                        "rle": TOP_LEFT_RLE} for k in range(detections_per_image)]
-        rows.add(image_id, f"/img/{image_id}.png", 4, 3, "ok", None, Detections.from_dicts(detections),
-                 proposals=5, transfer_bytes=100)
+        rows.add_ok(image_id=image_id, uri=f"/img/{image_id}.png", width=4, height=3,
+                    detections=Detections.from_dicts(detections), proposals=5, transfer_bytes=100)
     return rows.table()
 
 
@@ -86,10 +86,10 @@ def test_rows_of_images_no_longer_listed_leave_the_labels_but_are_kept_aside(tmp
 def test_each_coco_shard_loads_in_pycocotools_and_holds_exactly_its_parquet_detections(tmp_path):
     out = str(tmp_path)
     rows = LabelRows()
-    rows.add(7, "/img/7.png", 4, 3, "ok", None, Detections.from_dicts([
+    rows.add_ok(image_id=7, uri="/img/7.png", width=4, height=3, detections=Detections.from_dicts([
         {"category_id": 9, "score": 0.8, "bbox": [1, 0, 2, 3], "area": 6, "rle": mask_utils.encode(
             np.asfortranarray(np.pad(np.ones((3, 2), np.uint8), ((0, 0), (1, 1)))))["counts"].decode()}]), proposals=4)
-    rows.add(8, "/img/8.png", 0, 0, "error", "decode failed: empty file")
+    rows.add_error(image_id=8, uri="/img/8.png", error="decode failed: empty file")
     shard = write_shard(out, rows.table(), categories=CATEGORIES)
     write_shard(out, table([10, 11], detections_per_image=3), categories=CATEGORIES)
     parquet = {(r["image_id"], d["category_id"], round(d["score"], 6), d["rle"]) for uri in list_shards(out)
@@ -254,11 +254,11 @@ def test_error_reasons_are_tallied_in_footers_and_summed_by_the_index(tmp_path):
     rows = LabelRows()
     for image_id, reason in [(1, "read failed: no such file"), (2, "read failed: no such file"),
                              (3, "decode failed: cannot identify image file '/data/3.jpg'")]:
-        rows.add(image_id, f"/data/{image_id}.jpg", 0, 0, "error", reason)
-    rows.add(4, "/data/4.jpg", 4, 3, "ok", None)
+        rows.add_error(image_id=image_id, uri=f"/data/{image_id}.jpg", error=reason)
+    rows.add_ok(image_id=4, uri="/data/4.jpg", width=4, height=3)
     write_shard(out, rows.table(), categories=CATEGORIES)
     more = LabelRows()
-    more.add(5, "/data/5.jpg", 0, 0, "error", "decode failed: cannot identify image file '/data/5.jpg'")
+    more.add_error(image_id=5, uri="/data/5.jpg", error="decode failed: cannot identify image file '/data/5.jpg'")
     write_shard(out, more.table(), categories=CATEGORIES)
     index = index_of(out, [1, 2, 3, 4, 5])
     assert index.errors.errors == 4
@@ -287,7 +287,7 @@ def test_a_writer_that_cannot_write_its_labels_reports_its_own_error(tmp_path):
             self.fatal.append(args)
 
     rows = LabelRows()
-    rows.add(1, str(tmp_path / "a.jpg"), 4, 4, "ok", None)
+    rows.add_ok(image_id=1, uri=str(tmp_path / "a.jpg"), width=4, height=4)
     tracker = Tracker()
     sink = LabelShardSink(str(tmp_path / "out"), 10, [Category(1, "bad-\ud800")], str(tmp_path), tracker=tracker)
     with pytest.raises(UnicodeEncodeError):

@@ -12,7 +12,7 @@ from .conftest import fake_run, load_json
 
 def test_pictures_index_and_summary(tmp_path):
     gt = generate_dataset(tmp_path / "gt", 5, seed=3)
-    run = fake_run(tmp_path / "run", gt, extra_rows=[(999, "/nowhere.png", 0, 0, "error", "read failed")])
+    run = fake_run(tmp_path / "run", gt, error_rows=[(999, "/nowhere.png", "read failed")])
     result = visualize(str(run), str(tmp_path / "vis"), n=3, min_score=0.5, seed=1)
     assert len(result.pictures) == 3
     for picture in result.pictures + [result.summary]:
@@ -28,9 +28,9 @@ def test_pictures_index_and_summary(tmp_path):
 
 def test_index_counts_in_words_lists_error_images_and_draws_the_kept_classes(tmp_path):
     gt = generate_dataset(tmp_path / "gt", 3, seed=3, objects_per_image=(1, 1))
-    run = fake_run(tmp_path / "run", gt, extra_rows=[
-        (998, "/data/broken.jpg", 0, 0, "error", "decode failed: not an image file"),
-        (999, "/data/gone.jpg", 0, 0, "error", "read failed: no such file"),
+    run = fake_run(tmp_path / "run", gt, error_rows=[
+        (998, "/data/broken.jpg", "decode failed: not an image file"),
+        (999, "/data/gone.jpg", "read failed: no such file"),
     ])
     result = visualize(str(run), str(tmp_path / "vis"), n=3, min_score="0.5", classes="disc,square,triangle,star")
     page = result.index.read_text()

@@ -14,7 +14,7 @@ from labeler.actors.decode import stack_rows
 from labeler.actors.model_stage import ModelStage
 from labeler.bank.file import BankFile
 from labeler.devices import to_device
-from labeler.io.labels import STATUS_ERROR, STATUS_OK, Detections, LabelRows
+from labeler.io.labels import STATUS_OK, Detections, LabelRows
 from labeler.io.proposal_payload import decode_proposals, payload_from_columns
 from labeler.method.defaults import DEFAULT_MAX_DETS, DEFAULT_NMS_THR
 from labeler.method.detections import ChosenDetections, merge_and_select, rank_on_grid
@@ -131,9 +131,10 @@ class Dinov2Scorer(ModelStage):
             transfer_bytes = int(batch["transfer_bytes"][index])
             outcome = scored.get(index, str(batch["error"][index]))
             if isinstance(outcome, str):
-                rows.add(image_id, uri, 0, 0, STATUS_ERROR, outcome, transfer_bytes=transfer_bytes)
+                rows.add_error(image_id=image_id, uri=uri, error=outcome, transfer_bytes=transfer_bytes)
                 continue
             detections, proposals = outcome
-            rows.add(image_id, uri, int(batch["width"][index]), int(batch["height"][index]), STATUS_OK, None,
-                     detections, proposals=proposals, transfer_bytes=transfer_bytes)
+            rows.add_ok(image_id=image_id, uri=uri, width=int(batch["width"][index]),
+                        height=int(batch["height"][index]), detections=detections, proposals=proposals,
+                        transfer_bytes=transfer_bytes)
         return rows.table()

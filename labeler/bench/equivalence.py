@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from labeler.io.labels import detection_rle
+
 
 @dataclass(frozen=True)
 class LabelAgreement:
@@ -52,8 +54,7 @@ class LabelAgreement:
 
 
 def _rles(row: dict) -> list[dict]:
-    size = [row["height"], row["width"]]
-    return [{"size": size, "counts": detection["rle"].encode()} for detection in row["detections"]]
+    return [detection_rle(row, detection) for detection in row["detections"]]
 
 
 def compare_labels(plain: list[dict], fast: list[dict]) -> LabelAgreement:

@@ -308,8 +308,9 @@ def _time_batch(
     with clock.stage("writing"):
         rows = LabelRows()
         for index, found, proposals in zip(ok, detections, received):
-            rows.add(int(decoded["image_id"][index]), str(decoded["uri"][index]), *proposals.image_hw[::-1],
-                     STATUS_OK, None, found, proposals=int(proposals.masks.shape[0]))
+            height, width = proposals.image_hw
+            rows.add_ok(image_id=int(decoded["image_id"][index]), uri=str(decoded["uri"][index]), width=width,
+                        height=height, detections=found, proposals=int(proposals.masks.shape[0]))
         write_shard(out, rows.table())
     return sum(int(p.masks.shape[0]) for p in received), sum(len(found) for found in detections)
 

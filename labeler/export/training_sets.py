@@ -44,6 +44,7 @@ from PIL import Image, ImageDraw
 from labeler.errors import LabelerError
 from labeler.io import storage
 from labeler.io.coco import Category
+from labeler.io.coco_writer import CocoCounts
 from labeler.io.labels import STATUS_OK
 from labeler.io.published_folder import building, check_apart, check_source_image_outside, local_folder
 from labeler.io.rle import decode_masks
@@ -303,6 +304,23 @@ def _legend_picture(legend: dict, path: Path) -> None:
     picture.save(path)
 
 
+def write_coco_splits(pred: str, categories: list[Category], folder: Path, split_rows: Callable[[pa.Table, str], pa.Table],
+                      *, label_filter: LabelFilter | None, drop_empty: bool, image_root: str | None,
+                      keep_ids: frozenset[int] = frozenset()) -> dict[str, CocoCounts]:
+    """``folder/instances_<split>.json`` of a training set (no scores), each from ``split_rows(table, split)`` of
+    the run's shards; an empty ``val`` split is not written. Returns each split's counts."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for split in SPLITS:
+        target = folder / f"instances_{split}.json"
+        written[split] = write_coco(pred, categories, target=str(target), label_filter=label_filter,
+                                    with_scores=False, drop_empty=drop_empty, keep_ids=keep_ids,
+                                    image_root=image_root, transform=lambda table, split=split: split_rows(table, split))
+        if not written[split].images and split == "val":
+            target.unlink()
+    return written
+
+
 def export_coco(pred: str, folder: Path, categories: list[Category], options: ExportOptions) -> ExportResult:
     """``annotations/instances_<split>.json`` (no scores) in ``folder``; with ``--images copy`` or
     ``link`` the images under ``images/`` and each ``file_name`` relative to it, else each
@@ -316,24 +334,21 @@ def export_coco(pred: str, folder: Path, categories: list[Category], options: Ex
             if name != export_name(row):
                 renamed[row["image_id"]] = name
     image_root = str(options.folder / "images") if options.images != "none" else read_manifest(pred).get("source_root")
-    for split in SPLITS:
-        def pick(table: pa.Table, split: str = split) -> pa.Table:
-            table = rows_of_split(table, split, options.val_fraction, options.seed)
-            if options.images == "none":
-                return table
-            names = [renamed.get(row["image_id"]) or export_name(row)
-                     for row in table.select(["image_id", "uri", "file_name"]).to_pylist()]
-            return table.set_column(table.schema.get_field_index("file_name"), "file_name", pa.array(names, pa.string()))
 
-        target = folder / "annotations" / f"instances_{split}.json"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        counts = write_coco(pred, categories, target=str(target), label_filter=options.label_filter, with_scores=False,
-                            drop_empty=not options.keep_empty, image_root=image_root, transform=pick)
+    def pick(table: pa.Table, split: str) -> pa.Table:
+        table = rows_of_split(table, split, options.val_fraction, options.seed)
+        if options.images == "none":
+            return table
+        names = [renamed.get(row["image_id"]) or export_name(row)
+                 for row in table.select(["image_id", "uri", "file_name"]).to_pylist()]
+        return table.set_column(table.schema.get_field_index("file_name"), "file_name", pa.array(names, pa.string()))
+
+    splits = write_coco_splits(pred, categories, folder / "annotations", pick, label_filter=options.label_filter,
+                               drop_empty=not options.keep_empty, image_root=image_root)
+    for split, counts in splits.items():
         result.images_left_out += counts.images_left_out
-        if not counts.images and split == "val":
-            target.unlink()
-            continue
-        result.splits[split] = counts.images
+        if counts.images or split != "val":
+            result.splits[split] = counts.images
         result.instances += counts.annotations
         result.images += counts.images
     return result

@@ -21,6 +21,11 @@ from labeler.io import storage
 MAX_ID = (1 << 63) - 1
 
 
+def coco_rle(counts: str | bytes, height: int, width: int) -> dict:
+    """pycocotools' compressed RLE of one mask of a ``height`` x ``width`` image: ``{"size", "counts"}``."""
+    return {"size": [int(height), int(width)], "counts": counts}
+
+
 @dataclass(frozen=True)
 class Category:
     """A COCO category: the dataset's own id (not necessarily contiguous)."""

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import pyarrow as pa
 
 from labeler.io.coco import Category
-from labeler.io.labels import STATUS_OK
+from labeler.io.labels import STATUS_OK, detection_rle
 from labeler.label_filter import LabelFilter
 
 #: The label columns a COCO document is made of.
@@ -63,7 +63,7 @@ def _annotation_entries(table: pa.Table, counts: CocoCounts, label_filter: Label
                 "category_id": detection["category_id"],
                 "bbox": [round(v, 2) for v in detection["bbox"]],
                 "area": detection["area"],
-                "segmentation": {"size": [row["height"], row["width"]], "counts": detection["rle"]},
+                "segmentation": detection_rle(row, detection),
                 "iscrowd": 0,
             }
             if with_scores:

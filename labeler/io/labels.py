@@ -12,6 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from labeler.io.coco import coco_rle
+
 DETECTION_TYPE = pa.struct([
     pa.field("category_id", pa.int64(), nullable=False),
     pa.field("category", pa.string()),  # the class name; filled in when a shard is written
@@ -88,12 +90,20 @@ class LabelRows:
     columns: dict[str, list] = field(default_factory=lambda: {name: [] for name in LABELS_SCHEMA.names})
     detections: list[Detections] = field(default_factory=list)
 
-    def add(self, image_id: int, uri: str, width: int, height: int, status: str, error: str | None,
-            detections: Detections | None = None, proposals: int = 0, transfer_bytes: int = 0,
-            file_name: str | None = None) -> None:
-        """One image's row; ``file_name`` defaults to ``uri`` (the writer sets it, see :func:`with_file_names`)."""
-        values = dict(image_id=image_id, uri=uri, file_name=uri if file_name is None else file_name, width=width,
-                      height=height, status=status, error=error, proposals=proposals, transfer_bytes=transfer_bytes)
+    def add_ok(self, *, image_id: int, uri: str, width: int, height: int, detections: Detections | None = None,
+               proposals: int = 0, transfer_bytes: int = 0, file_name: str | None = None) -> None:
+        """A labelled image's row; ``file_name`` defaults to ``uri`` (the writer sets it, :func:`with_file_names`)."""
+        self._add(dict(image_id=image_id, uri=uri, file_name=file_name, width=width, height=height, status=STATUS_OK,
+                       error=None, proposals=proposals, transfer_bytes=transfer_bytes), detections)
+
+    def add_error(self, *, image_id: int, uri: str, error: str, transfer_bytes: int = 0,
+                  file_name: str | None = None) -> None:
+        """An error image's row: no size, no detection, the one-line reason."""
+        self._add(dict(image_id=image_id, uri=uri, file_name=file_name, width=0, height=0, status=STATUS_ERROR,
+                       error=error, proposals=0, transfer_bytes=transfer_bytes), None)
+
+    def _add(self, values: dict, detections: Detections | None) -> None:
+        values["file_name"] = values["uri"] if values["file_name"] is None else values["file_name"]
         for name, value in values.items():
             self.columns[name].append(value)
         self.detections.append(detections if detections is not None else Detections.empty())
@@ -124,6 +134,11 @@ def _detections_column(per_image: list[Detections]) -> pa.ListArray:
         columns = [pa.array([], field.type) for field in fields]
     structs = pa.StructArray.from_arrays(columns, fields=fields)
     return pa.ListArray.from_arrays(offsets, structs, type=pa.list_(DETECTION_TYPE))
+
+
+def detection_rle(row: dict, detection: dict) -> dict:
+    """A detection's mask as pycocotools' RLE: its ``rle`` counts at its row's size."""
+    return coco_rle(detection["rle"], row["height"], row["width"])
 
 
 def relative_file_name(uri: str, root: str) -> str:

@@ -8,7 +8,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from labeler.errors import LabelerError
-from labeler.io.coco import check_segmentation
+from labeler.io.coco import check_segmentation, coco_rle
 from labeler.io.rle import PackedRle, unpack_counts
 
 
@@ -29,7 +29,7 @@ def _checked_rle(segmentation: dict, height: int, width: int, where: str) -> dic
             raise LabelerError(f"{where}: RLE 'counts' is not a COCO compressed string") from None
         if (values < 0).any():
             raise LabelerError(f"{where}: RLE 'counts' decodes to negative run lengths")
-        total, rle = int(values.sum()), {"size": [height, width], "counts": blob}
+        total, rle = int(values.sum()), coco_rle(blob, height, width)
     if total != height * width:
         raise LabelerError(f"{where}: RLE runs cover {total} pixels, not the image's {height}x{width}")
     return rle

@@ -22,6 +22,8 @@ import pyarrow as pa
 import torch
 from pycocotools import mask as mask_utils
 
+from labeler.io.coco import coco_rle
+
 #: Bits of a count per character of the compressed string, and its flags.
 _BITS = 5
 _MORE = 0x20
@@ -187,12 +189,12 @@ def encode_masks(masks: torch.Tensor) -> list[dict]:
     ``pycocotools.mask.encode`` of the same masks.
     """
     packed = pack_masks(masks)
-    return [{"size": [packed.height, packed.width], "counts": text} for text in packed.strings().to_pylist()]
+    return [coco_rle(text, packed.height, packed.width) for text in packed.strings().to_pylist()]
 
 
 def decode_masks(counts: list[str] | list[bytes], height: int, width: int) -> np.ndarray:
     """Decode compressed RLE counts (one image size) to ``[K, H, W]`` uint8 masks."""
     if not counts:
         return np.zeros((0, height, width), dtype=np.uint8)
-    rles = [{"size": [height, width], "counts": c if isinstance(c, bytes) else c.encode("ascii")} for c in counts]
+    rles = [coco_rle(c if isinstance(c, bytes) else c.encode("ascii"), height, width) for c in counts]
     return np.ascontiguousarray(mask_utils.decode(rles).transpose(2, 0, 1))

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from labeler.io.coco import coco_rle
 from labeler.io.rle import PackedRle, pack_counts, run_areas, run_lengths
 from labeler.method.mask_overlaps import rle_overlap_fractions
 from labeler.method.proposals import upsample_logits
@@ -100,7 +101,7 @@ def merge_and_select(
     present, boxes, areas, packed = full_size_masks(logits[ranked.index], image_hw)
     labels, scores, embeddings = ranked.labels[present], ranked.scores[present], ranked.embeddings[present]
     strings = packed.strings()
-    rles = [{"size": list(image_hw), "counts": text} for text in strings.to_pylist()]
+    rles = [coco_rle(text, *image_hw) for text in strings.to_pylist()]
     overlap = torch.from_numpy(rle_overlap_fractions(rles, labels.cpu().numpy())).to(scores.device)
     merged = soft_merge(overlap, embeddings, labels, scores)
     order = select_detections(merged, max_dets, min_score[labels] if isinstance(min_score, torch.Tensor) else min_score)

@@ -38,14 +38,24 @@ LISTING_NAME = "listing.json"
 LISTING_DIR = "listing"
 COCO_NAME = "coco.json"
 MANIFEST_NAME = "run.json"
+#: A label shard is ``labels/part-<hex>.parquet``, its COCO twin ``coco/part-<hex>.json``; a shard that
+#: cannot be read is moved aside to ``<name>.unreadable``.
+SHARD_PREFIX = "part-"
+SHARD_SUFFIX = ".parquet"
+COCO_SHARD_SUFFIX = ".json"
+UNREADABLE_SUFFIX = ".unreadable"
+#: ``_state/lock/<claim id>.json``: one run's claim on OUT (labeler.outdir.lock).
+CLAIM_SUFFIX = ".json"
+#: ``_state/listing/<version>/``: ``ids.npy`` and ``part-<index>.parquet`` (labeler.outdir.listing).
+LISTING_IDS_NAME = "ids.npy"
 FORMAT_MARKER = "labeler-run-output"
 #: Bytes at the head of ``coco.json`` / ``run.json`` searched for the folder's id.
 ID_SEARCH_BYTES = 4096
 
 _TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{32}$")
-_SHARD = re.compile(r"^part-[0-9a-f]{32}\.parquet$")
+_SHARD = re.compile(rf"^{SHARD_PREFIX}[0-9a-f]{{32}}{re.escape(SHARD_SUFFIX)}$")
 _HEX_ID = re.compile(r"^[0-9a-f]{32}$")
-_COCO_SHARD = re.compile(r"^part-[0-9a-f]{32}\.json$")
+_COCO_SHARD = re.compile(rf"^{SHARD_PREFIX}[0-9a-f]{{32}}{re.escape(COCO_SHARD_SUFFIX)}$")
 #: ``_state/`` entries labeler writes (the lock folder included).
 _STATE_ENTRIES = frozenset({SETTINGS_NAME, LOCK_NAME, REMOVED_NAME, LISTING_NAME, LISTING_DIR})
 
@@ -53,6 +63,11 @@ _STATE_ENTRIES = frozenset({SETTINGS_NAME, LOCK_NAME, REMOVED_NAME, LISTING_NAME
 def join(out: str, *names: str) -> str:
     """``out/name/...`` for paths and URIs alike."""
     return "/".join([out.rstrip("/"), *names])
+
+
+def listing_part_name(index: int) -> str:
+    """The name of a listing's ``index``-th part."""
+    return f"{SHARD_PREFIX}{index:06d}{SHARD_SUFFIX}"
 
 
 def is_temporary(name: str) -> bool:
@@ -99,11 +114,10 @@ def read_settings(out: str) -> dict[str, Any] | None:
         document = json.loads(storage.read_bytes(uri))
     except ValueError:
         raise LabelerError(f"{uri}: corrupt (not JSON); move OUT aside or use another --out") from None
-    if not isinstance(document, dict):
-        raise LabelerError(f"{uri}: corrupt (not a JSON object); move OUT aside or use another --out")
-    if document.get("format") != FORMAT_MARKER:  # written by labeler 0.1: the settings themselves
-        return {"out_id": None, "settings": document}
-    return {"out_id": document.get("out_id"), "settings": document.get("settings", {})}
+    if not (isinstance(document, dict) and document.get("format") == FORMAT_MARKER
+            and isinstance(document.get("out_id"), str) and isinstance(document.get("settings"), dict)):
+        raise LabelerError(f"{uri}: corrupt (not labeler's settings); move OUT aside or use another --out")
+    return {"out_id": document["out_id"], "settings": document["settings"]}
 
 
 def write_settings(out: str, settings: dict[str, Any], out_id: str) -> None:
@@ -209,8 +223,7 @@ def prepare(out: str, settings: dict[str, Any], overwrite: bool) -> str:
                 f"{out} holds a run with other settings ({details}); rerun with the same settings to resume, "
                 "pass --overwrite to replace that run's labels, or use another --out"
             )
-        if marker["out_id"]:
-            return marker["out_id"]
+        return marker["out_id"]
     if marker is not None:
         kept = remove_own_entries(out, marker["out_id"]) if overwrite else []
         if kept:

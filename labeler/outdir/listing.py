@@ -50,7 +50,6 @@ FORMAT = "labeler-listing/1"
 KINDS = ("folder", "list", "coco")
 #: Listing parts whose footers are read at once when a listing is checked.
 CHECK_THREADS = 16
-IDS_NAME = "ids.npy"
 #: Rows per listing part: about PART_COUNT_TARGET parts, within these bounds.
 PART_ROWS_MIN, PART_ROWS_MAX, PART_COUNT_TARGET = 16, 4096, 256
 LISTING_SCHEMA = pa.schema([pa.field("image_id", pa.int64(), nullable=False),
@@ -80,11 +79,11 @@ class Listing:
         return out_folder.join(self.out, out_folder.STATE_DIR, out_folder.LISTING_DIR, self.version)
 
     def part_uris(self) -> list[str]:
-        return [f"{self.folder}/part-{index:06d}.parquet" for index in range(self.parts)]
+        return [f"{self.folder}/{out_folder.listing_part_name(index)}" for index in range(self.parts)]
 
     def ids(self) -> IdSet:
         """The listed ids."""
-        return IdSet.from_bytes(storage.read_bytes(f"{self.folder}/{IDS_NAME}"))
+        return IdSet.from_bytes(storage.read_bytes(f"{self.folder}/{out_folder.LISTING_IDS_NAME}"))
 
     def empty_id_set(self) -> IdSet:
         """An empty set for ids of this listing: a bitmap unless the ids are sparse
@@ -128,9 +127,9 @@ def _checked(listing: Listing) -> Listing:
     try:
         ids = listing.ids()
     except LabelerError:  # missing or refused: storage names the reason
-        raise _damaged(f"{listing.folder}/{IDS_NAME}", "missing or unreadable") from None
+        raise _damaged(f"{listing.folder}/{out_folder.LISTING_IDS_NAME}", "missing or unreadable") from None
     except (ValueError, OSError, EOFError) as error:
-        raise _damaged(f"{listing.folder}/{IDS_NAME}", f"unreadable ({error})") from None
+        raise _damaged(f"{listing.folder}/{out_folder.LISTING_IDS_NAME}", f"unreadable ({error})") from None
     if len(ids) != listing.images:
         raise _damaged(_pointer(listing.out), f"it counts {listing.images} images but its ids are {len(ids)}")
     total = 0
@@ -208,7 +207,7 @@ class _PartWriter:
     def _write(self, table: pa.Table) -> None:
         buffer = io.BytesIO()
         pq.write_table(table.cast(LISTING_SCHEMA), buffer, compression="zstd")
-        storage.write_bytes_atomic(f"{self.folder}/part-{self.parts:06d}.parquet", buffer.getvalue())
+        storage.write_bytes_atomic(f"{self.folder}/{out_folder.listing_part_name(self.parts)}", buffer.getvalue())
         self.ids.add(table.column("image_id").to_numpy())
         self.parts += 1
         self.rows += table.num_rows
@@ -302,7 +301,7 @@ def write_listing(out: str, entries: SourceEntries, previous: Listing | None = N
             removed += (old_uri is not None) + sum(1 for _ in old)
             repeats = sorter.repeats
         writer.flush()
-    storage.write_bytes_atomic(f"{folder}/{IDS_NAME}", writer.ids.to_bytes())
+    storage.write_bytes_atomic(f"{folder}/{out_folder.LISTING_IDS_NAME}", writer.ids.to_bytes())
     if previous is not None or from_labels:
         log.info("relisted: %d images, %d new, %d gone from the source", writer.rows, added, removed)
     return Listing(out=out, version=version, kind=entries.kind, images=writer.rows, next_id=next_id,

@@ -42,11 +42,10 @@ from typing import Any
 
 from labeler.errors import LabelerError
 from labeler.io import storage
+from labeler.outdir import layout as out_folder
 
 log = logging.getLogger(__name__)
 
-LOCK_DIR = "_state/lock"
-CLAIM_SUFFIX = ".json"
 HEARTBEAT_SECONDS = 10.0
 STALE_AFTER_SECONDS = 120.0
 CONTENTION_RETRIES = 5
@@ -108,7 +107,7 @@ class OutputLock:
 
     def __init__(self, out: str, *, heartbeat: float = HEARTBEAT_SECONDS, stale_after: float = STALE_AFTER_SECONDS):
         self.out = out.rstrip("/")
-        self.folder = f"{self.out}/{LOCK_DIR}"
+        self.folder = out_folder.join(self.out, out_folder.STATE_DIR, out_folder.LOCK_NAME)
         self.heartbeat = heartbeat
         self.stale_after = stale_after
         self.claim_id = uuid.uuid4().hex
@@ -125,7 +124,7 @@ class OutputLock:
 
     @property
     def claim_uri(self) -> str:
-        return f"{self.folder}/{self.claim_id}{CLAIM_SUFFIX}"
+        return f"{self.folder}/{self.claim_id}{out_folder.CLAIM_SUFFIX}"
 
     def _write_claim(self, held: bool) -> None:
         storage.write_bytes_atomic(self.claim_uri, json.dumps(dict(self.owner, held=held)).encode())
@@ -136,7 +135,7 @@ class OutputLock:
         fs.invalidate_cache(path)  # another process's claims are never in this one's listing cache
         for entry in fs.ls(path, detail=False, refresh=True) if fs.exists(path) else []:
             name = posixpath.basename(entry.rstrip("/"))
-            if not name.endswith(CLAIM_SUFFIX) or ".tmp-" in name:
+            if not name.endswith(out_folder.CLAIM_SUFFIX) or ".tmp-" in name:
                 continue
             try:
                 with fs.open(entry, "rb") as handle:
@@ -166,7 +165,7 @@ class OutputLock:
         for attempt in range(CONTENTION_RETRIES):
             self._write_claim(held=False)
             claims = self._claims()
-            mine = next((c for c in claims if c.name == self.claim_id + CLAIM_SUFFIX), None)
+            mine = next((c for c in claims if c.name == self.claim_id + out_folder.CLAIM_SUFFIX), None)
             if mine is None:
                 raise LabelerError(f"{self.out}: the lock claim just written is not listed; is OUT writable?")
             others = []
@@ -183,7 +182,7 @@ class OutputLock:
                 self._thread = threading.Thread(target=self._beat, name="labeler-out-lock", daemon=True)
                 self._thread.start()
                 return self
-            self._remove(self.claim_id + CLAIM_SUFFIX)
+            self._remove(self.claim_id + out_folder.CLAIM_SUFFIX)
             holder = next((c for c in others if c.owner.get("held")), None)
             if holder is not None:
                 raise OutputLockedError(
@@ -226,7 +225,7 @@ class OutputLock:
             self._thread.join(timeout=self.heartbeat + 5)
             self._thread = None
         if not self._lost:
-            self._remove(self.claim_id + CLAIM_SUFFIX)
+            self._remove(self.claim_id + out_folder.CLAIM_SUFFIX)
 
     def __enter__(self) -> OutputLock:
         return self.acquire()

@@ -16,6 +16,7 @@ from labeler.io import storage
 from labeler.io.coco import Category
 from labeler.io.coco_writer import COCO_COLUMNS, CocoCounts, write_document
 from labeler.label_filter import LabelFilter
+from labeler.outdir import layout as out_folder
 from labeler.outdir.shards import iter_shard_tables, list_coco_shards
 
 
@@ -53,7 +54,7 @@ def write_coco(
     def tables() -> Iterator[pa.Table]:
         return (transform(table) if transform else table for _, table in iter_shard_tables(out, COCO_COLUMNS))
 
-    with storage.open_atomic(target or out.rstrip("/") + "/coco.json") as binary:
+    with storage.open_atomic(target or out_folder.join(out, out_folder.COCO_NAME)) as binary:
         handle = io.TextIOWrapper(binary, encoding="utf-8")
         counts = write_document(handle, tables, categories, info, label_filter, with_scores, drop_empty, keep_ids)
         handle.detach()  # flushes; the atomic writer closes the file

@@ -50,10 +50,6 @@ from labeler.outdir.id_set import IdSet
 
 log = logging.getLogger(__name__)
 
-SHARD_PREFIX = "part-"
-SHARD_SUFFIX = ".parquet"
-COCO_SUFFIX = ".json"
-UNREADABLE_SUFFIX = ".unreadable"
 COUNTS_KEY = b"labeler.counts"
 #: Footer key of a shard: the size of its COCO twin in bytes, so a truncated twin is found from a listing.
 COCO_BYTES_KEY = b"labeler.coco_bytes"
@@ -111,7 +107,7 @@ def _name(uri: str) -> str:
 
 def coco_twin(out: str, shard_uri: str) -> str:
     """The COCO shard of a Parquet shard."""
-    return f"{coco_dir(out)}/{_name(shard_uri).removesuffix(SHARD_SUFFIX)}{COCO_SUFFIX}"
+    return f"{coco_dir(out)}/{_name(shard_uri).removesuffix(out_folder.SHARD_SUFFIX)}{out_folder.COCO_SHARD_SUFFIX}"
 
 
 def write_shard(out: str, table: pa.Table, folder: str | None = None,
@@ -125,7 +121,7 @@ def write_shard(out: str, table: pa.Table, folder: str | None = None,
     """
     stored_categories = (table.schema.metadata or {}).get(CATEGORIES_KEY)
     table = table.cast(LABELS_SCHEMA)
-    uri = f"{folder or labels_dir(out)}/{SHARD_PREFIX}{uuid.uuid4().hex}{SHARD_SUFFIX}"
+    uri = f"{folder or labels_dir(out)}/{out_folder.SHARD_PREFIX}{uuid.uuid4().hex}{out_folder.SHARD_SUFFIX}"
     metadata = {COUNTS_KEY: json.dumps(asdict(LabelCounts.of_table(table))).encode(),
                 ERRORS_KEY: json.dumps(ErrorTally.of_table(table).to_json()).encode()}
     if categories is not None:
@@ -164,16 +160,16 @@ def list_shards(out: str, folder: str | None = None) -> list[str]:
 
 def list_coco_shards(out: str) -> list[str]:
     """URIs of the COCO shards whose Parquet twin is published, sorted."""
-    published = {_name(uri).removesuffix(SHARD_SUFFIX) for uri in list_shards(out)}
+    published = {_name(uri).removesuffix(out_folder.SHARD_SUFFIX) for uri in list_shards(out)}
     names = _list_names(coco_dir(out), out_folder.is_coco_shard_name)
-    return [f"{coco_dir(out)}/{name}" for name in names if name.removesuffix(COCO_SUFFIX) in published]
+    return [f"{coco_dir(out)}/{name}" for name in names if name.removesuffix(out_folder.COCO_SHARD_SUFFIX) in published]
 
 
 def remove_orphan_coco_shards(out: str) -> int:
     """Delete COCO shards without a published Parquet twin; returns how many."""
-    published = {_name(uri).removesuffix(SHARD_SUFFIX) for uri in list_shards(out)}
+    published = {_name(uri).removesuffix(out_folder.SHARD_SUFFIX) for uri in list_shards(out)}
     orphans = [name for name in _list_names(coco_dir(out), out_folder.is_coco_shard_name)
-               if name.removesuffix(COCO_SUFFIX) not in published]
+               if name.removesuffix(out_folder.COCO_SHARD_SUFFIX) not in published]
     for name in orphans:
         _remove(f"{coco_dir(out)}/{name}")
     return len(orphans)
@@ -354,9 +350,9 @@ class ShardIndex:
 
     def _set_aside(self, uri: str, error: Exception) -> None:
         fs, path = storage.filesystem(uri)
-        fs.mv(path, path + UNREADABLE_SUFFIX)
+        fs.mv(path, path + out_folder.UNREADABLE_SUFFIX)
         log.warning("%s: not a readable label shard (%s); moved aside to %s%s, its images are labelled again",
-                    uri, error, uri, UNREADABLE_SUFFIX)
+                    uri, error, uri, out_folder.UNREADABLE_SUFFIX)
 
     def repair_coco_twins(self, categories: list[Category]) -> int:
         """Write anew the COCO twin of every shard read whose twin is missing or not of the size

@@ -22,8 +22,9 @@ from labeler.errors import LabelerError
 from labeler.io import storage
 from labeler.io.coco import CocoAnnotation, CocoDataset, check_bbox, check_segmentation, parse_coco
 from labeler.io.masks import segmentation_to_mask
+from labeler.outdir import layout as out_folder
 from labeler.outdir.merged_coco import read_coco_shards
-from labeler.outdir.shards import list_coco_shards
+from labeler.outdir.shards import coco_dir, list_coco_shards
 
 #: Names of ``COCOeval.stats`` entries reported, with their positions.
 METRICS = {"AP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5, "AR@100": 8}
@@ -82,11 +83,11 @@ def load_predictions(pred: str) -> dict[str, Any]:
     detection is checked (ids, a finite score, a box and an RLE or polygon mask)."""
     if pred.lower().endswith(".json"):
         uri, document = pred, _read_json(pred)
-    elif storage.exists(pred.rstrip("/") + "/coco.json"):
-        uri = pred.rstrip("/") + "/coco.json"
+    elif storage.exists(out_folder.join(pred, out_folder.COCO_NAME)):
+        uri = out_folder.join(pred, out_folder.COCO_NAME)
         document = _read_json(uri)
     elif list_coco_shards(pred):
-        uri, document = f"{pred.rstrip('/')}/coco/", read_coco_shards(pred)
+        uri, document = coco_dir(pred) + "/", read_coco_shards(pred)
     else:
         raise LabelerError(f"{pred}: no coco.json and no COCO shards under coco/; not a labeler run folder")
     if not isinstance(document, dict) or not isinstance(document.get("annotations"), list):

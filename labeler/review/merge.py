@@ -47,10 +47,11 @@ import pyarrow.compute as pc
 from pycocotools import mask as mask_utils
 
 from labeler.errors import LabelerError
-from labeler.export.training_sets import SPLITS, rows_of_split
+from labeler.export.training_sets import rows_of_split, write_coco_splits
 from labeler.io import storage
 from labeler.io.coco import Category, check_bbox
 from labeler.io.label_studio import encode_mask, reviewed_instances
+from labeler.io.labels import detection_rle
 from labeler.io.masks import segmentation_to_rle
 from labeler.io.published_folder import building, local_folder
 from labeler.label_filter import LabelFilter, label_filter_from_json
@@ -378,19 +379,13 @@ def merge_review(pred: str, review_dir: str, labels: str, out_dir: str, *, val_f
     details = {"command": "review merge", "pred": pred, "review": review_dir, "labels": labels,
                "val_fraction": val_fraction, "seed": seed}
     with building(folder, "training-set", details) as staging:
-        (staging / "annotations").mkdir()
-        source_root = selection.get("source_root")
-        for split in SPLITS:
-            def pick(table: pa.Table, split: str = split) -> pa.Table:
-                return with_reviewed_labels(rows_of_split(table, split, val_fraction, seed), replaced)
-
-            target = staging / "annotations" / f"instances_{split}.json"
-            counts = write_coco(pred, categories, target=str(target), label_filter=label_filter, with_scores=False,
-                                drop_empty=True, keep_ids=frozenset(replaced), image_root=source_root, transform=pick)
-            result.images += counts.images
-            result.instances += counts.annotations
-            if not counts.images and split == "val":
-                target.unlink()
+        splits = write_coco_splits(
+            pred, categories, staging / "annotations",
+            lambda table, split: with_reviewed_labels(rows_of_split(table, split, val_fraction, seed), replaced),
+            label_filter=label_filter, drop_empty=True, image_root=selection.get("source_root"),
+            keep_ids=frozenset(replaced))
+        result.images = sum(counts.images for counts in splits.values())
+        result.instances = sum(counts.annotations for counts in splits.values())
         reviewed_ids = pa.array(list(replaced), pa.int64())
 
         def references(table: pa.Table) -> pa.Table:
@@ -449,7 +444,7 @@ def _figures(pred: str, categories: list[Category], label_filter: LabelFilter, r
             raise LabelerError(f"--pred {pred}: image {row['image_id']} is {row['uri']} there, but the review chose "
                                f"{chosen['uri']} under that id; merge the review into the run it was made from")
         found.add(row["image_id"])
-        auto = [Instance(d["category_id"], {"size": [row["height"], row["width"]], "counts": d["rle"]})
+        auto = [Instance(d["category_id"], detection_rle(row, d))
                 for d in label_filter.kept(row["detections"])]
         for category_id, figures in compare(auto, reviewed[row["image_id"]]).items():
             everything[names[category_id]].add(figures)

@@ -26,7 +26,7 @@ from urllib.parse import quote
 from labeler.errors import LabelerError
 from labeler.io import storage
 from labeler.io.label_studio import labelling_config, prediction_regions
-from labeler.io.labels import STATUS_OK
+from labeler.io.labels import STATUS_OK, detection_rle
 from labeler.io.published_folder import building, local_folder
 from labeler.io.rle import decode_masks
 from labeler.label_filter import parse_label_filter
@@ -149,7 +149,7 @@ def _write_review(pred: str, folder: Path, chosen: list[Chosen], categories: lis
         for d in kept:
             coco_annotations.append({
                 "id": len(coco_annotations) + 1, "image_id": row["image_id"], "category_id": d["category_id"],
-                "segmentation": {"size": [row["height"], row["width"]], "counts": d["rle"]},
+                "segmentation": detection_rle(row, d),
                 "area": d["area"], "bbox": [round(v, 2) for v in d["bbox"]], "iscrowd": 1,
                 "attributes": {"score": round(d["score"], 6)},
             })

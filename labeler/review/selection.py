@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from pycocotools import mask as mask_utils
 
+from labeler.io.coco import coco_rle
 from labeler.io.labels import STATUS_OK
 from labeler.label_filter import LabelFilter
 from labeler.outdir.shards import iter_label_rows
@@ -43,7 +44,7 @@ class Uncertainty:
 
 
 def _pair_ious(detections: list[dict], height: int, width: int):
-    rles = [{"size": [height, width], "counts": d["rle"]} for d in detections]
+    rles = [coco_rle(d["rle"], height, width) for d in detections]
     return mask_utils.iou(rles, rles, [0] * len(rles))
 
 
