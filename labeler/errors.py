@@ -11,6 +11,13 @@ class LabelerError(Exception):
     """A user error: bad input, bad configuration, a missing file."""
 
 
+def require(checks: list[tuple[bool, str]]) -> None:
+    """Raise :class:`LabelerError` with the message of the first check that fails."""
+    for ok, message in checks:
+        if not ok:
+            raise LabelerError(message)
+
+
 class BankError(LabelerError):
     """A prototype-bank file that cannot be used (wrong file, corrupt, newer format)."""
 

@@ -1,17 +1,8 @@
 """Which detections a command keeps: a score threshold, per class where asked, and a class subset.
 
-``--min-score`` (``run``, ``export``, ``visualize``) takes
-
-* a number: one threshold for every class (``0.5``);
-* ``class=value`` pairs, with an optional bare number as the default for the
-  other classes (``0.5,person=0.7,car=0.3``); a class is its name or its id;
-* a JSON file (a path or URI ending in ``.json``), as ``labeler estimate``
-  writes it or by hand: ``{"default": 0.5, "classes": {"person": 0.7}}``,
-  optionally with ``"only": ["person", "car"]``, the kept classes.
-
-``--classes`` keeps only the listed classes (names or ids, comma-separated).
-A detection is kept when its class is kept and its score is at least its
-class's threshold.
+``--min-score`` takes a number, ``class=value`` pairs with an optional default, or a thresholds ``.json``
+file as ``labeler estimate`` writes it; ``--classes`` keeps only the listed classes (docs/formats.md,
+"Exports"). A detection is kept when its class is kept and its score is at least its class's threshold.
 """
 
 from __future__ import annotations
@@ -51,11 +42,6 @@ class LabelFilter:
     def thresholds(self, category_ids: list[int]) -> np.ndarray:
         """``float32 [C]``: the threshold of each of ``category_ids`` (infinity for left-out classes)."""
         return np.array([self.threshold(c) for c in category_ids], dtype=np.float32)
-
-    @property
-    def is_plain(self) -> bool:
-        """One threshold for every class, every class kept."""
-        return not self.per_class and self.classes is None
 
     def describe(self, categories: list[Category]) -> str:
         """One line, e.g. ``score >= 0.5 (person >= 0.7); classes person, car``."""

@@ -114,6 +114,15 @@ def write_json(path: Path, document: dict) -> Path:
     return Path(path)
 
 
+def encode_masks(masks) -> list[dict]:
+    """``[K, H, W]`` boolean masks as COCO compressed RLE dicts, through labeler's own packing
+    (equal to ``pycocotools.mask.encode``: tests/test_proposal_payload.py)."""
+    from labeler.io.rle import pack_masks
+
+    packed = pack_masks(masks)
+    return [{"size": [packed.height, packed.width], "counts": text} for text in packed.strings().to_pylist()]
+
+
 def fake_run(out: Path, gt_path: Path, scores=None, error_rows=()) -> Path:
     """A run folder whose detections are the ground-truth instances of ``gt_path``.
 
@@ -126,7 +135,6 @@ def fake_run(out: Path, gt_path: Path, scores=None, error_rows=()) -> Path:
 
     from labeler.io.labels import Detections, LabelRows
     from labeler.io.masks import segmentation_to_mask
-    from labeler.io.rle import encode_masks
     from labeler.outdir.shards import write_shard
 
     document = load_json(gt_path)

@@ -167,7 +167,7 @@ def test_every_config_field_is_an_option_with_the_fields_default(command, config
 def test_estimate_fold_run_options_have_the_run_defaults():
     import dataclasses
 
-    from labeler.cli.estimate import FOLD_RUN_OPTIONS
+    from labeler.cli.run import FOLD_RUN_OPTIONS
     from labeler.run.config import RunConfig
 
     fields = {f.name: f.default for f in dataclasses.fields(RunConfig)}

@@ -5,6 +5,7 @@ import os
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import yaml
@@ -12,13 +13,21 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from labeler.errors import LabelerError
-from labeler.export.training_sets import export, mask_to_polygon, polygon_to_mask, split_of
+from labeler.export.training_sets import export, mask_to_polygon, split_of
 from labeler.io.masks import segmentation_to_mask
 from labeler.io.rle import decode_masks
 from labeler.outdir.shards import iter_label_rows
 from labeler.synthetic import generate_dataset
 
 from .conftest import fake_run, load_json
+
+
+def polygon_to_mask(polygon: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Rasterise a polygon as Ultralytics does (``cv2.fillPoly``): ``[H, W]`` uint8."""
+    mask = np.zeros((height, width), dtype=np.uint8)
+    if len(polygon):
+        cv2.fillPoly(mask, [np.round(polygon).astype(np.int32)], 1)
+    return mask
 
 #: Tracing a mask's outline through its boundary pixel centres and filling it
 #: back with cv2.fillPoly loses or gains at most a thin rim: for the 30-90 px

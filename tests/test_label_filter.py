@@ -17,7 +17,7 @@ CATEGORIES = [Category(3, "person"), Category(7, "car"), Category(9, "dog")]
 
 def test_one_number_pairs_and_ids():
     plain = parse_label_filter("0.4", None, CATEGORIES)
-    assert plain.is_plain and plain.thresholds([3, 7, 9]).tolist() == pytest.approx([0.4, 0.4, 0.4])
+    assert not plain.per_class and plain.classes is None and plain.thresholds([3, 7, 9]).tolist() == pytest.approx([0.4, 0.4, 0.4])
     mixed = parse_label_filter("0.4, person=0.7, 9=0.2", None, CATEGORIES)
     assert mixed.thresholds([3, 7, 9]).tolist() == pytest.approx([0.7, 0.4, 0.2])
     assert mixed.keeps(3, 0.7) and not mixed.keeps(3, 0.69) and mixed.keeps(9, 0.2)

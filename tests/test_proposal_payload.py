@@ -7,8 +7,10 @@ import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
 from labeler.io.proposal_payload import band_radius, boundary_band, decode_proposals, encode_proposals
-from labeler.io.rle import decode_masks, encode_masks
+from labeler.io.rle import decode_masks
 from labeler.method.proposals import upsample_logits
+
+from .conftest import encode_masks
 
 
 def random_masks(count, height, width, seed=0):

@@ -11,7 +11,7 @@ from pycocotools.coco import COCO
 
 from labeler.errors import LabelerError
 from labeler.io.coco import Category
-from labeler.io.label_studio import mask_to_rle, rle_to_mask
+from labeler.io.label_studio import encode_mask, mask_to_rle, rle_to_mask
 from labeler.io.rle import decode_masks
 from labeler.label_filter import parse_label_filter
 from labeler.outdir.shards import iter_label_rows
@@ -112,14 +112,18 @@ def test_image_addresses_for_label_studio():
         image_url("/elsewhere/a.jpg", "a.jpg", document_root="/data", url_prefix=None)
 
 
+def of_mask(category_id, mask):
+    return Instance(category_id, encode_mask(mask))
+
+
 def test_comparing_one_image():
-    auto = [Instance.of_mask(1, box(0, 10, 0, 10)), Instance.of_mask(1, box(20, 30, 20, 30)),
-            Instance.of_mask(3, box(0, 10, 20, 30)),
-            Instance.of_mask(3, box(30, 40, 0, 10))]
-    reviewed = [Instance.of_mask(1, box(0, 10, 0, 10)),  # kept
-                Instance.of_mask(1, box(20, 30, 20, 27)),  # edited: IoU 0.7
-                Instance.of_mask(1, box(0, 10, 20, 30)),  # the square relabelled as a disc
-                Instance.of_mask(3, box(12, 18, 12, 18))]  # added; the last square removed
+    auto = [of_mask(1, box(0, 10, 0, 10)), of_mask(1, box(20, 30, 20, 30)),
+            of_mask(3, box(0, 10, 20, 30)),
+            of_mask(3, box(30, 40, 0, 10))]
+    reviewed = [of_mask(1, box(0, 10, 0, 10)),  # kept
+                of_mask(1, box(20, 30, 20, 27)),  # edited: IoU 0.7
+                of_mask(1, box(0, 10, 20, 30)),  # the square relabelled as a disc
+                of_mask(3, box(12, 18, 12, 18))]  # added; the last square removed
     figures = compare(auto, reviewed)
     assert figures[1] == ClassFigures(auto=2, reviewed=3, kept=1, edited=1, added=1)
     assert figures[3] == ClassFigures(auto=2, reviewed=1, removed=2, relabelled=1, added=1)

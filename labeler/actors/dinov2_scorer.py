@@ -16,7 +16,7 @@ from labeler.bank.file import BankFile
 from labeler.devices import to_device
 from labeler.io.labels import STATUS_OK, Detections, LabelRows
 from labeler.io.proposal_payload import decode_proposals, payload_from_columns
-from labeler.method.defaults import DEFAULT_MAX_DETS, DEFAULT_NMS_THR
+from labeler.method import defaults
 from labeler.method.detections import ChosenDetections, merge_and_select, rank_on_grid
 from labeler.method.scoring import RankedProposals
 from labeler.models import load_dinov2
@@ -66,8 +66,8 @@ class Dinov2Scorer(ModelStage):
         self,
         bank: BankFile,
         device: str = "auto",
-        nms_thr: float = DEFAULT_NMS_THR,
-        max_dets: int = DEFAULT_MAX_DETS,
+        nms_thr: float = defaults.NMS_THR,
+        max_dets: int = defaults.MAX_DETS,
         min_score: float | Sequence[float] = 0.0,
         dtype: str = "auto",
         compile: bool = False,

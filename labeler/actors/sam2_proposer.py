@@ -15,13 +15,7 @@ from labeler.bank.file import BankFile
 from labeler.devices import to_device
 from labeler.io.labels import STATUS_ERROR, STATUS_OK
 from labeler.io.proposal_payload import ProposalPayload, encode_proposals, payload_columns
-from labeler.method.defaults import (
-    DEFAULT_GRID_LAYOUT,
-    DEFAULT_MATCHED_POINTS,
-    DEFAULT_POINTS_PER_BATCH,
-    DEFAULT_POINTS_PER_SIDE,
-    DEFAULT_PRED_IOU_THR,
-)
+from labeler.method import defaults
 from labeler.method.matched_prompts import matched_points, prototype_similarity
 from labeler.method.proposals import point_grid
 from labeler.models import load_dinov2, load_sam2
@@ -63,14 +57,14 @@ class Sam2Proposer(ModelStage):
         self,
         sam2: str,
         device: str = "auto",
-        points_per_side: int = DEFAULT_POINTS_PER_SIDE,
-        grid_layout: str = DEFAULT_GRID_LAYOUT,
-        points_per_batch: int = DEFAULT_POINTS_PER_BATCH,
-        pred_iou_thr: float = DEFAULT_PRED_IOU_THR,
+        points_per_side: int = defaults.POINTS_PER_SIDE,
+        grid_layout: str = defaults.GRID_LAYOUT,
+        points_per_batch: int = defaults.POINTS_PER_BATCH,
+        pred_iou_thr: float = defaults.PRED_IOU_THR,
         dtype: str = "auto",
         compile: bool = False,
         prompts: str = "grid",
-        matched_points: int = DEFAULT_MATCHED_POINTS,
+        matched_points: int = defaults.MATCHED_POINTS,
         bank: BankFile | None = None,
         cpu_threads: int | None = None,
         storage_options: dict | None = None,
@@ -128,20 +122,15 @@ class Sam2Proposer(ModelStage):
                 fixed_batch=self.speedups.compile,
             )
 
-    def propose(
-        self, resized: np.ndarray, image_hws: Sequence[tuple[int, int]], points_per_batch: int | None = None
-    ) -> tuple[list[ProposalPayload], torch.Tensor | None]:
-        """Payloads for ``[B, S, S, 3]`` uint8 SAM2 inputs of images of ``image_hws``
-        (original sizes), and their DINOv2 features if prompts are matched."""
-        points, dino_features = self.prompt_points(resized)
-        proposals = self.decode(self.encode(resized), points, points_per_batch=points_per_batch)
-        payloads = [encode_proposals(logits, iou, hw) for (logits, iou), hw in zip(proposals, image_hws)]
-        return payloads, dino_features
-
     def _propose_rows(self, batch: dict[str, np.ndarray], rows: Sequence[int],
                       points_per_batch: int | None = None) -> list[tuple[ProposalPayload, np.ndarray | None]]:
-        image_hws = [(int(batch["height"][row]), int(batch["width"][row])) for row in rows]
-        payloads, features = self.propose(stack_rows(batch["sam2_pixels"], rows), image_hws, points_per_batch)
+        """Each row's payload, from its SAM2 input (``sam2_pixels``) and original size, and its float16
+        DINOv2 features when prompts are matched (else None)."""
+        resized = stack_rows(batch["sam2_pixels"], rows)
+        points, features = self.prompt_points(resized)
+        proposals = self.decode(self.encode(resized), points, points_per_batch=points_per_batch)
+        payloads = [encode_proposals(logits, iou, (int(batch["height"][row]), int(batch["width"][row])))
+                    for (logits, iou), row in zip(proposals, rows)]
         features = features.half().cpu().numpy() if features is not None else [None] * len(payloads)
         return list(zip(payloads, features))
 

@@ -23,8 +23,8 @@ from labeler.io import storage
 from labeler.io.coco import CocoAnnotation, CocoDataset, CocoImage, check_class_names, read_coco
 from labeler.io.images import DEFAULT_MAX_PIXELS, ImageDecodeError, read_image, resize_square
 from labeler.io.masks import box_to_mask, segmentation_to_mask
+from labeler.method import defaults
 from labeler.method.crops import context_crop_box, crop_reference
-from labeler.method.defaults import DEFAULT_CONTEXT_RATIO, DEFAULT_DINOV2, DEFAULT_SAM2
 from labeler.method.proposals import upsample_logits
 from labeler.method.prototypes import EmptyWeightsError, class_prototypes, instance_prototypes
 from labeler.method.sampling import Candidate, NotEnoughShotsError, sample_shots
@@ -198,11 +198,11 @@ def build_bank(
     refs: str,
     images_root: str,
     *,
-    dinov2: str = DEFAULT_DINOV2,
-    sam2: str = DEFAULT_SAM2,
+    dinov2: str = defaults.DINOV2,
+    sam2: str = defaults.SAM2,
     shots: int | None = None,
     seed: int = 0,
-    context_ratio: float = DEFAULT_CONTEXT_RATIO,
+    context_ratio: float = defaults.CONTEXT_RATIO,
     device: str = "auto",
     batch_size: int = 16,
     max_pixels: int = DEFAULT_MAX_PIXELS,

@@ -1,15 +1,5 @@
-"""The prototype bank: one safetensors file (docs/method.md section 1).
-
-Tensors:
-    ``class_prototypes``    ``[C, D]`` float32, unit norm, in category order
-    ``instance_prototypes`` ``[N, D]`` float32, mask-weighted mean features
-    ``instance_class``      ``[N]`` int64, row of each instance's class
-
-Metadata (safetensors string metadata): ``format`` (marker), ``format_version``,
-and ``bank``: a JSON object with categories, the encoder spec, feature dim,
-input size, context ratio, reference annotation ids, sampling settings, the
-labeler version and ``content_hash`` (SHA-256 over the tensors and the rest of
-the metadata), checked on every load.
+"""The prototype bank: one safetensors file (docs/method.md section 1; its tensors and metadata in
+docs/formats.md, "Prototype bank"), with a content hash over both, checked on every load.
 """
 
 from __future__ import annotations

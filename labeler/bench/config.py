@@ -4,14 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from labeler.errors import LabelerError
-from labeler.method.defaults import (
-    DEFAULT_MATCHED_POINTS,
-    DEFAULT_POINTS_PER_BATCH,
-    DEFAULT_POINTS_PER_SIDE,
-    DTYPE_CHOICES,
-    PROMPT_MODES,
-)
+from labeler.errors import LabelerError, require
+from labeler.method import defaults
+from labeler.run.config import model_checks
 
 #: Proposals per image pinned by default: with ``pred_iou_thr = 0.4`` nearly
 #: every one of the 1024 grid prompts of a natural image keeps its best mask
@@ -31,11 +26,11 @@ class BenchConfig:
     batch_size: int = 8
     dtype: str = "auto"
     compile: bool = False
-    points_per_side: int = DEFAULT_POINTS_PER_SIDE
-    points_per_batch: int = DEFAULT_POINTS_PER_BATCH
+    points_per_side: int = defaults.POINTS_PER_SIDE
+    points_per_batch: int = defaults.POINTS_PER_BATCH
     proposals: int = DEFAULT_PINNED_PROPOSALS
     prompts: str = "grid"
-    matched_points: int = DEFAULT_MATCHED_POINTS
+    matched_points: int = defaults.MATCHED_POINTS
     warmup_batches: int = 1
     device: str = "auto"
     no_ray: bool = False
@@ -45,24 +40,16 @@ class BenchConfig:
     top_operators: int = 0
 
     def validate(self) -> None:
-        checks = [
+        require([
+            *model_checks(self),
             (self.images >= 1, "--images must be at least 1"),
             (min(self.image_size) >= 16, "--image-size must be at least 16x16"),
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.dtype in DTYPE_CHOICES, f"--dtype must be one of {', '.join(DTYPE_CHOICES)}"),
-            (self.points_per_side >= 1, "--points-per-side must be at least 1"),
-            (self.points_per_batch >= 1, "--points-per-batch must be at least 1"),
             (self.proposals >= 0, "--proposals must be 0 (not pinned) or more"),
-            (self.prompts in PROMPT_MODES, f"--prompts must be one of {', '.join(PROMPT_MODES)}"),
-            (self.matched_points >= 1, "--matched-points must be at least 1"),
             (self.warmup_batches >= 0, "--warmup must be 0 or more"),
             (self.plan_images is None or self.plan_images >= 1, "--plan must be at least 1 image"),
             (self.gpus >= 1, "--gpus must be at least 1"),
             (self.top_operators >= 0, "--top-operators must be 0 or more"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise LabelerError(message)
+        ])
 
 
 def parse_image_size(text: str) -> tuple[int, int]:

@@ -1,26 +1,10 @@
 """``labeler bench``: throughput of each stage, of the pipeline, and what N images will cost.
 
-The stages are timed in-process on generated images after warm-up batches,
-through the same actor classes and functions ``labeler run`` uses; the
-device is synchronised at every stage boundary, so each stage is timed
-alone (the pipeline overlaps them, and decoding and writing run on other
-CPUs there). The whole pipeline is then timed through Ray unless
-``no_ray``.
-
-Random SAM2 weights decide how many proposals survive the predicted-IoU
-filter, and what they look like: salt-and-pepper masks with runs of one or
-two pixels, which no trained SAM2 produces and which make the hand-off and
-RLE stages several times dearer than real masks do. ``proposals`` pins both
-(default :data:`labeler.bench.config.DEFAULT_PINNED_PROPOSALS`): after the decoder is
-timed on every prompt, each image gets exactly that many proposals, with
-the highest predicted IoUs (repeated if fewer) and SAM2-like masks from
-:func:`labeler.synthetic.proposal_logits`, so timings after SAM2 do not
-depend on what random weights happen to produce. The Ray run is
-``labeler run`` itself and is not pinned.
-
-Host work: up to :data:`PROFILED_BATCHES` more batches run under the
-profiler, and each stage's time is split into time inside torch operators
-and the rest (:mod:`labeler.bench.stage_timing`).
+docs/PERFORMANCE.md ("What `labeler bench` measures") is the contract. The stages are timed in-process
+after warm-up batches, through the actors' own steps (``labeler run``'s code), the device synchronised at
+each stage boundary; proposals are pinned (``--proposals``) to SAM2-like masks, since random SAM2 weights
+make salt-and-pepper ones; :data:`PROFILED_BATCHES` more batches split each stage's time into torch
+operators and host work (:mod:`labeler.bench.stage_timing`). The Ray run is ``labeler run`` itself.
 """
 
 from __future__ import annotations
@@ -49,10 +33,7 @@ from labeler.devices import resolve_device
 from labeler.errors import LabelerError
 from labeler.io.labels import STATUS_OK, LabelRows
 from labeler.io.proposal_payload import encode_proposals, payload_columns
-from labeler.method.defaults import (
-    DEFAULT_MAX_DETS,
-    DEFAULT_NMS_THR,
-)
+from labeler.method import defaults
 from labeler.models.sam2_inference import Sam2Features
 from labeler.models.work_count import count_work
 from labeler.outdir.shards import write_shard
@@ -315,18 +296,24 @@ def _time_batch(
     return sum(int(p.masks.shape[0]) for p in received), sum(len(found) for found in detections)
 
 
+def _actors(config: BenchConfig, sam2: str, bank: BankFile, device: torch.device, dtype: str,
+            compile: bool) -> tuple[Sam2Proposer, Dinov2Scorer]:
+    """The two model stages as ``labeler run`` makes them, at the method's default NMS and detections."""
+    proposer = Sam2Proposer(sam2, device=str(device), points_per_side=config.points_per_side,
+                            points_per_batch=config.points_per_batch, dtype=dtype, compile=compile,
+                            prompts=config.prompts, matched_points=config.matched_points, bank=bank)
+    scorer = Dinov2Scorer(bank, device=str(device), nms_thr=defaults.NMS_THR, max_dets=defaults.MAX_DETS,
+                          dtype=dtype, compile=compile)
+    return proposer, scorer
+
+
 def _check_against_fp32(
     config: BenchConfig, sam2: str, bank: BankFile, device: torch.device, proposer: Sam2Proposer,
     scorer: Dinov2Scorer, decoded: dict[str, np.ndarray],
 ) -> dict[str, Any]:
     """Label one decoded batch through the timed actors and through plain fp32 actors
     with the same (seeded) weights, proposals not pinned; see :mod:`labeler.bench.equivalence`."""
-    plain_proposer = Sam2Proposer(
-        sam2, device=str(device), points_per_side=config.points_per_side, points_per_batch=config.points_per_batch,
-        dtype="fp32", prompts=config.prompts, matched_points=config.matched_points, bank=bank,
-    )
-    plain_scorer = Dinov2Scorer(bank, device=str(device), nms_thr=DEFAULT_NMS_THR, max_dets=DEFAULT_MAX_DETS,
-                                dtype="fp32")
+    plain_proposer, plain_scorer = _actors(config, sam2, bank, device, "fp32", False)
     plain = plain_scorer(plain_proposer(dict(decoded))).to_pylist()
     del plain_proposer, plain_scorer
     fast = scorer(proposer(dict(decoded))).to_pylist()
@@ -376,20 +363,18 @@ def run_bench(
         images_dir, bank_path = _generate(Path(folder), config, dinov2, sam2, device)
         phase("images and bank generated")
         bank = BankFile.read(str(bank_path))
-        proposer = Sam2Proposer(
-            sam2, device=str(device), points_per_side=config.points_per_side,
-            points_per_batch=config.points_per_batch, dtype=config.dtype, compile=config.compile,
-            prompts=config.prompts, matched_points=config.matched_points, bank=bank,
-        )
-        scorer = Dinov2Scorer(bank, device=str(device), nms_thr=DEFAULT_NMS_THR,
-                              max_dets=DEFAULT_MAX_DETS, dtype=config.dtype, compile=config.compile)
+        proposer, scorer = _actors(config, sam2, bank, device, config.dtype, config.compile)
         sizes = {"sam2_size": proposer.image_size}
         phase("models loaded")
         batches = _batches(images_dir, config.batch_size)
         warmup = [batches[i % len(batches)] for i in range(config.warmup_batches)]
         out = str(Path(folder) / "bench-out")
+
+        def time_batch(batch: dict, clock: StageClock | None = None) -> tuple[int, int]:
+            return _time_batch(clock or StageClock(device), batch, config, proposer, scorer, sizes, out)
+
         for batch in warmup:
-            _time_batch(StageClock(device), batch, config, proposer, scorer, sizes, out)
+            time_batch(batch)
         phase(f"{len(warmup)} warm-up batch(es) done")
         work = _count_work(proposer, scorer, decode_batch(batches[0], **sizes), prompts_per_image(config))
         phase("work counted")
@@ -398,15 +383,14 @@ def run_bench(
         clock = StageClock(device)
         proposals = detections = 0
         for batch in batches:
-            batch_proposals, batch_detections = _time_batch(clock, batch, config, proposer, scorer, sizes, out)
+            batch_proposals, batch_detections = time_batch(batch, clock)
             proposals += batch_proposals
             detections += batch_detections
             phase(f"timed batch of {len(batch['image_id'])} images")
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         stages = {name: clock.seconds[name] * 1000.0 / config.images for name in STAGE_TITLES}
         profiled = batches[:PROFILED_BATCHES]
-        splits = host_split(lambda: [_time_batch(StageClock(device), batch, config, proposer, scorer, sizes, out)
-                                     for batch in profiled])
+        splits = host_split(lambda: [time_batch(batch) for batch in profiled])
         per_image = 1.0 / sum(len(batch["image_id"]) for batch in profiled)
         phase("host work profiled")
         host = {name: {"host_ms": splits[name].host_ms * per_image, "operators": splits[name].operators * per_image}
@@ -415,8 +399,7 @@ def run_bench(
         if config.top_operators:
             batch = batches[0]
             operators = [{**op, "ms": op["ms"] / len(batch["image_id"]), "calls": op["calls"] / len(batch["image_id"])}
-                         for op in top_operators(lambda: _time_batch(StageClock(device), batch, config, proposer,
-                                                                     scorer, sizes, out), device, config.top_operators)]
+                         for op in top_operators(lambda: time_batch(batch), device, config.top_operators)]
             phase("operators profiled")
         agreement = None
         if config.check:

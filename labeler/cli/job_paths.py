@@ -1,18 +1,10 @@
-"""Relative paths inside a submitted Ray job (``ray job submit -- python jobs/...``).
+"""Relative paths inside a submitted Ray job (``ray job submit -- python jobs/...``; docs/cluster.md).
 
-A submitted job runs in Ray's temporary copy of ``--working-dir``: Ray
-uploads that folder without what ``.gitignore`` excludes (banks, weights,
-generated data) and deletes the copy after the job. So inside a job:
-
-- an output path (``--out``) that is relative would be written into that
-  copy and vanish with it: refused;
-- an input path that is relative is taken in the copy when it is there (the
-  user uploaded it on purpose; it is unpacked at the same place on every
-  node) and made absolute; when it is not there it was not uploaded, and
-  the job is refused with the reason instead of a bare "no such file".
-
-Outside a job, relative paths mean what they mean in a shell: relative to
-the working folder.
+A submitted job runs in Ray's temporary copy of ``--working-dir``, uploaded without what ``.gitignore``
+excludes and deleted after the job. So inside a job a relative output path is refused (it would vanish
+with the copy), and a relative input is made absolute in the copy when it is there (uploaded on purpose,
+unpacked at the same place on every node), else refused with the reason. Outside a job, relative paths
+mean what they mean in a shell.
 """
 
 from __future__ import annotations

@@ -7,17 +7,9 @@ from typing import Optional
 
 import typer
 
-from labeler.cli.checks import (
-    CLASSES_HELP,
-    MIN_SCORE_HELP,
-    STORAGE_HELP,
-    apply_storage_options,
-    job_paths,
-    output_file,
-    output_folder,
-    require_run_folder,
-)
+from labeler.cli.common import Help, apply_storage_options, from_run, job_paths
 from labeler.io import markers
+from labeler.io.storage import check_output_file
 
 
 def eval_command(
@@ -25,14 +17,14 @@ def eval_command(
     gt: str = typer.Option(..., "--gt", help="Ground-truth COCO JSON."),
     categories: Optional[str] = typer.Option(None, "--categories", help="Subset: ids or names, comma-separated."),
     out: Optional[str] = typer.Option(None, "--out", help="Save the metrics as JSON here."),
-    storage_options: Optional[str] = typer.Option(None, "--storage-options", help=STORAGE_HELP),
+    storage_options: Optional[str] = typer.Option(None, "--storage-options", help=Help.STORAGE),
 ) -> None:
     """COCO AP of a run against ground truth (bbox and segm, per class)."""
     apply_storage_options(storage_options)
     paths = job_paths(dict(pred=pred, gt=gt, out=out), inputs=("pred", "gt"), outputs=("out",))
     pred, gt, out = paths["pred"], paths["gt"], paths["out"]
     if out:
-        output_file(out, "--out", markers.EVAL_REPORT.encode())
+        check_output_file(out, "--out", markers.EVAL_REPORT.encode())
     import json
 
     from labeler.io import storage
@@ -49,18 +41,16 @@ def visualize_command(
     pred: str = typer.Option(..., "--pred", help="Run folder."),
     out: str = typer.Option(..., "--out", help="Folder for the pictures and index.html."),
     n: int = typer.Option(32, "--n", help="How many images to draw."),
-    min_score: str = typer.Option("0.5", "--min-score", help=MIN_SCORE_HELP),
-    classes: Optional[str] = typer.Option(None, "--classes", help=CLASSES_HELP),
+    min_score: str = typer.Option("0.5", "--min-score", help=Help.MIN_SCORE),
+    classes: Optional[str] = typer.Option(None, "--classes", help=Help.CLASSES),
     gt: Optional[str] = typer.Option(None, "--gt", help="Ground-truth COCO JSON to draw alongside."),
     seed: int = typer.Option(0, "--seed", help="Seed of the image sample."),
-    storage_options: Optional[str] = typer.Option(None, "--storage-options", help=STORAGE_HELP),
+    storage_options: Optional[str] = typer.Option(None, "--storage-options", help=Help.STORAGE),
 ) -> None:
     """Overlay pictures of sampled images, a contact sheet and a summary plot."""
     apply_storage_options(storage_options)
-    paths = job_paths(dict(pred=pred, gt=gt, out=out), inputs=("pred", "gt"), outputs=("out",))
+    paths = from_run(pred, out, gt=gt)
     pred, gt, out = paths["pred"], paths["gt"], paths["out"]
-    require_run_folder(pred)
-    output_folder(out)
     from labeler.visualize import visualize
 
     result = visualize(pred, out, n=n, min_score=min_score, classes=classes, gt=gt, seed=seed)
@@ -71,8 +61,8 @@ def export_command(
     pred: str = typer.Option(..., "--pred", help="Run folder."),
     fmt: str = typer.Option(..., "--format", help="coco, yolo or semantic."),
     out: str = typer.Option(..., "--out", help="Folder to write the training set into."),
-    min_score: str = typer.Option("0", "--min-score", help=MIN_SCORE_HELP),
-    classes: Optional[str] = typer.Option(None, "--classes", help=CLASSES_HELP),
+    min_score: str = typer.Option("0", "--min-score", help=Help.MIN_SCORE),
+    classes: Optional[str] = typer.Option(None, "--classes", help=Help.CLASSES),
     images: Optional[str] = typer.Option(
         None, "--images", help="copy the images into the set, link them (relative links) or none; "
                                "default copy for yolo, none for coco (file_names then relative to the run's image root)."
@@ -83,14 +73,12 @@ def export_command(
         False, "--keep-empty", help="Keep images left without a detection, as background (default: leave them out)."
     ),
     simplify: float = typer.Option(1.0, "--simplify", help="YOLO polygon tolerance in pixels (0: every vertex)."),
-    storage_options: Optional[str] = typer.Option(None, "--storage-options", help=STORAGE_HELP),
+    storage_options: Optional[str] = typer.Option(None, "--storage-options", help=Help.STORAGE),
 ) -> None:
     """Turn a run's labels into a training set: COCO, YOLO segmentation or semantic maps."""
     apply_storage_options(storage_options)
-    paths = job_paths(dict(pred=pred, out=out), inputs=("pred",), outputs=("out",))
+    paths = from_run(pred, out)
     pred, out = paths["pred"], paths["out"]
-    require_run_folder(pred)
-    output_folder(out)
     from labeler.export.training_sets import export
 
     result = export(pred, fmt, out, min_score=min_score, classes=classes, images=images, val_fraction=val_fraction,

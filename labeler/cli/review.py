@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from labeler.cli.checks import CLASSES_HELP, MIN_SCORE_HELP, job_paths, output_folder, require_run_folder
+from labeler.cli.common import Help, from_run
 from labeler.errors import LabelerError
 
 review_app = typer.Typer(rich_markup_mode=None, add_completion=False)
@@ -19,8 +19,8 @@ def review_command(
     pred: Optional[str] = typer.Option(None, "--pred", help="Run folder."),
     out: Optional[str] = typer.Option(None, "--out", help="Folder for the review (selection, Label Studio, CVAT)."),
     n: int = typer.Option(200, "--n", help="Images to review."),
-    min_score: Optional[str] = typer.Option(None, "--min-score", help=MIN_SCORE_HELP + " Default 0.5."),
-    classes: Optional[str] = typer.Option(None, "--classes", help=CLASSES_HELP),
+    min_score: Optional[str] = typer.Option(None, "--min-score", help=Help.MIN_SCORE + " Default 0.5."),
+    classes: Optional[str] = typer.Option(None, "--classes", help=Help.CLASSES),
     random_fraction: float = typer.Option(
         0.25, "--random-fraction", help="Share of --n drawn at random (seeded): the unbiased estimate of quality."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random share."),
@@ -35,10 +35,8 @@ def review_command(
         return
     if pred is None or out is None:
         raise LabelerError("labeler review needs --pred and --out (or: labeler review merge --help)")
-    paths = job_paths(dict(pred=pred, out=out), inputs=("pred",), outputs=("out",))
+    paths = from_run(pred, out)
     pred, out = paths["pred"], paths["out"]
-    require_run_folder(pred)
-    output_folder(out)
     from collections import Counter
 
     from labeler.review.prepare import prepare_review
@@ -65,11 +63,8 @@ def review_merge_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the train/val split."),
 ) -> None:
     """Merge reviewed labels with the auto-labels into a training set; report what reviewers changed per class."""
-    paths = job_paths(dict(pred=pred, review=review, labels=labels, out=out),
-                      inputs=("pred", "review", "labels"), outputs=("out",))
+    paths = from_run(pred, out, review=review, labels=labels)
     pred, review, labels, out = paths["pred"], paths["review"], paths["labels"], paths["out"]
-    require_run_folder(pred)
-    output_folder(out)
     from labeler.review.merge import merge_review
 
     result = merge_review(pred, review, labels, out, val_fraction=val_fraction, seed=seed)

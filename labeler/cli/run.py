@@ -1,4 +1,6 @@
-"""``labeler run``: its options are :class:`labeler.run.config.RunConfig`'s fields, defaults included."""
+"""``labeler run`` and ``labeler estimate`` (which labels k folds of the references with ``run``'s code):
+their options are the fields of :class:`labeler.run.config.RunConfig` and of
+:class:`labeler.quality.estimate_config.EstimateConfig`, defaults included."""
 
 from __future__ import annotations
 
@@ -6,18 +8,9 @@ from typing import Any, Optional
 
 import typer
 
-from labeler.cli.app import state
-from labeler.cli.checks import (
-    CLASSES_HELP,
-    COMPILE_HELP,
-    DTYPE_HELP,
-    MIN_SCORE_HELP,
-    PROMPTS_HELP,
-    STORAGE_HELP,
-    apply_storage_options,
-    job_paths,
-)
-from labeler.cli.options import Opt, config_command
+from labeler.cli.common import Help, Opt, apply_storage_options, config_command, job_paths, state
+from labeler.io.storage import check_output_folder
+from labeler.quality.estimate_config import EstimateConfig
 from labeler.run.config import MERGED_COCO_MAX_ENTRIES, RunConfig
 
 #: One option per RunConfig field but the two the CLI sets itself (ray_logs from --debug, replan_after fixed).
@@ -35,8 +28,8 @@ RUN_OPTIONS = {
     "pred_iou_thr": Opt("Keep proposals above this predicted IoU."),
     "nms_thr": Opt("Class-aware NMS IoU threshold."),
     "max_dets": Opt("Detections per image."),
-    "min_score": Opt(MIN_SCORE_HELP, type=str),
-    "classes": Opt(CLASSES_HELP),
+    "min_score": Opt(Help.MIN_SCORE, type=str),
+    "classes": Opt(Help.CLASSES),
     "max_error_rate": Opt("Exit with status 1 when more than this share of the images are errors "
                           "(0.05: 5%; 1: never)."),
     "batch_size": Opt("Images per model batch."),
@@ -50,14 +43,14 @@ RUN_OPTIONS = {
     "read_timeout": Opt("Seconds to read and decode one image before it is an error row."),
     "stall_timeout": Opt("Stop the run, naming the stage, after this many seconds without progress."),
     "rows_per_shard": Opt("Images per Parquet shard."),
-    "dtype": Opt(DTYPE_HELP),
-    "compile": Opt(COMPILE_HELP),
-    "prompts": Opt(PROMPTS_HELP),
+    "dtype": Opt(Help.DTYPE),
+    "compile": Opt(Help.COMPILE),
+    "prompts": Opt(Help.PROMPTS),
     "matched_points": Opt("Points kept per image with --prompts matched."),
     "relist": Opt("List the source again and label added images (a rerun reuses the stored listing)."),
     "merged_coco": Opt(f"Also write one OUT/coco.json: auto (up to {MERGED_COCO_MAX_ENTRIES:,} label rows + "
                        "detections), always or never."),
-    "storage_options": Opt(STORAGE_HELP, type=Optional[str]),
+    "storage_options": Opt(Help.STORAGE, type=Optional[str]),
 }
 
 
@@ -66,8 +59,8 @@ def run_command(options: dict[str, Any]) -> None:
     """Label every image of a source with instance masks, streaming on Ray Data."""
     options["storage_options"] = apply_storage_options(options["storage_options"])
     options = job_paths(options, inputs=("bank", "images", "image_root"), outputs=("out",))
+    from labeler.run.display import describe_summary
     from labeler.run.driver import run_labeling
-    from labeler.run.summary import describe_summary
 
     summary = run_labeling(RunConfig(**options, ray_logs=state["debug"]))
     typer.echo(describe_summary(summary))
@@ -75,3 +68,38 @@ def run_command(options: dict[str, Any]) -> None:
     if failure:
         typer.echo(f"error: {failure}; the labels and error rows are in {options['out']}", err=True)
         raise typer.Exit(1)
+
+
+#: The ``labeler run`` options each fold's run takes from the command line.
+FOLD_RUN_OPTIONS = ("sam2", "points_per_side", "batch_size", "sam2_actors", "dinov2_actors", "gpus_per_actor",
+                    "address", "dtype", "storage_options")
+
+ESTIMATE_OPTIONS = {
+    "refs": Opt("COCO JSON of the reference images (path or URI)."),
+    "images": Opt("Folder or prefix the file_names are relative to."),
+    "out": Opt("Local folder for the folds, the report, the picture and the thresholds."),
+    "dinov2": Opt(Help.DINOV2),
+    "folds": Opt("Groups of reference images (fewer images: one image per group)."),
+    "seed": Opt("Seed of the split into groups."),
+    "target_precision": Opt("Choose per-class thresholds reaching this precision on held-out images."),
+    "device": Opt("Device of the bank building: " + Help.DEVICE),
+    **{name: RUN_OPTIONS[name] for name in FOLD_RUN_OPTIONS},
+}
+
+
+@config_command(ESTIMATE_OPTIONS, EstimateConfig, RunConfig)
+def estimate_command(options: dict[str, Any]) -> None:
+    """Estimate label quality on the references (k-fold), and choose per-class thresholds for a precision."""
+    options["storage_options"] = apply_storage_options(options["storage_options"])
+    options = job_paths(options, inputs=("refs", "images"), outputs=("out",))
+    check_output_folder(options["out"])
+    from labeler.quality.estimate import describe, run_estimate
+
+    run = RunConfig(bank="", images="", out="", max_error_rate=1.0, ray_logs=state["debug"],
+                    **{name: options[name] for name in FOLD_RUN_OPTIONS})
+    config = EstimateConfig(**{name: options[name] for name in options if name not in FOLD_RUN_OPTIONS}, run=run)
+    result = run_estimate(config)
+    out = config.out
+    typer.echo(describe(result, config.target_precision))
+    typer.echo(f"\nwrote {out}/report.txt, {out}/estimate.png, {out}/report.json and {out}/thresholds.json "
+               f"(use: --min-score {out}/thresholds.json)")

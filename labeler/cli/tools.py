@@ -7,9 +7,9 @@ from typing import Any, Optional
 import typer
 
 from labeler.bench.config import BenchConfig
-from labeler.cli.checks import COMPILE_HELP, DEVICE_HELP, DTYPE_HELP, PROMPTS_HELP, output_file, output_folder
-from labeler.cli.options import Opt, config_command, fields_of
+from labeler.cli.common import Help, Opt, config_command
 from labeler.io import markers
+from labeler.io.storage import check_output_file, check_output_folder
 
 BENCH_OPTIONS = {
     "sam2": Opt("SAM2 spec (default: random:l on GPU, random:tiny on CPU)."),
@@ -17,15 +17,15 @@ BENCH_OPTIONS = {
     "images": Opt("Generated images to time."),
     "image_size": Opt("WxH of the generated images.", type=str, default="%dx%d" % BenchConfig.image_size),
     "batch_size": Opt("Images per model batch."),
-    "dtype": Opt(DTYPE_HELP),
-    "compile": Opt(COMPILE_HELP),
+    "dtype": Opt(Help.DTYPE),
+    "compile": Opt(Help.COMPILE),
     "points_per_side": Opt("Prompt grid side."),
     "points_per_batch": Opt("Prompts decoded together."),
     "proposals": Opt("Pin proposals scored per image (random weights change the count); 0: don't pin."),
-    "prompts": Opt(PROMPTS_HELP),
+    "prompts": Opt(Help.PROMPTS),
     "matched_points": Opt("Points kept per image with --prompts matched."),
     "warmup_batches": Opt("Untimed batches first.", flag="--warmup"),
-    "device": Opt(DEVICE_HELP),
+    "device": Opt(Help.DEVICE),
     "no_ray": Opt("Time the stages only, not the Ray pipeline."),
     "json_path": Opt("Also save the report as JSON here.", flag="--json", type=Optional[str], default=None),
     "plan_images": Opt("Plan labelling this many images ...", flag="--plan"),
@@ -38,14 +38,14 @@ BENCH_OPTIONS = {
 @config_command(BENCH_OPTIONS, BenchConfig)
 def bench_command(options: dict[str, Any]) -> None:
     """Time every stage on generated images, the Ray pipeline, and plan GPU-hours for N images."""
-    json_path = options["json_path"]
+    json_path = options.pop("json_path")
     if json_path:
-        output_file(json_path, "--json", markers.BENCH_REPORT.encode())
+        check_output_file(json_path, "--json", markers.BENCH_REPORT.encode())
     from labeler.bench.config import parse_image_size
     from labeler.bench.runner import run_bench, write_report
 
     options["image_size"] = parse_image_size(options["image_size"])
-    report = run_bench(BenchConfig(**fields_of(BenchConfig, options)), say=lambda message: typer.echo(message, err=True))
+    report = run_bench(BenchConfig(**options), say=lambda message: typer.echo(message, err=True))
     typer.echo(report.table())
     if json_path:
         write_report(report, json_path)
@@ -54,10 +54,10 @@ def bench_command(options: dict[str, Any]) -> None:
 
 def demo_command(
     out: str = typer.Option("demo-out", "--out", help="Folder for the generated data and outputs."),
-    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    device: str = typer.Option("cpu", "--device", help=Help.DEVICE),
 ) -> None:
     """Run the flow offline on generated images with random tiny models."""
-    output_folder(out)
+    check_output_folder(out)
     from labeler.demo import run_demo
     from labeler.visualize import plural
 

@@ -1,28 +1,11 @@
 """``labeler export``: training sets from a run's labels, streaming over its shards.
 
-Formats:
-
-* ``coco``: ``annotations/instances_{train,val}.json`` with the kept
-  detections (RLE segmentations, no scores), written without holding them in
-  memory; images optionally copied or linked under ``images/``.
-* ``yolo``: Ultralytics' segmentation layout: ``images/{train,val}/`` (copies
-  of the labelled images, or relative links), ``labels/{train,val}/`` with
-  one ``.txt`` per image (``class x1 y1 x2 y2 ...``, coordinates normalised
-  to 0..1) and ``data.yaml`` without an absolute path, so the folder can be
-  moved. A mask's outer contours are traced with OpenCV and simplified to
-  ``--simplify`` pixels; several parts are joined into one polygon by
-  zero-width bridges (as Ultralytics does when it converts COCO masks), and
-  holes are filled, since a YOLO polygon cannot carry them.
-
-Every format keeps the detections ``--min-score``/``--classes`` keep
-(:mod:`labeler.label_filter`), and leaves out the images left without any
-unless ``--keep-empty`` (a training run would take them as background, each
-dropped object a false negative). The train/val split is seeded and decided
-per image id (:func:`split_of`).
-* ``semantic``: one PNG class-index map per image (0 = background, class
-  ``k`` = the k-th category of the bank; a pixel claimed by several
-  detections goes to the highest score), with ``legend.json`` and
-  ``legend.png``.
+Formats (docs/formats.md, "Exports"): ``coco`` (``annotations/instances_{train,val}.json``, RLE, no
+scores), ``yolo`` (Ultralytics' segmentation layout: a mask's outer contours traced with OpenCV,
+simplified to ``--simplify`` pixels, parts joined by zero-width bridges as Ultralytics does, holes
+filled) and ``semantic`` (one class-index PNG per image). Every format keeps what ``--min-score`` and
+``--classes`` keep and leaves out images left without a detection unless ``--keep-empty``; the
+train/val split is seeded and decided per image id (:func:`split_of`).
 """
 
 from __future__ import annotations
@@ -98,14 +81,6 @@ def mask_to_polygon(mask: np.ndarray, tolerance: float = 0.0) -> np.ndarray:
     for part in parts[1:]:
         polygon = _bridge(polygon, part)
     return polygon
-
-
-def polygon_to_mask(polygon: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Rasterise a polygon as Ultralytics does (``cv2.fillPoly``): ``[H, W]`` uint8."""
-    mask = np.zeros((height, width), dtype=np.uint8)
-    if len(polygon):
-        cv2.fillPoly(mask, [np.round(polygon).astype(np.int32)], 1)
-    return mask
 
 
 #: ``--images``: how an export holds its images.

@@ -1,25 +1,11 @@
 """Folders a command writes whole: an export, pictures, a review, a merged training set, an estimate.
 
-Such a folder is built beside its target, under a temporary name in the same
-parent (``.<name>.labeler-tmp-<32 hex>``, so on the same file system), and
-published in one step: on Linux an atomic exchange with the previous folder
-(``renameat2(RENAME_EXCHANGE)``), elsewhere two renames. A reader, or a
-trainer, sees the previous folder or the new one, never a mix of both, and a
-kill while the folder is built leaves the previous one as it was.
-
-Every such folder holds a marker, :data:`MARKER_NAME`, saying which command
-wrote it. A target is replaced only when it is empty, or when it carries a
-marker of the same kind and nothing in it was added or changed since labeler
-wrote it (a file whose status-change time is after the marker's was put there
-or edited by someone else). Anything else is refused in one line before any
-work, and labeler deletes only the previous folder of its own, never a file it
-did not write. One exception is documented: the label caches Ultralytics
-writes among a YOLO set's label folders (``labels/**/<folder>.cache``), which it
-rebuilds whenever they are missing or stale.
-
-Leftovers of a kill (a temporary or a replaced folder whose removal did not
-finish) carry the marker too and are deleted by the next command on the
-same target.
+Built beside the target (``.<name>.labeler-tmp-<32 hex>``, same file system) and published in one step
+(on Linux an atomic exchange, ``renameat2(RENAME_EXCHANGE)``; elsewhere two renames), so a reader sees
+the previous folder or the new one, never a mix. Each holds a marker (:data:`MARKER_NAME`); a target is
+replaced only when empty, or when it has a marker of the same kind and nothing in it changed since (a
+status-change time after the marker's), Ultralytics' ``labels/**/*.cache`` excepted (docs/formats.md,
+"Exports"). Leftovers of a kill carry the marker and are deleted by the next command on that target.
 """
 
 from __future__ import annotations

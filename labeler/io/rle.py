@@ -182,16 +182,6 @@ def unpack_masks(packed: PackedRle, device: torch.device | str = "cpu") -> torch
     return expand_counts(*unpack_counts(packed), packed.height, packed.width, device)
 
 
-def encode_masks(masks: torch.Tensor) -> list[dict]:
-    """Encode ``[K, H, W]`` boolean masks as COCO compressed RLE dicts.
-
-    Returns ``[{"size": [H, W], "counts": str}, ...]``, equal to
-    ``pycocotools.mask.encode`` of the same masks.
-    """
-    packed = pack_masks(masks)
-    return [coco_rle(text, packed.height, packed.width) for text in packed.strings().to_pylist()]
-
-
 def decode_masks(counts: list[str] | list[bytes], height: int, width: int) -> np.ndarray:
     """Decode compressed RLE counts (one image size) to ``[K, H, W]`` uint8 masks."""
     if not counts:

@@ -313,6 +313,15 @@ def open_atomic(uri: str) -> Iterator[BinaryIO]:
             os.remove(tmp)
 
 
+def remove(uri: str, recursive: bool = False) -> None:
+    """Delete ``uri`` (a folder's contents too with ``recursive``); nothing there is not an error."""
+    fs, path = filesystem(uri)
+    try:
+        fs.rm(path, recursive=recursive)
+    except FileNotFoundError:
+        pass
+
+
 def write_bytes_atomic(uri: str, data: bytes) -> None:
     """Write ``data`` to ``uri`` so that readers never see a half-written file (:func:`open_atomic`)."""
     if not is_local(uri):

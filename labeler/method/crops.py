@@ -7,13 +7,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from labeler.method.defaults import DEFAULT_CONTEXT_RATIO
+from labeler.method import defaults
 
 
 def context_crop_box(
     bbox_xywh: tuple[float, float, float, float],
     image_hw: tuple[int, int],
-    context_ratio: float = DEFAULT_CONTEXT_RATIO,
+    context_ratio: float = defaults.CONTEXT_RATIO,
 ) -> tuple[int, int, int, int]:
     """The crop window of an instance, as integer pixel bounds ``(x0, y0, x1, y1)``.
 

@@ -3,28 +3,28 @@
 from __future__ import annotations
 
 #: The checkpoints the method uses (docs/method.md), the defaults of ``--sam2`` and ``--dinov2``.
-DEFAULT_SAM2 = "facebook/sam2.1-hiera-large"
-DEFAULT_DINOV2 = "facebook/dinov2-large"
+SAM2 = "facebook/sam2.1-hiera-large"
+DINOV2 = "facebook/dinov2-large"
 #: ``--dtype``: ``auto`` is bf16 on CUDA and fp32 elsewhere (labeler.models.speedups).
 DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
 
 #: Proposals (docs/method.md section 2): the prompt grid, prompts decoded together, the predicted-IoU filter.
-DEFAULT_POINTS_PER_SIDE = 32
-DEFAULT_POINTS_PER_BATCH = 256
-DEFAULT_PRED_IOU_THR = 0.4
+POINTS_PER_SIDE = 32
+POINTS_PER_BATCH = 256
+PRED_IOU_THR = 0.4
 
 #: Prompt grid layouts: ``edge-to-edge`` is the reference's (the default),
 #: ``cell-centres`` is SAM's automatic mask generator's.
 GRID_LAYOUTS = ("edge-to-edge", "cell-centres")
-DEFAULT_GRID_LAYOUT = "edge-to-edge"
+GRID_LAYOUT = "edge-to-edge"
 
 #: ``--prompts``: every grid point, or only the points most like a prototype (labeler.method.matched_prompts).
 PROMPT_MODES = ("grid", "matched")
-DEFAULT_MATCHED_POINTS = 256
+MATCHED_POINTS = 256
 
 #: Scoring (docs/method.md section 3): class-aware NMS and the detections kept per image.
-DEFAULT_NMS_THR = 0.5
-DEFAULT_MAX_DETS = 100
+NMS_THR = 0.5
+MAX_DETS = 100
 
 #: Reference crops (docs/method.md 1.2): context around each instance, as a share of its box.
-DEFAULT_CONTEXT_RATIO = 0.2
+CONTEXT_RATIO = 0.2

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from sam2.utils.amg import build_point_grid
 
-from labeler.method.defaults import DEFAULT_GRID_LAYOUT, GRID_LAYOUTS
+from labeler.method import defaults
 
 
-def point_grid(points_per_side: int, input_size: int, layout: str = DEFAULT_GRID_LAYOUT) -> torch.Tensor:
+def point_grid(points_per_side: int, input_size: int, layout: str = defaults.GRID_LAYOUT) -> torch.Tensor:
     """The regular prompt grid in the model's ``input_size`` square frame: ``[n*n, 2]`` (x, y) pixels.
 
     ``edge-to-edge`` (the reference's): ``n`` values ``linspace(0, S - 1, n) + 0.5``
@@ -23,7 +23,7 @@ def point_grid(points_per_side: int, input_size: int, layout: str = DEFAULT_GRID
     if layout == "cell-centres":
         return torch.from_numpy(build_point_grid(points_per_side)).float() * input_size
     if layout != "edge-to-edge":
-        raise ValueError(f"grid layout must be one of {', '.join(GRID_LAYOUTS)}, got {layout!r}")
+        raise ValueError(f"grid layout must be one of {', '.join(defaults.GRID_LAYOUTS)}, got {layout!r}")
     steps = torch.linspace(0, input_size - 1, points_per_side)
     x, y = torch.meshgrid(steps, steps, indexing="ij")
     return torch.stack((x.reshape(-1), y.reshape(-1)), dim=-1) + 0.5

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from sam2.utils.amg import batched_mask_to_box
 from torchvision.ops import batched_nms
 
-from labeler.method.defaults import DEFAULT_MAX_DETS, DEFAULT_NMS_THR
+from labeler.method import defaults
 
 NMS_KEEP_FACTOR = 8
 
@@ -83,8 +83,8 @@ def rank_proposals(
     features: torch.Tensor,
     class_prototypes: torch.Tensor,
     *,
-    nms_thr: float = DEFAULT_NMS_THR,
-    max_dets: int = DEFAULT_MAX_DETS,
+    nms_thr: float = defaults.NMS_THR,
+    max_dets: int = defaults.MAX_DETS,
 ) -> RankedProposals:
     """docs/method.md 3.2-3.4: embed and classify every proposal, class-aware NMS ranked by
     predicted IoU on :func:`nms_boxes`, keep at most ``8 * max_dets``, then drop score 0.
@@ -135,7 +135,7 @@ def soft_merge(overlap: torch.Tensor, embeddings: torch.Tensor, labels: torch.Te
 
 
 def select_detections(
-    merged: torch.Tensor, max_dets: int = DEFAULT_MAX_DETS, min_score: float | torch.Tensor = 0.0
+    merged: torch.Tensor, max_dets: int = defaults.MAX_DETS, min_score: float | torch.Tensor = 0.0
 ) -> torch.Tensor:
     """Positions of the final detections: the ``max_dets`` best merged scores, best first
     (ties in rank order). Merged scores of 0 stay, as in the reference.

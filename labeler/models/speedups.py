@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from labeler.errors import LabelerError
-from labeler.method.defaults import DTYPE_CHOICES
+from labeler.method import defaults
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -40,8 +40,8 @@ class Speedups:
     @classmethod
     def resolve(cls, dtype: str, compile: bool, device: torch.device) -> "Speedups":
         """Check ``dtype`` (``auto``, ``fp32``, ``bf16``, ``fp16``) and fix ``auto`` for ``device``."""
-        if dtype not in DTYPE_CHOICES:
-            raise LabelerError(f"--dtype: expected one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}")
+        if dtype not in defaults.DTYPE_CHOICES:
+            raise LabelerError(f"--dtype: expected one of {', '.join(defaults.DTYPE_CHOICES)}, got {dtype!r}")
         if dtype == "auto":
             dtype = "bf16" if device.type == "cuda" else "fp32"
         return cls(dtype=dtype, compile=compile)

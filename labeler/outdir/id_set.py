@@ -82,15 +82,6 @@ class IdSet:
         positions = np.minimum(np.searchsorted(values, ids), values.size - 1)
         return values[positions] == ids
 
-    def count_in(self, other: IdSet) -> int:
-        """How many ids of this set are also in ``other``."""
-        if self._bits is not None and other._bits is not None:
-            size = min(self._bits.size, other._bits.size)
-            return int(np.bitwise_count(self._bits[:size] & other._bits[:size]).sum(dtype=np.int64))
-        if self._bits is None:
-            return int(other.contains(self._merged()).sum())
-        return int(self.contains(other._merged()).sum())
-
     @property
     def nbytes(self) -> int:
         """Memory the set takes."""

@@ -1,17 +1,10 @@
-"""A run's output folder: what marks it as labeler's, and what labeler may remove.
+"""A run's output folder: every name in it, what marks it as labeler's, and what labeler may remove.
 
-OUT holds ``labels/`` (Parquet shards), ``coco/`` (their COCO twins),
-``coco.json`` (small runs), ``run.json`` and ``_state/`` (the marker, the
-stored listing, the lock). ``_state/settings.json`` is the marker: it holds the settings a
-rerun must match and the folder's ``out_id``, a random id that the
-``coco.json`` and ``run.json`` of this folder carry too.
-
-labeler removes only what it can prove it wrote: shards by their name
-(``part-<32 hex digits>.parquet`` / ``.json``), temporaries by theirs
-(``<name>.tmp-<32 hex digits>``), ``coco.json`` and ``run.json`` when they
-carry this folder's ``out_id``, and the ``_state/`` entries it knows. A
-folder with other content and no marker is refused, with or without
-``--overwrite``; files a user put into a labeler folder are left alone.
+``_state/settings.json`` is the marker: the settings a rerun must match and the folder's ``out_id``, a
+random id its ``coco.json`` and ``run.json`` carry too. labeler removes only what it can prove it wrote:
+shards and temporaries by their names, ``coco.json`` and ``run.json`` when they carry the ``out_id``, and
+the ``_state/`` entries it knows; a folder with other content and no marker is refused (docs/formats.md,
+"Resuming").
 """
 
 from __future__ import annotations
@@ -97,14 +90,6 @@ def _names(uri: str) -> list[str]:
     return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
 
 
-def _remove(uri: str, recursive: bool = False) -> None:
-    fs, path = storage.filesystem(uri)
-    try:
-        fs.rm(path, recursive=recursive)
-    except FileNotFoundError:
-        pass
-
-
 def read_settings(out: str) -> dict[str, Any] | None:
     """The marker of a labeler OUT: ``{"out_id", "settings"}``, or None when absent."""
     uri = join(out, STATE_DIR, SETTINGS_NAME)
@@ -132,7 +117,7 @@ def remove_temporaries(out: str) -> int:
     for folder in (out.rstrip("/"), join(out, STATE_DIR), join(out, LABELS_DIR), join(out, COCO_DIR)):
         for name in _names(folder):
             if is_temporary(name):
-                _remove(join(folder, name))
+                storage.remove(join(folder, name))
                 removed += 1
     return removed
 
@@ -179,7 +164,7 @@ def remove_own_file(out: str, name: str, out_id: str | None) -> bool:
     """Delete ``OUT/name`` (``coco.json``, ``run.json``) if it carries this folder's ``out_id``."""
     if not _carries_out_id(join(out, name), out_id):
         return False
-    _remove(join(out, name))
+    storage.remove(join(out, name))
     return True
 
 
@@ -189,14 +174,14 @@ def remove_own_entries(out: str, out_id: str | None) -> list[str]:
     for folder in (labels, removed, coco):
         for name in _names(folder):
             if is_shard_name(name) or is_coco_shard_name(name) or is_temporary(name):
-                _remove(join(folder, name))
+                storage.remove(join(folder, name))
         if not _names(folder):
-            _remove(folder, recursive=True)
-    _remove(join(out, STATE_DIR, LISTING_NAME))
-    _remove(join(out, STATE_DIR, LISTING_DIR), recursive=True)
+            storage.remove(folder, recursive=True)
+    storage.remove(join(out, STATE_DIR, LISTING_NAME))
+    storage.remove(join(out, STATE_DIR, LISTING_DIR), recursive=True)
     for name in (COCO_NAME, MANIFEST_NAME):
         remove_own_file(out, name, out_id)
-    _remove(join(out, STATE_DIR, SETTINGS_NAME))
+    storage.remove(join(out, STATE_DIR, SETTINGS_NAME))
     return [n for n in _names(out) if n != STATE_DIR] + [f"{LABELS_DIR}/{n}" for n in _names(labels)] + [
         f"{COCO_DIR}/{n}" for n in _names(coco)]
 

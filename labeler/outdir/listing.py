@@ -1,25 +1,14 @@
-"""A run's stored listing: every image of its source with its id, under ``OUT/_state``.
+"""A run's stored listing: every image of its source with its id, under ``OUT/_state`` (docs/formats.md,
+"Image ids" and "Resuming").
 
-The source is listed once, streaming, into Parquet parts; every later
-rerun reads the parts instead of listing the source again, and Ray Data
-reads the work from them, a part per task. ``--relist`` lists the source
-anew and merges it with the stored listing: images still there keep their
-ids, added ones get new ids, and ids are never reused.
-
-Ids. Folder and list images get sequential ids (1, 2, 3, ... in URI order
-at the first listing, then the next free ones): they never collide, stay
-exact in JSON readers that use doubles up to 2**53 images, and stay the same
-on every rerun of this OUT. COCO sources keep the file's own ids.
-
-Layout (``_state/``)::
+The source is listed once, streaming, into Parquet parts that every rerun (and Ray Data, a part per
+task) reads instead; ``--relist`` merges a new listing into it, ids kept and never reused::
 
     listing.json                          pointer: version, kind, counts, next_id
-    listing/<version>/part-000000.parquet image_id int64, uri string; sorted by
-                                          uri (folders, lists) or id (COCO)
+    listing/<version>/part-000000.parquet image_id int64, uri string; sorted by uri (folders, lists) or id (COCO)
     listing/<version>/ids.npy             the listed ids (:class:`IdSet`)
 
-A new listing is written to a new version folder and published by replacing
-``listing.json``; a kill before that leaves the previous listing in force.
+A new listing goes to a new version folder and is put in force by replacing ``listing.json``.
 """
 
 from __future__ import annotations

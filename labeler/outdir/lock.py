@@ -153,13 +153,6 @@ class OutputLock:
             return not _process_is_running(owner["pid"], str(owner.get("pid_start", "")))
         return (now - claim.written).total_seconds() > self.stale_after
 
-    def _remove(self, name: str) -> None:
-        fs, path = storage.filesystem(f"{self.folder}/{name}")
-        try:
-            fs.rm(path)
-        except FileNotFoundError:
-            pass
-
     def acquire(self) -> OutputLock:
         """Take the lock or raise :class:`OutputLockedError` naming the run that holds it."""
         for attempt in range(CONTENTION_RETRIES):
@@ -174,7 +167,7 @@ class OutputLock:
                     continue
                 if self._is_stale(claim, mine.written):
                     log.warning("%s: removing the stale lock of a run that is gone (%s)", self.out, claim.describe())
-                    self._remove(claim.name)
+                    storage.remove(f"{self.folder}/{claim.name}")
                 else:
                     others.append(claim)
             if not others:
@@ -182,7 +175,7 @@ class OutputLock:
                 self._thread = threading.Thread(target=self._beat, name="labeler-out-lock", daemon=True)
                 self._thread.start()
                 return self
-            self._remove(self.claim_id + out_folder.CLAIM_SUFFIX)
+            storage.remove(f"{self.folder}/{self.claim_id + out_folder.CLAIM_SUFFIX}")
             holder = next((c for c in others if c.owner.get("held")), None)
             if holder is not None:
                 raise OutputLockedError(
@@ -225,7 +218,7 @@ class OutputLock:
             self._thread.join(timeout=self.heartbeat + 5)
             self._thread = None
         if not self._lost:
-            self._remove(self.claim_id + out_folder.CLAIM_SUFFIX)
+            storage.remove(f"{self.folder}/{self.claim_id + out_folder.CLAIM_SUFFIX}")
 
     def __enter__(self) -> OutputLock:
         return self.acquire()

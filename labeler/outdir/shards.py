@@ -1,25 +1,11 @@
-"""Label shards: Parquet under ``OUT/labels`` with their COCO twins under ``OUT/coco``.
+"""Label shards: Parquet under ``OUT/labels`` with their COCO twins under ``OUT/coco`` (docs/formats.md).
 
-A shard is published whole (written to a temporary name and renamed, or
-uploaded as one object), so a shard that is listed is complete data, and an
-image is finished exactly when it is in a listed shard. That is what makes a
-rerun resume: it skips the image ids of the listed shards.
-
-Each Parquet shard ``labels/part-<hex>.parquet`` has a COCO twin
-``coco/part-<hex>.json`` holding the same detections, written just before
-it: the Parquet shard is the commit point. A COCO shard without its Parquet
-twin (its write task was killed in between, or a rewrite was) is not data
-and is deleted by the next run. A Parquet shard's footer carries its counts
-(:class:`LabelCounts`), so totals are read from footers, not from rows.
-
-:class:`ShardIndex` is what a run knows about its shards: the finished ids
-(a bitmap for labeler's own dense ids), the totals, and the rows to take out
-at the end (second copies of an image, images no longer listed). It reads
-only the id column and the footer of each shard, each shard once per run,
-many at a time, and while a pass runs it follows the shards as they are
-published, so that the end of a run reads only the last few. A shard that cannot be read anyway (truncated by something
-other than labeler) is moved aside under a name that is not a shard's, so
-its images are labelled again instead of every rerun failing on it.
+A shard is published whole, its COCO twin just before it: the Parquet shard is the commit point, so an
+image is finished exactly when it is in a listed shard, and a twin without its shard is not data. A
+shard's footer carries its counts (:class:`LabelCounts`), error tally and twin size, so totals come from
+footers, not rows. :class:`ShardIndex` is what a run knows of its shards (finished ids, totals, rows to
+take out at the end); it reads only the id column and footer of each shard, once per run, and follows
+the shards as a pass publishes them, so the end of a run reads only the last few.
 """
 
 from __future__ import annotations
@@ -171,16 +157,8 @@ def remove_orphan_coco_shards(out: str) -> int:
     orphans = [name for name in _list_names(coco_dir(out), out_folder.is_coco_shard_name)
                if name.removesuffix(out_folder.COCO_SHARD_SUFFIX) not in published]
     for name in orphans:
-        _remove(f"{coco_dir(out)}/{name}")
+        storage.remove(f"{coco_dir(out)}/{name}")
     return len(orphans)
-
-
-def _remove(uri: str) -> None:
-    fs, path = storage.filesystem(uri)
-    try:
-        fs.rm(path)
-    except FileNotFoundError:
-        pass
 
 
 def read_shard(uri: str, columns: list[str] | None = None) -> pa.Table:
@@ -203,25 +181,23 @@ class ShardFacts:
     ids: np.ndarray
     counts: LabelCounts
     errors: ErrorTally
-    coco_bytes: int | None  # None for shards written before twins were measured
+    coco_bytes: int | None  # None for a shard written without categories: it has no COCO twin
 
 
 def read_ids_and_counts(uri: str) -> ShardFacts:
-    """A shard's image ids, and the counts, error tally and COCO twin size in its footer
-    (counts from its rows if the footer has none)."""
+    """A shard's image ids, and the counts, error tally and COCO twin size in its footer.
+
+    Raises:
+        KeyError: the footer lacks them (not a shard :func:`write_shard` wrote).
+    """
     fs, path = storage.filesystem(uri)
     with fs.open(path, "rb") as handle:
         shard = pq.ParquetFile(handle)
         metadata = shard.schema_arrow.metadata or {}
-        coco_bytes = int(metadata[COCO_BYTES_KEY]) if COCO_BYTES_KEY in metadata else None
-        if COUNTS_KEY in metadata and ERRORS_KEY in metadata:
-            ids = shard.read(columns=["image_id"]).column("image_id").to_numpy()
-            return ShardFacts(ids, LabelCounts(**json.loads(metadata[COUNTS_KEY])),
-                              ErrorTally.from_json(json.loads(metadata[ERRORS_KEY])), coco_bytes)
-        table = shard.read(columns=["image_id", "uri", "status", "error", "detections", "proposals",
-                                    "transfer_bytes"])
-        return ShardFacts(table.column("image_id").to_numpy(), LabelCounts.of_table(table),
-                          ErrorTally.of_table(table), coco_bytes)
+        ids = shard.read(columns=["image_id"]).column("image_id").to_numpy()
+    coco_bytes = int(metadata[COCO_BYTES_KEY]) if COCO_BYTES_KEY in metadata else None
+    return ShardFacts(ids, LabelCounts(**json.loads(metadata[COUNTS_KEY])),
+                      ErrorTally.from_json(json.loads(metadata[ERRORS_KEY])), coco_bytes)
 
 
 def _scan_one(uri: str) -> ShardFacts | Exception:
@@ -239,8 +215,8 @@ def _move_rows_out(out: str, uri: str, table: pa.Table, leaving: np.ndarray,
     write_shard(out, table.filter(pa.array(leaving)), folder=out_folder.join(out, REMOVED_DIR))
     if (~leaving).any():
         write_shard(out, table.filter(pa.array(~leaving)), categories=categories)
-    _remove(uri)
-    _remove(coco_twin(out, uri))
+    storage.remove(uri)
+    storage.remove(coco_twin(out, uri))
 
 
 def retire_changed_images(out: str, listed: pa.Table, categories: list[Category] | None) -> int:
@@ -405,8 +381,8 @@ class ShardIndex:
             self.counts.add(LabelCounts.of_table(kept))
             self.errors.add(ErrorTally.of_table(table), -1)
             self.errors.add(ErrorTally.of_table(kept))
-            _remove(uri)
-            _remove(coco_twin(self.out, uri))
+            storage.remove(uri)
+            storage.remove(coco_twin(self.out, uri))
             self._seen.pop(uri, None)
         self._fixes = {}
         if not_listed:

@@ -1,33 +1,10 @@
 """``labeler estimate``: how good the labels will be, measured on the references before the big run.
 
-The references are ground truth. Their images are split into ``folds`` groups
-(seeded; one image per group, leave-one-image-out, when there are fewer
-images). For each group a bank is built from the other groups' references
-only (:func:`labeler.bank.build.build_bank`), and the group's images are
-labelled with it by :func:`labeler.run.driver.run_labeling`, the code path of
-``labeler run`` (Ray Data, the same actors; on a cluster with ``address``).
-Every reference image is so labelled once, by a bank that never saw it.
-
-Then, over the pooled held-out labels:
-
-* COCOeval (``bbox``, ``segm``) against the references: AP, AP50, per-class
-  AP, and per fold, for their spread;
-* per class, the lowest score threshold whose precision reaches
-  ``target_precision`` (:func:`labeler.quality.matching.choose_threshold`), written as
-  a thresholds file ``--min-score`` takes in ``run``, ``export``, ``visualize``
-  and ``review``;
-* the confusion table of the detections those thresholds keep
-  (:func:`labeler.quality.matching.confusion_counts`);
-* ``report.txt`` (a minute's reading) and ``estimate.png`` (per-class AP with
-  its spread across folds, and the confusion table as a heat map).
-
-Layout of OUT: ``folds/<k>/{refs.json, bank.safetensors, heldout.json,
-labels/}`` (a fold with no reference outside it has an empty
-``predictions.json`` instead of a bank and labels: its images count as
-labelled with nothing, and the report says so), ``predictions.json``
-(pooled, COCO results), ``thresholds.json``, ``report.json``,
-``report.txt``, ``estimate.png``. OUT is built beside its place and
-published whole (:mod:`labeler.io.published_folder`).
+k-fold over the reference images (docs/estimate.md): each fold is labelled by ``labeler run``'s own
+code (:func:`labeler.run.driver.run_labeling`) with a bank built without it, then the pooled held-out
+labels give COCOeval AP, per-class thresholds for a target precision
+(:func:`labeler.quality.matching.choose_threshold`) and a confusion table. OUT is built beside its
+place and published whole (:mod:`labeler.io.published_folder`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from labeler.method.defaults import DEFAULT_DINOV2
+from labeler.method import defaults
 from labeler.run.config import RunConfig
 
 DEFAULT_FOLDS = 5
@@ -20,7 +20,7 @@ class EstimateConfig:
     refs: str
     images: str
     out: str
-    dinov2: str = DEFAULT_DINOV2
+    dinov2: str = defaults.DINOV2
     folds: int = DEFAULT_FOLDS
     seed: int = 0
     target_precision: float = DEFAULT_TARGET_PRECISION

@@ -1,35 +1,9 @@
-"""``labeler review merge``: the reviewers' corrections back into a training set, and what they say.
+"""``labeler review merge``: the reviewers' corrections back into a training set, and what they changed.
 
-Reads the export of a review (Label Studio's JSON export, or the COCO 1.0
-export of CVAT) made from a folder of ``labeler review``, and writes into OUT:
-
-* ``annotations/instances_{train,val}.json``: the final COCO training set.
-  Reviewed images carry the reviewers' instances (an image a reviewer left
-  empty stays, as a checked background image); every other ok image carries
-  its auto-labels above the review's thresholds, and is left out when none is
-  (as ``labeler export`` does). The split is ``labeler export``'s.
-* ``annotations/reviewed.json``: the reviewed images and their instances
-  alone, ready for ``labeler build-bank --refs`` as more references: its
-  classes are those with a reviewed instance, and its ``file_name`` entries
-  are relative to ``info.image_root``, the folder holding every reviewed image.
-* ``report.json``: per class, how reviewers changed the auto-labels.
-
-Before anything is written, the export is checked against the review and the
-run: every value of every region (one line naming the task and the region),
-one task per image, each task's image the one the review chose (its id and
-``file_name``), the review made from this run (its ``out_id``) and each
-reviewed image still the run's (its ``uri``).
-
-Per class, each reviewed image's auto-labels (those shown to the reviewer)
-are matched one to one to its reviewed instances of the same class, best mask
-IoU first, from IoU 0.5. A match is ``kept`` (IoU >= 0.9) or ``edited``; an
-auto-label without a match was ``removed`` (``relabelled`` when it overlaps
-an unmatched instance of another class by IoU >= 0.5); an instance without a
-match was ``added``. Precision is matches / auto-labels, recall is matches /
-reviewed instances. They are reported for the random share of the review
-(an unbiased estimate of the whole run) and for all reviewed images (biased
-toward hard images); classes are then ranked by the F1 of all reviewed
-images, lowest first: those gain most from more reference shots.
+docs/review.md ("Back into a training set") is the contract: the export (Label Studio JSON, or CVAT's
+COCO 1.0) is checked against the review and the run before anything is written; OUT then holds
+``annotations/instances_{train,val}.json``, ``annotations/reviewed.json`` (more references for
+``build-bank``) and ``report.json`` (per class, how reviewers changed the auto-labels: :func:`compare`).
 """
 
 from __future__ import annotations
@@ -50,7 +24,7 @@ from labeler.errors import LabelerError
 from labeler.export.training_sets import rows_of_split, write_coco_splits
 from labeler.io import storage
 from labeler.io.coco import Category, check_bbox
-from labeler.io.label_studio import encode_mask, reviewed_instances
+from labeler.io.label_studio import reviewed_instances
 from labeler.io.labels import detection_rle
 from labeler.io.masks import segmentation_to_rle
 from labeler.io.published_folder import building, local_folder
@@ -110,10 +84,6 @@ class Instance:
 
     category_id: int
     rle: dict
-
-    @classmethod
-    def of_mask(cls, category_id: int, mask: np.ndarray) -> Instance:
-        return cls(category_id, encode_mask(mask))
 
 
 def compare(auto: list[Instance], reviewed: list[Instance]) -> dict[int, ClassFigures]:

@@ -1,18 +1,8 @@
 """``labeler review``: hand the labels a person should check to Label Studio or CVAT.
 
-A review folder holds, for the images :mod:`labeler.review.selection` chose:
-
-* ``selection.json``: the run, the filter, the seed, and each chosen image
-  (id, uri, file_name, size, share, uncertainty and its reason);
-* ``label-studio/tasks.json`` and ``label-studio/config.xml``: tasks with the
-  kept detections as predictions (brush masks in Label Studio's RLE, boxes,
-  class names, scores), and the labelling interface they are made for;
-* ``cvat/annotations/instances_default.json``: a COCO 1.0 set of the same
-  predictions, as CVAT imports it (masks as RLE, ``iscrowd: 1``, which is how
-  CVAT itself writes masks), ``file_name`` relative to the run's image root.
-
-``labeler review merge`` (:mod:`labeler.review.merge`) reads the reviewers'
-export back.
+For the images :mod:`labeler.review.selection` chooses, writes ``selection.json``, Label Studio tasks with
+the kept detections as predictions and their labelling config, and a COCO 1.0 set for CVAT (docs/review.md);
+``labeler review merge`` (:mod:`labeler.review.merge`) reads the reviewers' export back.
 """
 
 from __future__ import annotations

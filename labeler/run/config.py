@@ -10,23 +10,11 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from labeler.errors import LabelerError
+from labeler.errors import require
 from labeler.io.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_READ_TIMEOUT
 from labeler.io.sources import source_root
 from labeler.label_filter import LabelFilter, parse_label_filter
-from labeler.method.defaults import (
-    DEFAULT_GRID_LAYOUT,
-    DEFAULT_MATCHED_POINTS,
-    DEFAULT_MAX_DETS,
-    DEFAULT_NMS_THR,
-    DEFAULT_POINTS_PER_BATCH,
-    DEFAULT_POINTS_PER_SIDE,
-    DEFAULT_PRED_IOU_THR,
-    DEFAULT_SAM2,
-    DTYPE_CHOICES,
-    GRID_LAYOUTS,
-    PROMPT_MODES,
-)
+from labeler.method import defaults
 from labeler.run.watchdog import DEFAULT_REPLAN_AFTER, DEFAULT_STALL_TIMEOUT
 
 if TYPE_CHECKING:
@@ -42,6 +30,18 @@ MERGED_COCO_MAX_ENTRIES = 1_000_000
 DEFAULT_MAX_ERROR_RATE = 0.05
 
 
+def model_checks(config: Any) -> list[tuple[bool, str]]:
+    """The checks of the model settings ``labeler run`` and ``labeler bench`` share (:func:`require`)."""
+    return [
+        (config.points_per_side >= 1, "--points-per-side must be at least 1"),
+        (config.points_per_batch >= 1, "--points-per-batch must be at least 1"),
+        (config.batch_size >= 1, "--batch-size must be at least 1"),
+        (config.dtype in defaults.DTYPE_CHOICES, f"--dtype must be one of {', '.join(defaults.DTYPE_CHOICES)}"),
+        (config.prompts in defaults.PROMPT_MODES, f"--prompts must be one of {', '.join(defaults.PROMPT_MODES)}"),
+        (config.matched_points >= 1, "--matched-points must be at least 1"),
+    ]
+
+
 @dataclass
 class RunConfig:
     """Everything ``labeler run`` takes; the CLI maps its options one to one."""
@@ -49,14 +49,14 @@ class RunConfig:
     bank: str
     images: str
     out: str
-    sam2: str = DEFAULT_SAM2
+    sam2: str = defaults.SAM2
     image_root: str | None = None
-    points_per_side: int = DEFAULT_POINTS_PER_SIDE
-    grid_layout: str = DEFAULT_GRID_LAYOUT
-    points_per_batch: int = DEFAULT_POINTS_PER_BATCH
-    pred_iou_thr: float = DEFAULT_PRED_IOU_THR
-    nms_thr: float = DEFAULT_NMS_THR
-    max_dets: int = DEFAULT_MAX_DETS
+    points_per_side: int = defaults.POINTS_PER_SIDE
+    grid_layout: str = defaults.GRID_LAYOUT
+    points_per_batch: int = defaults.POINTS_PER_BATCH
+    pred_iou_thr: float = defaults.PRED_IOU_THR
+    nms_thr: float = defaults.NMS_THR
+    max_dets: int = defaults.MAX_DETS
     min_score: float | str = 0.0  # one number, class=value pairs or a thresholds file (labeler.label_filter)
     classes: str | None = None
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE
@@ -75,22 +75,20 @@ class RunConfig:
     dtype: str = "auto"
     compile: bool = False
     prompts: str = "grid"
-    matched_points: int = DEFAULT_MATCHED_POINTS
+    matched_points: int = defaults.MATCHED_POINTS
     relist: bool = False
     merged_coco: str = "auto"
     ray_logs: bool = False  # Ray's own messages in the terminal (the CLI's --debug), else in a log file
     storage_options: dict[str, Any] | None = field(default=None, repr=False)
 
     def validate(self) -> None:
-        checks = [
-            (self.points_per_side >= 1, "--points-per-side must be at least 1"),
-            (self.grid_layout in GRID_LAYOUTS, f"--grid-layout must be one of {', '.join(GRID_LAYOUTS)}"),
-            (self.points_per_batch >= 1, "--points-per-batch must be at least 1"),
+        require([
+            *model_checks(self),
+            (self.grid_layout in defaults.GRID_LAYOUTS, f"--grid-layout must be one of {', '.join(defaults.GRID_LAYOUTS)}"),
             (0.0 <= self.pred_iou_thr < 1.0, "--pred-iou-thr must be in [0, 1)"),
             (0.0 < self.nms_thr <= 1.0, "--nms-thr must be in (0, 1]"),
             (self.max_dets >= 1, "--max-dets must be at least 1"),
             (0.0 <= self.max_error_rate <= 1.0, "--max-error-rate must be in [0, 1]"),
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.sam2_actors >= 1 and self.dinov2_actors >= 1, "actor counts must be at least 1"),
             (self.gpus_per_actor >= 0, "--gpus-per-actor must be non-negative"),
             (self.rows_per_shard >= 1, "--rows-per-shard must be at least 1"),
@@ -99,14 +97,8 @@ class RunConfig:
             (math.isfinite(self.read_timeout) and self.read_timeout > 0, "--read-timeout must be a positive number"),
             (math.isfinite(self.stall_timeout) and self.stall_timeout > 0, "--stall-timeout must be a positive number"),
             (math.isfinite(self.replan_after) and self.replan_after > 0, "replan_after must be a positive number"),
-            (self.dtype in DTYPE_CHOICES, f"--dtype must be one of {', '.join(DTYPE_CHOICES)}"),
-            (self.prompts in PROMPT_MODES, f"--prompts must be one of {', '.join(PROMPT_MODES)}"),
-            (self.matched_points >= 1, "--matched-points must be at least 1"),
             (self.merged_coco in MERGED_COCO_CHOICES, f"--merged-coco must be one of {', '.join(MERGED_COCO_CHOICES)}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise LabelerError(message)
+        ])
 
     @property
     def source_root(self) -> str:

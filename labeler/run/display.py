@@ -1,4 +1,4 @@
-"""What a run shows while it works: images labelled, the rate and the time left.
+"""What a run shows: while it works, images labelled, the rate and the time left; at its end, its summary.
 
 In a terminal, one line rewritten in place every few seconds; elsewhere (a
 job log, a file) one plain line every :data:`LOG_EVERY` seconds, so a log of
@@ -11,7 +11,10 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from labeler.run.driver import RunSummary
 
 #: Seconds between lines when the output is not a terminal.
 LOG_EVERY = 60.0
@@ -85,3 +88,33 @@ class ProgressDisplay:
         self.stream.write(self.line() + "\n")
         self.stream.flush()
         self.last_shown, self.last_count = now, self.samples[-1][1]
+
+
+#: Error kinds shown in the summary a run prints.
+ERROR_KINDS_SHOWN = 5
+
+
+def describe_summary(summary: RunSummary) -> str:
+    """What a run prints at its end: counts, the most common error reasons with an example each, where things are."""
+    counts, out = summary.counts, summary.out.rstrip("/")
+    lines = [
+        f"{summary.images_listed:,} images listed: {summary.images_processed:,} labelled now, "
+        f"{summary.images_skipped:,} already done",
+        f"OUT holds {counts.images_ok:,} ok + {counts.images_error:,} error images, {counts.detections:,} detections",
+        f"{summary.wall_seconds:.1f} s, {summary.images_per_second:.2f} images/s",
+    ]
+    if counts.images_error:
+        lines.append(f"error images: {counts.images_error:,} ({summary.error_rate:.1%}), most common reasons:")
+        for kind, entry in summary.errors.most_common(ERROR_KINDS_SHOWN):
+            lines.append(f"  {entry.count:>8,}  {kind}")
+            lines.append(f"            e.g. {entry.example_uri}: {entry.example_reason}")
+        if len(summary.errors.kinds) > ERROR_KINDS_SHOWN:
+            lines.append(f"  ... {len(summary.errors.kinds) - ERROR_KINDS_SHOWN} more kinds in {out}/run.json")
+    lines.append(
+        f"{summary.shards} shards: {out}/labels/*.parquet, {out}/coco/*.json"
+        + (f", merged {out}/coco.json" if summary.merged_coco else "") + f"; manifest {out}/run.json"
+    )
+    lines.append(f"file_name entries are relative to {summary.source_root}")
+    if summary.ray_log:
+        lines.append(f"Ray's messages: {summary.ray_log} (--debug shows them here)")
+    return "\n".join(lines)

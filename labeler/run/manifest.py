@@ -19,7 +19,7 @@ from labeler.outdir.shards import coco_dir, labels_dir
 if TYPE_CHECKING:
     from labeler.bank.file import PrototypeBank
     from labeler.run.config import RunConfig
-    from labeler.run.summary import RunSummary
+    from labeler.run.driver import RunSummary
 
 #: Error kinds (the most common first) listed in run.json.
 ERROR_KINDS_IN_MANIFEST = 20

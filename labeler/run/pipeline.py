@@ -1,23 +1,11 @@
 """The Ray Data pipeline of ``labeler run``: a short list of named steps.
 
-Losing a node mid-run. Ray Data's actor pools default to restarting a lost
-actor and retrying its tasks on it, without limit (``max_restarts=-1``,
-``max_task_retries=-1``). A task that was running on an actor whose node
-died then waits for that actor to come back, which never happens when no
-node can host it (a spot GPU node gone, no spare GPU); and when an actor
-does restart, Ray places it outside Ray Data's resource budget, on CPUs the
-read and write tasks were counting on: measured here, three restarted actors
-took the last three CPUs of a cluster that had lost two nodes, no decode
-task could run again, and the job stalled. Here lost model actors are not
-restarted (``max_restarts=0``, so their tasks are not retried either): a task
-on a lost actor fails at once, Ray Data drops that block instead of failing
-the job (``max_errored_blocks=-1``) and goes on with the live actors. If a
-stage is left with none, the watchdog (:mod:`labeler.run.watchdog`) abandons the
-pass, and :func:`labeler.run.driver.run_labeling` plans the next pass on what the
-cluster has then and labels the images of the dropped blocks. Every error
-our own code raises out of a stage is reported to the progress tracker
-first, which stops the run: only the losses Ray itself reports are dropped
-and redone.
+Model actors are not restarted when lost (``max_restarts=0``: Ray Data's default restarts them outside
+its resource budget, where they can take the CPUs the read and write tasks need; docs/RELIABILITY.md,
+"The cluster path"), and a block lost with one is dropped (``max_errored_blocks=-1``), not fatal: the
+watchdog (:mod:`labeler.run.watchdog`) abandons a pass left without a stage's actors, and
+:func:`labeler.run.driver.run_labeling` labels the dropped blocks' images in the next pass. Every error
+labeler's own code raises out of a stage is reported to the progress tracker first, which stops the run.
 """
 
 from __future__ import annotations

@@ -1,19 +1,11 @@
-"""The watchdog that stops a run which makes no progress.
+"""The watchdog that stops a run which makes no progress (docs/cluster.md).
 
-The driver's :class:`Watchdog` reads the progress tracker's counts
-(:mod:`labeler.run.progress`) every few seconds and stops the pipeline in
-three cases:
-
-- a stage reported an error it must not survive (a broken model, a full
-  disk): the run stops with that reason at once;
-- the pass lost capacity (a model actor it started died: its node was lost,
-  or its process) and nothing moved for ``replan_after`` seconds: the pass is
-  abandoned (:class:`PassAbandoned`) and the run plans a new one on what the
-  cluster has now. A node lost with only tasks on it is not a loss of
-  capacity: Ray reruns its tasks elsewhere;
-- nothing moved for ``stall_timeout`` seconds: the run stops, naming the
-  stage that holds the work (the one furthest downstream with rows waiting
-  for it) and how many of its actors are alive.
+:class:`Watchdog` reads the progress tracker's counts (:mod:`labeler.run.progress`) every few seconds
+and stops the pipeline when a stage reported an error it must not survive (at once, with its reason);
+when the pass lost a model actor and nothing moved for ``replan_after`` seconds (:class:`PassAbandoned`:
+the run plans a new pass on what the cluster has now; a node lost with only tasks is no loss, Ray
+reruns them); and when nothing moved for ``stall_timeout`` seconds, naming the stage that holds the work
+and how many of its actors are alive.
 """
 
 from __future__ import annotations
