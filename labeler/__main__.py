@@ -1,3 +1,6 @@
+"""``python -m labeler``: the command line (:mod:`labeler.cli`)."""
+
 from labeler.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -14,7 +14,8 @@ from labeler.bank.build import build_bank
 from labeler.bank.file import PrototypeBank
 from labeler.quality.evaluate import EvalReport, evaluate
 from labeler.run.config import RunConfig
-from labeler.run.driver import RunSummary, run_labeling
+from labeler.run.driver import run_labeling
+from labeler.run.manifest import RunSummary
 from labeler.synthetic import generate_dataset
 from labeler.visualize import VisualizeResult, visualize
 

@@ -37,8 +37,6 @@ from labeler.outdir.shards import iter_label_rows
 from labeler.run.manifest import read_manifest, run_categories
 from labeler.visualize import category_colours
 
-FORMATS = ("coco", "yolo", "semantic")
-
 
 @dataclass
 class ExportResult:
@@ -329,6 +327,7 @@ def export_coco(pred: str, folder: Path, categories: list[Category], options: Ex
     return result
 
 
+#: ``--format`` -> the writer of that training set.
 _WRITERS = {"coco": export_coco, "yolo": export_yolo, "semantic": export_semantic}
 #: ``--simplify`` above this many pixels is refused (OpenCV's limit is far above any useful tolerance).
 MAX_SIMPLIFY = 1000.0
@@ -351,8 +350,8 @@ def export(pred: str, fmt: str, out_dir: str, *, min_score: str | float | None =
     an ``out_dir`` that holds anything else, or that overlaps the run's images, is
     refused before any work.
     """
-    if fmt not in FORMATS:
-        raise LabelerError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt not in _WRITERS:
+        raise LabelerError(f"--format must be one of {', '.join(_WRITERS)}, got {fmt!r}")
     images = images or ("copy" if fmt == "yolo" else "none")
     checks = [
         (images in IMAGE_MODES, f"--images must be one of {', '.join(IMAGE_MODES)}"),

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
-    from labeler.run.driver import RunSummary
+    from labeler.run.manifest import RunSummary
 
 #: Seconds between lines when the output is not a terminal.
 LOG_EVERY = 60.0

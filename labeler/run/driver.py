@@ -17,7 +17,6 @@ import contextlib
 import copy
 import logging
 import time
-from dataclasses import dataclass
 
 from labeler.bank.file import BankFile, PrototypeBank
 from labeler.errors import LabelerError
@@ -26,56 +25,14 @@ from labeler.io.coco import Category
 from labeler.io.sources import SourceEntries, read_source
 from labeler.models import load_dinov2, load_sam2
 from labeler.outdir import layout as out_folder
-from labeler.outdir.error_tally import ErrorTally
 from labeler.outdir.listing import DamagedListing, Listing, load_listing, publish_listing, write_listing
 from labeler.outdir.lock import OutputLock
 from labeler.outdir.merged_coco import write_coco
 from labeler.outdir.shards import LabelCounts, ShardIndex, coco_dir, remove_orphan_coco_shards, retire_changed_images
 from labeler.run.config import MERGED_COCO_MAX_ENTRIES, RunConfig
-from labeler.run.manifest import write_manifest
+from labeler.run.manifest import RunSummary, write_manifest
 
 log = logging.getLogger(__name__)
-
-@dataclass
-class RunSummary:
-    """What a run did and what OUT now holds."""
-
-    out: str
-    images_listed: int
-    images_skipped: int
-    images_processed: int
-    duplicates_removed: int
-    rows_not_listed: int
-    counts: LabelCounts
-    wall_seconds: float
-    listing: Listing
-    shards: int
-    merged_coco: bool
-    after_last_image_seconds: float
-    errors: ErrorTally
-    max_error_rate: float
-    source_root: str
-    ray_log: str | None = None  # where Ray's messages went
-
-    @property
-    def images_per_second(self) -> float:
-        return self.images_processed / self.wall_seconds if self.wall_seconds > 0 else 0.0
-
-    @property
-    def error_rate(self) -> float:
-        """Error images over all images in OUT."""
-        images = self.counts.images_ok + self.counts.images_error
-        return self.counts.images_error / images if images else 0.0
-
-    def failure(self) -> str | None:
-        """Why this run should exit non-zero: no image labelled, or too many errors; None when fine."""
-        if self.counts.images_ok == 0:
-            return f"no image was labelled ({self.counts.images_error} error images)"
-        if self.error_rate > self.max_error_rate:
-            return (f"{self.error_rate:.1%} of the images are errors, more than --max-error-rate "
-                    f"{self.max_error_rate:g}")
-        return None
-
 
 def _preflight(config: RunConfig, bank: PrototypeBank) -> int:
     """Load both models once on the CPU so a bad spec fails before any image is read.

@@ -1,11 +1,12 @@
-"""``OUT/run.json``, the manifest of a run: written at the end of every run, read by every command on its results."""
+"""``OUT/run.json``, the manifest of a run: what it did (:class:`RunSummary`), written at the end of every run and
+read by every command on its results."""
 
 from __future__ import annotations
 
 import json
 import platform
 import resource
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
@@ -14,15 +15,57 @@ from labeler.errors import LabelerError
 from labeler.io import storage
 from labeler.io.coco import Category
 from labeler.outdir import layout as out_folder
-from labeler.outdir.shards import coco_dir, labels_dir
+from labeler.outdir.error_tally import ErrorTally
+from labeler.outdir.shards import LabelCounts, coco_dir, labels_dir
 
 if TYPE_CHECKING:
     from labeler.bank.file import PrototypeBank
+    from labeler.outdir.listing import Listing
     from labeler.run.config import RunConfig
-    from labeler.run.driver import RunSummary
 
 #: Error kinds (the most common first) listed in run.json.
 ERROR_KINDS_IN_MANIFEST = 20
+
+
+@dataclass
+class RunSummary:
+    """What a run did and what OUT now holds."""
+
+    out: str
+    images_listed: int
+    images_skipped: int
+    images_processed: int
+    duplicates_removed: int
+    rows_not_listed: int
+    counts: LabelCounts
+    wall_seconds: float
+    listing: Listing
+    shards: int
+    merged_coco: bool
+    after_last_image_seconds: float
+    errors: ErrorTally
+    max_error_rate: float
+    source_root: str
+    ray_log: str | None = None  # where Ray's messages went
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_processed / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    @property
+    def error_rate(self) -> float:
+        """Error images over all images in OUT."""
+        images = self.counts.images_ok + self.counts.images_error
+        return self.counts.images_error / images if images else 0.0
+
+    def failure(self) -> str | None:
+        """Why this run should exit non-zero: no image labelled, or too many errors; None when fine."""
+        if self.counts.images_ok == 0:
+            return f"no image was labelled ({self.counts.images_error} error images)"
+        if self.error_rate > self.max_error_rate:
+            return (f"{self.error_rate:.1%} of the images are errors, more than --max-error-rate "
+                    f"{self.max_error_rate:g}")
+        return None
 
 
 def package_versions() -> dict[str, str]:
