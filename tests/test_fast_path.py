@@ -14,7 +14,7 @@ from labeler.actors.sam2_proposer import Sam2Proposer
 from labeler.bank.build import build_bank
 from labeler.bank.file import BankFile
 from labeler.bench.equivalence import compare_labels
-from labeler.method import detections
+from labeler.method import full_size_masks
 from labeler.models.sam2_inference import point_proposals
 from labeler.synthetic import generate_dataset
 
@@ -87,7 +87,7 @@ def test_prompts_of_several_images_in_one_batch_equal_one_image_at_a_time(setup)
 
 
 def test_final_masks_in_chunks_equal_one_chunk(setup, plain, monkeypatch):
-    monkeypatch.setitem(detections.FINAL_MASK_PIXELS_PER_CHUNK, "cpu", 1)  # one mask per chunk
+    monkeypatch.setitem(full_size_masks.UPSAMPLE_PIXELS_PER_CHUNK, "cpu", 1)  # one mask per chunk
     assert label(setup, dtype="fp32") == plain
 
 

@@ -78,13 +78,15 @@ def ranked(count: int, labels: list[int], scores: list[float], embeddings: torch
                            embeddings=embeddings)
 
 
-def test_soft_merging_uses_the_full_size_overlap():
+@pytest.mark.parametrize("overlaps", ["dense", "rle"])
+def test_soft_merging_uses_the_full_size_overlap(overlaps):
     """The masks of test_masks_overlapping_only_at_full_size, same class, same embedding:
     B (ranked second) shares 2 of its 4 columns with A, so its score becomes
     0.8 * sqrt(1 - 0.5); on the low-res masks it would stay 0.8."""
     logits = torch.stack([column_logits([-1, 5, -1, -1]), column_logits([-1, -1, 5, -1])])
     same = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
-    chosen = merge_and_select(ranked(2, [0, 0], [0.9, 0.8], same), logits, (8, 8), max_dets=100, min_score=0.0)
+    chosen = merge_and_select(ranked(2, [0, 0], [0.9, 0.8], same), logits, (8, 8), max_dets=100, min_score=0.0,
+                             overlaps=overlaps)
     assert chosen.scores.tolist() == pytest.approx([0.9, 0.8 * 0.5 ** 0.5])
     assert chosen.boxes.tolist() == [[1.0, 0.0, 5.0, 8.0], [3.0, 0.0, 7.0, 8.0]]
     assert chosen.areas.tolist() == [32, 32]
@@ -92,24 +94,29 @@ def test_soft_merging_uses_the_full_size_overlap():
     assert np.array_equal(masks, (upsample_logits(logits[:, None], (8, 8))[:, 0] > 0).numpy())
 
 
-def test_detections_merged_to_zero_stay_in_the_output():
+@pytest.mark.parametrize("overlaps", ["dense", "rle"])
+def test_detections_merged_to_zero_stay_in_the_output(overlaps):
     """B lies inside A at full size with the same embedding: ios 1, merged score 0, still output last."""
     logits = torch.stack([column_logits([5, 5, 5, 5]), column_logits([-5, 5, 5, -5])])
     same = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
-    chosen = merge_and_select(ranked(2, [0, 0], [0.6, 0.9], same), logits, (8, 8), max_dets=100, min_score=0.0)
+    chosen = merge_and_select(ranked(2, [0, 0], [0.6, 0.9], same), logits, (8, 8), max_dets=100, min_score=0.0,
+                             overlaps=overlaps)
     assert chosen.scores.tolist() == pytest.approx([0.6, 0.0])
     assert chosen.labels.tolist() == [0, 0] and len(chosen.rle) == 2
-    dropped = merge_and_select(ranked(2, [0, 0], [0.6, 0.9], same), logits, (8, 8), max_dets=100, min_score=0.1)
+    dropped = merge_and_select(ranked(2, [0, 0], [0.6, 0.9], same), logits, (8, 8), max_dets=100, min_score=0.1,
+                             overlaps=overlaps)
     assert dropped.scores.tolist() == pytest.approx([0.6])
 
 
-def test_a_proposal_with_no_pixel_at_full_size_is_dropped_without_touching_others():
+@pytest.mark.parametrize("overlaps", ["dense", "rle"])
+def test_a_proposal_with_no_pixel_at_full_size_is_dropped_without_touching_others(overlaps):
     """One weakly positive low-res pixel vanishes when upsampled 2x (the reference gave it a NaN score)."""
     weak = torch.full((4, 4), -9.0)
     weak[1, 1] = 0.1
     logits = torch.stack([column_logits([5, 5, -5, -5]), weak])
     same = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
-    chosen = merge_and_select(ranked(2, [0, 0], [0.9, 0.8], same), logits, (8, 8), max_dets=100, min_score=0.0)
+    chosen = merge_and_select(ranked(2, [0, 0], [0.9, 0.8], same), logits, (8, 8), max_dets=100, min_score=0.0,
+                             overlaps=overlaps)
     assert chosen.scores.tolist() == pytest.approx([0.9])
 
 

@@ -1,0 +1,216 @@
+"""The ranked proposals' masks at the image's size (docs/method.md 3.5 and 3.7): made once from the low-res
+logits, measured (presence, boxes, areas), intersected class by class for soft merging, and turned into
+COCO RLE for the masks that are output.
+
+Two exact ways, chosen per image by :func:`choose_overlap_path`:
+
+* ``dense`` (GPUs): every mask, thresholded, goes into one ``int8`` buffer on the logits' device, one row per
+  mask, rows grouped by class; the intersections of a class's masks are one int8 matrix product
+  (``torch._int_mm``, exact int32 counts; a float16 or bfloat16 product is not exact above 2048 / 256
+  pixels), and the areas are its diagonal. Only the masks that are output become RLE, so no host work grows
+  with the number of proposals. The buffer is ``masks x pixels`` bytes (800 masks of 12 megapixels: 9.6 GB),
+  hence :data:`DENSE_MAX_BYTES`.
+* ``rle`` (the CPU, and images too large for the buffer): every mask becomes COCO RLE on the way (run
+  boundaries found on the device, strings packed on the host), and pycocotools intersects the RLEs of
+  same-class pairs whose boxes meet. Its cost follows the masks' outlines, not their pixels: on the CPU,
+  where upsampling dominates, it is the faster way.
+
+Both give the same overlap matrix bit for bit and the same boxes, areas and strings
+(``tests/test_full_size_masks.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from labeler.io.coco import coco_rle
+from labeler.io.rle import pack_counts, pack_masks, run_areas, run_lengths
+from labeler.method.mask_overlaps import rle_overlap_fractions
+from labeler.method.proposals import upsample_logits
+from labeler.method.scoring import boxes_from_masks
+
+#: Pixels of masks upsampled at once, per device type. It bounds the memory
+#: of the float32 upsampling (2**26 pixels is 256 MB on a GPU, where fewer,
+#: larger chunks mean fewer kernel launches); on the CPU, chunks of 32 MB are
+#: reused from the heap instead of being mapped, faulted in and unmapped each
+#: time (measured 541 against 736 ms for 100 masks of 1152x864,
+#: docs/PERFORMANCE.md).
+UPSAMPLE_PIXELS_PER_CHUNK = {"cuda": 1 << 26, "cpu": 1 << 23}
+#: The largest int8 mask buffer the dense path holds (masks x pixels bytes); larger images take the rle path.
+DENSE_MAX_BYTES = 1 << 32
+#: ``overlaps`` values of :func:`full_size_masks`.
+OVERLAP_PATHS = ("auto", "dense", "rle")
+#: ``torch._int_mm`` on CUDA takes more than 16 rows and multiples of 8: each class's block is read with at
+#: least this many rows (the rows past it belong to the next class or to zero padding, and are ignored).
+_MIN_PRODUCT_ROWS = 24
+
+
+def _round_up(value: int, multiple: int = 8) -> int:
+    return -(-value // multiple) * multiple
+
+
+def dense_buffer_bytes(masks: int, image_hw: tuple[int, int]) -> int:
+    """Bytes of the dense path's int8 buffer for ``masks`` masks of ``image_hw``."""
+    return (masks + _MIN_PRODUCT_ROWS) * _round_up(image_hw[0] * image_hw[1])
+
+
+def choose_overlap_path(device: torch.device, masks: int, image_hw: tuple[int, int]) -> str:
+    """``dense`` on a GPU while its buffer fits :data:`DENSE_MAX_BYTES`, else ``rle``."""
+    if device.type == "cuda" and dense_buffer_bytes(masks, image_hw) <= DENSE_MAX_BYTES:
+        return "dense"
+    return "rle"
+
+
+@dataclass
+class FullSizeMasks:
+    """K ranked masks at the image's size, measured.
+
+    Attributes:
+        present: ``[K]`` bool, the mask kept a pixel at the image's size (an
+            empty one is dropped: it overlaps nothing, and the reference would
+            give it a NaN score).
+        boxes: ``[K', 4]`` xyxy boxes of the present masks, exclusive far edges.
+        areas: ``[K']`` int64 pixel counts.
+        overlap: ``[K', K']`` float64, row i: ``|m_i & m_j| / |m_i|`` for
+            same-class pairs, 0 elsewhere and on the diagonal.
+    """
+
+    present: torch.Tensor
+    boxes: torch.Tensor
+    areas: torch.Tensor
+    overlap: torch.Tensor
+
+    def rle(self, rows: torch.Tensor) -> pa.StringArray:
+        """Compressed COCO RLE strings of the present masks at ``rows`` (positions among the present ones)."""
+        raise NotImplementedError
+
+
+@dataclass
+class RleMasks(FullSizeMasks):
+    """The ``rle`` path's masks: every present mask's string is already made."""
+
+    strings: pa.StringArray
+
+    def rle(self, rows: torch.Tensor) -> pa.StringArray:
+        return self.strings.take(pa.array(rows.cpu().numpy()))
+
+
+@dataclass
+class DenseMasks(FullSizeMasks):
+    """The ``dense`` path's masks: the int8 buffer, strings made on demand."""
+
+    buffer: torch.Tensor  # [rows, pixels rounded up to 8] int8, one row per mask in class order
+    row_of: torch.Tensor  # [K'] the buffer row of each present mask
+    image_hw: tuple[int, int]
+
+    def rle(self, rows: torch.Tensor) -> pa.StringArray:
+        height, width = self.image_hw
+        masks = self.buffer.index_select(0, self.row_of[rows])[:, : height * width]
+        return pack_masks(masks.reshape(-1, height, width)).strings()
+
+
+def _chunk_step(device: torch.device, image_hw: tuple[int, int], chunk_pixels: int | None) -> int:
+    pixels = chunk_pixels or UPSAMPLE_PIXELS_PER_CHUNK.get(device.type, UPSAMPLE_PIXELS_PER_CHUNK["cpu"])
+    return max(1, pixels // (image_hw[0] * image_hw[1]))
+
+
+def rle_full_size_masks(
+    logits: torch.Tensor, labels: torch.Tensor, image_hw: tuple[int, int], chunk_pixels: int | None = None
+) -> RleMasks:
+    """The ``rle`` path: masks upsampled in chunks, RLE-encoded, intersected by pycocotools.
+
+    Args:
+        logits: ``[K, h, w]`` low-res logits of the ranked proposals.
+        labels: ``[K]`` their classes.
+        image_hw: the image's size.
+        chunk_pixels: pixels upsampled at once (default :data:`UPSAMPLE_PIXELS_PER_CHUNK`).
+    """
+    height, width = image_hw
+    step = _chunk_step(logits.device, image_hw, chunk_pixels)
+    present, boxes, counts, runs = [], [], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for start in range(0, logits.shape[0], step):
+        masks = upsample_logits(logits[start : start + step, None], image_hw)[:, 0] > 0
+        nonempty = masks.flatten(1).any(dim=1)
+        masks = masks[nonempty]
+        present.append(nonempty)
+        boxes.append(boxes_from_masks(masks))
+        chunk_counts, chunk_runs = run_lengths(masks)
+        counts.append(chunk_counts)
+        runs.append(chunk_runs)
+    device = logits.device
+    counts, runs = np.concatenate(counts), np.concatenate(runs)
+    present = torch.cat(present) if present else torch.zeros(0, dtype=torch.bool, device=device)
+    strings = pack_counts(counts, runs, height, width).strings()
+    rles = [coco_rle(text, height, width) for text in strings.to_pylist()]
+    overlap = rle_overlap_fractions(rles, labels[present].cpu().numpy())
+    return RleMasks(
+        present=present,
+        boxes=torch.cat(boxes) if boxes else torch.zeros(0, 4, device=device),
+        areas=torch.from_numpy(run_areas(counts, runs)).to(device),
+        overlap=torch.from_numpy(overlap).to(device),
+        strings=strings,
+    )
+
+
+def dense_full_size_masks(
+    logits: torch.Tensor, labels: torch.Tensor, image_hw: tuple[int, int], chunk_pixels: int | None = None
+) -> DenseMasks:
+    """The ``dense`` path: masks upsampled in chunks into an int8 buffer grouped by class, intersected by one
+    int8 matrix product per class; arguments as :func:`rle_full_size_masks`."""
+    count, device = logits.shape[0], logits.device
+    pixels = image_hw[0] * image_hw[1]
+    order = torch.argsort(labels, stable=True)  # buffer row -> rank position
+    buffer = torch.empty(count + _MIN_PRODUCT_ROWS, _round_up(pixels), dtype=torch.int8, device=device)
+    buffer[count:].zero_()
+    buffer[:count, pixels:].zero_()
+    present = torch.empty(count, dtype=torch.bool, device=device)
+    boxes = torch.empty(count, 4, device=device)
+    step = _chunk_step(device, image_hw, chunk_pixels)
+    for start in range(0, count, step):
+        rows = order[start : start + step]
+        masks = upsample_logits(logits[rows, None], image_hw)[:, 0] > 0
+        buffer[start : start + rows.shape[0], :pixels].copy_(masks.flatten(1))
+        present[rows] = masks.flatten(1).any(dim=1)
+        boxes[rows] = boxes_from_masks(masks)
+    fractions = torch.zeros(count, count, dtype=torch.float64, device=device)
+    areas = torch.zeros(count, dtype=torch.int64, device=device)
+    _, class_sizes = torch.unique_consecutive(labels[order], return_counts=True)
+    start = 0
+    for size in class_sizes.tolist():
+        block = buffer[start : start + max(_MIN_PRODUCT_ROWS, _round_up(size))]
+        intersections = torch._int_mm(block, block.t())[:size, :size]
+        ranks = order[start : start + size]
+        own = intersections.diagonal()
+        areas[ranks] = own.long()
+        share = intersections.double() / own.double().clamp_min(1.0)[:, None]
+        fractions[ranks[:, None], ranks[None, :]] = share.fill_diagonal_(0.0)
+        start += size
+    rows_of_rank = torch.empty_like(order)
+    rows_of_rank[order] = torch.arange(count, device=device)
+    kept = present.nonzero()[:, 0]
+    return DenseMasks(
+        present=present,
+        boxes=boxes[kept],
+        areas=areas[kept],
+        overlap=fractions[kept][:, kept],
+        buffer=buffer,
+        row_of=rows_of_rank[kept],
+        image_hw=image_hw,
+    )
+
+
+def full_size_masks(
+    logits: torch.Tensor, labels: torch.Tensor, image_hw: tuple[int, int], overlaps: str = "auto",
+    chunk_pixels: int | None = None,
+) -> FullSizeMasks:
+    """The ranked masks at the image's size by the ``overlaps`` path (``auto``: :func:`choose_overlap_path`)."""
+    if overlaps not in OVERLAP_PATHS:
+        raise ValueError(f"overlaps must be one of {', '.join(OVERLAP_PATHS)}, got {overlaps!r}")
+    if overlaps == "auto":
+        overlaps = choose_overlap_path(logits.device, int(logits.shape[0]), image_hw)
+    build = dense_full_size_masks if overlaps == "dense" else rle_full_size_masks
+    return build(logits, labels, image_hw, chunk_pixels)
