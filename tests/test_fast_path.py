@@ -76,7 +76,7 @@ def test_prompts_of_several_images_in_one_batch_equal_one_image_at_a_time(setup)
     features = proposer.encode(decoded["sam2_pixels"][:2])
     points = [proposer.grid, proposer.grid]
     results = [
-        point_proposals(proposer.model, features, points, points_per_batch, 0.4, fixed_batch=fixed)
+        point_proposals(proposer.decoder, features, points, points_per_batch, 0.4, fixed_batch=fixed)
         for points_per_batch, fixed in ((64, False), (48, False), (48, True))
     ]
     for other in results[1:]:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from labeler.method.mask_overlaps import overlap_fractions
-from labeler.method.proposals import best_of_three, keep_proposals, point_grid
+from labeler.method.proposals import keep_proposals, point_grid
 from labeler.method.scoring import (
     boxes_from_masks,
     class_aware_nms,
@@ -44,14 +44,6 @@ def test_cell_centre_grid_is_a_named_option():
     assert grid.tolist() == [[25.0, 25.0], [75.0, 25.0], [25.0, 75.0], [75.0, 75.0]]
     with pytest.raises(ValueError, match="grid layout"):
         point_grid(2, 100, "corners")
-
-
-def test_best_of_three_picks_highest_predicted_iou_per_prompt():
-    logits = torch.arange(2 * 3, dtype=torch.float32).reshape(2, 3, 1, 1)
-    iou = torch.tensor([[0.2, 0.9, 0.5], [0.7, 0.1, 0.8]])
-    chosen, chosen_iou = best_of_three(logits, iou)
-    assert chosen.flatten().tolist() == [1.0, 5.0]
-    assert torch.equal(chosen_iou, torch.tensor([0.9, 0.8]))
 
 
 def test_pred_iou_filter_is_strict_and_drops_empty_masks():

@@ -19,6 +19,7 @@ from labeler.method import defaults
 from labeler.method.matched_prompts import matched_points, prototype_similarity
 from labeler.method.proposals import point_grid
 from labeler.models import load_dinov2, load_sam2
+from labeler.models.sam2_decoder import ProposalDecoder
 from labeler.models.sam2_inference import Sam2Features, encode_images, point_proposals, sam2_input
 from labeler.models.speedups import compile_modules, compile_sam2, decoder_in_dtype
 
@@ -73,8 +74,9 @@ class Sam2Proposer(ModelStage):
         super().__init__(device, dtype, compile, cpu_threads, storage_options, tracker)
         self.model = load_sam2(sam2, self.device)
         decoder_in_dtype(self.model, self.speedups)
+        self.decoder = ProposalDecoder(self.model)
         if self.speedups.compile:
-            compile_sam2(self.model)
+            compile_sam2(self.model, self.decoder)
         self.grid = point_grid(points_per_side, self.model.image_size, grid_layout).to(self.device)
         self.points_per_batch = points_per_batch
         self.pred_iou_thr = pred_iou_thr
@@ -118,7 +120,7 @@ class Sam2Proposer(ModelStage):
         threshold = self.pred_iou_thr if pred_iou_thr is None else pred_iou_thr
         with self.speedups.autocast(self.device):
             return point_proposals(
-                self.model, features, points, points_per_batch or self.points_per_batch, threshold,
+                self.decoder, features, points, points_per_batch or self.points_per_batch, threshold,
                 fixed_batch=self.speedups.compile,
             )
 

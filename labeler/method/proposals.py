@@ -29,21 +29,6 @@ def point_grid(points_per_side: int, input_size: int, layout: str = defaults.GRI
     return torch.stack((x.reshape(-1), y.reshape(-1)), dim=-1) + 0.5
 
 
-def best_of_three(low_res_logits: torch.Tensor, iou_predictions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per prompt, the multimask output with the highest predicted IoU.
-
-    Args:
-        low_res_logits: ``[N, K, h, w]`` mask logits (K = 3).
-        iou_predictions: ``[N, K]``.
-
-    Returns:
-        ``[N, h, w]`` logits and ``[N]`` predicted IoUs of the chosen masks.
-    """
-    best = iou_predictions.argmax(dim=1)
-    rows = torch.arange(low_res_logits.shape[0], device=low_res_logits.device)
-    return low_res_logits[rows, best], iou_predictions[rows, best]
-
-
 def keep_proposals(logits: torch.Tensor, iou_predictions: torch.Tensor, pred_iou_thr: float) -> torch.Tensor:
     """Boolean ``[N]``: predicted IoU above the threshold and a non-empty mask (logit > 0).
 

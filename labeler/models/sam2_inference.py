@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 from labeler.devices import to_device
-from labeler.method.proposals import best_of_three, keep_proposals
+from labeler.method.proposals import keep_proposals
 from labeler.models.dinov2_encoder import normalize_imagenet, unit_scale
+from labeler.models.sam2_decoder import ProposalDecoder
 
 
 @dataclass
@@ -29,20 +30,6 @@ class Sam2Features:
 
     image_embed: torch.Tensor
     high_res_feats: list[torch.Tensor]
-
-    def select(self, index: int) -> "Sam2Features":
-        """The features of one image of the batch, keeping a batch dimension of 1."""
-        return Sam2Features(
-            image_embed=self.image_embed[index : index + 1],
-            high_res_feats=[level[index : index + 1] for level in self.high_res_feats],
-        )
-
-    def take(self, images: torch.Tensor) -> "Sam2Features":
-        """One copy of its image's features per entry of ``images`` (indices into the batch)."""
-        return Sam2Features(
-            image_embed=self.image_embed.index_select(0, images),
-            high_res_feats=[level.index_select(0, images) for level in self.high_res_feats],
-        )
 
 
 def sam2_input(resized: np.ndarray, device: torch.device | str) -> torch.Tensor:
@@ -126,7 +113,7 @@ def box_prompts(boxes_xyxy: torch.Tensor, image_hw: tuple[int, int], size: int) 
 
 @torch.inference_mode()
 def point_proposals(
-    model: torch.nn.Module,
+    decoder: ProposalDecoder,
     features: Sam2Features,
     points: list[torch.Tensor],
     points_per_batch: int,
@@ -135,21 +122,22 @@ def point_proposals(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """docs/method.md section 2 for a batch of images: prompt every point (one positive
     point each), keep the best of the three masks per point and the proposals
-    whose predicted IoU passes ``pred_iou_thr``.
+    whose predicted IoU passes ``pred_iou_thr`` and whose mask is not empty.
 
-    The prompts of all images are decoded in batches of ``points_per_batch``:
-    a batch within one image shares that image's features (SAM2's own
-    broadcast); a batch spanning images, as with small grids, takes one copy
-    of the features per prompt.
+    The prompts of all images are decoded in batches of ``points_per_batch`` by
+    :class:`labeler.models.sam2_decoder.ProposalDecoder` (SAM2's mask decoder
+    without the work whose result is not used): a batch within one image
+    broadcasts that image's tensors; a batch spanning images, as with small
+    grids, takes one copy of them per prompt.
 
     Args:
-        model: the SAM2 model.
+        decoder: the SAM2 model's proposal decoder.
         features: the batch's encoder features.
         points: per image, ``[N_i, 2]`` prompt points in the input frame.
         points_per_batch: prompts decoded together.
         pred_iou_thr: predicted-IoU threshold.
         fixed_batch: pad the last batch to ``points_per_batch`` prompts, so
-            every decoder call has one shape (for ``torch.compile``).
+            every transformer call has one shape (for ``torch.compile``).
 
     Returns:
         Per image, ``[P, h, w]`` float32 low-res logits and ``[P]`` predicted
@@ -159,6 +147,7 @@ def point_proposals(
     sizes = [int(p.shape[0]) for p in points]
     image_of = np.repeat(np.arange(len(points)), sizes)
     coords = torch.cat([p.to(device, torch.float32) for p in points]) if points else torch.zeros(0, 2, device=device)
+    state = decoder.image_state(features.image_embed, features.high_res_feats)
     kept_logits, kept_iou, kept_image = [], [], []
     for start in range(0, coords.shape[0], points_per_batch):
         batch_points = coords[start : start + points_per_batch]
@@ -167,19 +156,32 @@ def point_proposals(
         if fixed_batch and real < points_per_batch:
             batch_points = torch.cat([batch_points, batch_points[-1:].expand(points_per_batch - real, 2)])
             batch_images = np.concatenate([batch_images, np.repeat(batch_images[-1:], points_per_batch - real)])
-        if batch_images[0] == batch_images[-1]:
-            batch_features = features.select(int(batch_images[0]))
-        else:
-            batch_features = features.take(torch.from_numpy(batch_images).to(device))
+        images = torch.from_numpy(batch_images).to(device)
+        one_image = batch_images[0] == batch_images[-1]
+        batch_state = state.select(int(batch_images[0])) if one_image else state
         labels = torch.ones(batch_points.shape[0], 1, dtype=torch.int32, device=device)
-        low_res, iou = decode_prompts(model, batch_features, batch_points[:, None, :], labels, multimask_output=True)
-        logits, best_iou = best_of_three(low_res[:real], iou[:real])
-        keep = keep_proposals(logits, best_iou, pred_iou_thr)
+        sparse, _ = decoder.prompt_encoder(points=(batch_points[:, None, :], labels), boxes=None, masks=None)
+        with torch.autocast(device.type, enabled=False):
+            src, iou, hyper = decoder.tokens(batch_state, sparse, None if one_image else images)
+            best = iou[:real].argmax(dim=1)
+            rows = torch.arange(real, device=device)
+            best_iou = iou[rows, best]
+            passing = (best_iou > pred_iou_thr).nonzero()[:, 0]
+            if passing.numel() == real:  # every prompt passes: no copy of their image tokens
+                src, passing = src[:real], rows
+            else:
+                src = src.index_select(0, passing)
+            logits = decoder.upscale(batch_state, src, hyper[passing, best[passing]],
+                                     None if one_image else images[passing]) if passing.numel() else None
+        if logits is None:
+            continue
+        keep = keep_proposals(logits, best_iou[passing], pred_iou_thr)
+        kept = passing[keep]
         kept_logits.append(logits[keep].float())
-        kept_iou.append(best_iou[keep].float())
-        kept_image.append(torch.from_numpy(batch_images[:real]).to(device)[keep])
+        kept_iou.append(best_iou[kept].float())
+        kept_image.append(images[kept])
     if not kept_logits:
-        height, width = model.sam_prompt_encoder.mask_input_size
+        height, width = decoder.prompt_encoder.mask_input_size
         return [(torch.zeros(0, height, width, device=device), torch.zeros(0, device=device)) for _ in points]
     logits, iou, image = torch.cat(kept_logits), torch.cat(kept_iou), torch.cat(kept_image)
     per_image = torch.bincount(image, minlength=len(points)).tolist()

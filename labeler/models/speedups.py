@@ -11,10 +11,11 @@ are picked by PyTorch wherever the dtype and device allow.
   upsampling) runs in float32 whatever the dtype.
   SAM2's mask decoder is held in the reduced dtype outright
   (:func:`decoder_in_dtype`).
-* ``compile``: ``torch.compile`` on SAM2's image encoder and mask decoder and
-  on the DINOv2 network, with static shapes; prompt batches are then padded
-  to one size, so the decoder compiles once and the encoders once per
-  image-batch size seen (the last batch of a block can be smaller).
+* ``compile``: ``torch.compile`` on SAM2's image encoder, the proposal
+  decoder's steps (:func:`compile_sam2`) and the DINOv2 network, with static
+  shapes; prompt batches are then padded to one size, so the decoder's
+  transformer compiles once and the encoders once per image-batch size seen
+  (the last batch of a block can be smaller).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 
 from labeler.errors import LabelerError
 from labeler.method import defaults
+from labeler.models.sam2_decoder import ProposalDecoder
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -76,9 +78,12 @@ def compile_modules(*modules: torch.nn.Module) -> None:
         module.compile(dynamic=False)
 
 
-def compile_sam2(model: torch.nn.Module) -> None:
-    """Compile SAM2's image encoder and mask decoder (the prompt encoder is a few table lookups).
+def compile_sam2(model: torch.nn.Module, decoder: ProposalDecoder) -> None:
+    """Compile SAM2's image encoder and the proposal decoder's two prompt steps (the prompt encoder
+    is a few table lookups; the per-image step runs once per batch of images).
 
+    The transformer step sees one shape (prompt batches are padded); the upscaling step sees as
+    many prompts as pass the predicted-IoU filter, so it is compiled for a dynamic count.
     SAM2's sine position encoding fills a table cache on its first call, a
     side effect that would make the compiled encoder recompile on its
     second call (sam2 warms that cache itself only on CUDA at 1024 pixels).
@@ -88,4 +93,6 @@ def compile_sam2(model: torch.nn.Module) -> None:
     device = next(model.parameters()).device
     with torch.inference_mode():
         model.image_encoder(torch.zeros(1, 3, size, size, device=device))
-    compile_modules(model.image_encoder, model.sam_mask_decoder)
+    compile_modules(model.image_encoder)
+    decoder.tokens = torch.compile(decoder.tokens, dynamic=False)
+    decoder.upscale = torch.compile(decoder.upscale, dynamic=True)
