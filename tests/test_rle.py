@@ -58,7 +58,7 @@ def test_no_masks():
     packed = pack_masks(torch.zeros(0, 4, 5, dtype=torch.bool))
     assert packed.count == 0 and packed.strings().to_pylist() == []
     assert unpack_masks(PackedRle(b"", np.zeros(0, np.int32), 4, 5)).shape == (0, 4, 5)
-    assert run_areas(np.zeros(0, np.int64), np.zeros(0, np.int64)).shape == (0,)
+    assert run_areas(torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)).shape == (0,)
 
 
 def test_columnar_detections_make_the_same_table_as_dicts():

@@ -25,7 +25,7 @@ def _checked_rle(segmentation: dict, height: int, width: int, where: str) -> dic
         try:
             blob = counts.encode("ascii")
             values, _ = unpack_counts(PackedRle(blob, np.array([len(blob)], np.int32), height, width))
-        except (UnicodeEncodeError, ValueError, IndexError):
+        except (UnicodeEncodeError, ValueError, IndexError, RuntimeError):
             raise LabelerError(f"{where}: RLE 'counts' is not a COCO compressed string") from None
         if (values < 0).any():
             raise LabelerError(f"{where}: RLE 'counts' decodes to negative run lengths")

@@ -1,12 +1,13 @@
-"""COCO run-length encoding of mask batches, with no per-mask loop on the host.
+"""COCO run-length encoding of mask batches, as tensor operations on the masks' device.
 
-Encoding: run boundaries are found with tensor ops on the masks' own device
-(the GPU in production), so only boundary positions travel to the host;
-there the run lengths of all masks are turned into COCO's compressed
-strings at once with numpy (:func:`pack_counts`, the character code of
-pycocotools' ``rleToString``). Decoding reverses both steps: the strings of
-all masks are parsed at once on the host, and the pixels are expanded on
-the device with ``repeat_interleave``.
+Encoding: run boundaries are found on the masks' own device (the GPU in
+production), and the run lengths of all masks become COCO's compressed
+strings at once (:func:`pack_counts`, the character code of pycocotools'
+``rleToString``), still on the device; only the strings' bytes travel to the
+host. Decoding reverses both steps: the strings of all masks are parsed at
+once on the device and the pixels expanded there with ``repeat_interleave``.
+The work on the host is a fixed number of operator launches and one copy,
+whatever the number of masks or runs.
 
 The packed form is one ASCII blob holding every mask's string back to back,
 plus each string's byte length; it is what the proposal payload carries,
@@ -57,17 +58,18 @@ class PackedRle:
         return pa.StringArray.from_buffers(self.count, pa.py_buffer(offsets), pa.py_buffer(self.blob))
 
 
-def run_lengths(masks: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """COCO (column-major, starting with a run of zeros) run lengths of ``[K, H, W]`` masks.
-
-    Computed on the masks' device; only the run lengths reach the host.
+def run_lengths(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """COCO (column-major, starting with a run of zeros) run lengths of ``[K, H, W]`` masks, on their device.
 
     Returns:
         ``counts`` (int64, every mask's run lengths back to back) and
-        ``per_mask`` (int64 ``[K]``, how many runs each mask has).
+        ``per_mask`` (int64 ``[K]``, how many runs each mask has; at least 1).
     """
     count, height, width = masks.shape
     pixels = height * width
+    device = masks.device
+    if count == 0:
+        return torch.zeros(0, dtype=torch.int64, device=device), torch.zeros(0, dtype=torch.int64, device=device)
     flat = masks.bool().transpose(1, 2).reshape(count, pixels)
     # nonzero lists the changes ordered by (mask, position).
     mask_of_change, position = (flat[:, 1:] != flat[:, :-1]).nonzero(as_tuple=True)
@@ -77,95 +79,97 @@ def run_lengths(masks: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     # positions, then `pixels`. Run lengths are the differences within a mask.
     extra = flat[:, 0].long() + 2
     ends = torch.cumsum(changes + extra, dim=0) - 1
-    edges = torch.zeros(int(ends[-1]) + 1 if count else 0, dtype=torch.int64, device=masks.device)
+    edges = torch.zeros(int(ends[-1]) + 1, dtype=torch.int64, device=device)
     edges[ends] = pixels
-    change_index = torch.arange(position.numel(), device=masks.device)
+    change_index = torch.arange(position.numel(), device=device)
     edges[change_index + (torch.cumsum(extra, dim=0) - 1)[mask_of_change]] = position + 1
-    within_mask = torch.ones(max(edges.numel() - 1, 0), dtype=torch.bool, device=masks.device)
+    within_mask = torch.ones(edges.numel() - 1, dtype=torch.bool, device=device)
     within_mask[ends[:-1]] = False
-    counts = torch.diff(edges)[within_mask]
-    per_mask = changes + extra - 1
-    return counts.cpu().numpy(), per_mask.cpu().numpy()
+    return torch.diff(edges)[within_mask], changes + extra - 1
 
 
-def run_areas(counts: np.ndarray, per_mask: np.ndarray) -> np.ndarray:
+def _position_in_mask(per_mask: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For ``total`` values laid out mask by mask (``per_mask`` each): each value's mask and its position in it."""
+    masks = torch.arange(per_mask.numel(), device=per_mask.device)
+    mask_of = torch.repeat_interleave(masks, per_mask, output_size=total)
+    starts = torch.cumsum(per_mask, dim=0) - per_mask
+    return mask_of, torch.arange(total, device=per_mask.device) - starts[mask_of]
+
+
+def run_areas(counts: torch.Tensor, per_mask: torch.Tensor) -> torch.Tensor:
     """Pixels set in each mask (int64 ``[K]``): the sum of its odd-position run lengths."""
-    per_mask = np.asarray(per_mask, dtype=np.int64)
-    if per_mask.size == 0:
-        return np.zeros(0, np.int64)
-    starts = np.concatenate(([0], np.cumsum(per_mask)[:-1])).astype(np.int64)
-    on = (np.arange(counts.size) - np.repeat(starts, per_mask)) % 2 == 1
-    return np.bincount(np.repeat(np.arange(per_mask.size), per_mask), weights=counts * on,
-                       minlength=per_mask.size).astype(np.int64)
+    mask_of, index = _position_in_mask(per_mask, counts.numel())
+    areas = torch.zeros(per_mask.numel(), dtype=torch.int64, device=counts.device)
+    return areas.index_add_(0, mask_of, counts * (index % 2))
 
 
-def pack_counts(counts: np.ndarray, per_mask: np.ndarray, height: int, width: int) -> PackedRle:
-    """COCO compressed strings of run lengths (as pycocotools' ``rleToString``), all masks at once."""
-    per_mask = np.asarray(per_mask, dtype=np.int64)
-    if per_mask.size == 0:
+def pack_counts(counts: torch.Tensor, per_mask: torch.Tensor, height: int, width: int) -> PackedRle:
+    """COCO compressed strings of run lengths (as pycocotools' ``rleToString``), all masks at once,
+    made on the counts' device; the bytes come to the host."""
+    if per_mask.numel() == 0:
         return PackedRle(b"", np.zeros(0, np.int32), height, width)
-    starts = np.concatenate(([0], np.cumsum(per_mask)[:-1]))
-    index = np.arange(counts.size) - np.repeat(starts, per_mask)  # position within its mask
-    values = counts.astype(np.int64).copy()
-    delta = np.flatnonzero(index > 2)
-    values[delta] -= counts[delta - 2]
+    device = counts.device
+    mask_of, index = _position_in_mask(per_mask, counts.numel())
+    # counts[i] - counts[i - 2] from the fourth count of a mask on (the two earlier ones are in the same mask)
+    values = torch.where(index > 2, counts - torch.roll(counts, 2), counts)
     # Characters per value: the fewest 5-bit groups holding it as a signed number.
-    chars = np.ones(values.size, np.int64)
-    for groups in range(1, _MAX_CHARS):
-        limit = 1 << (_BITS * groups - 1)
-        chars += (values < -limit) | (values >= limit)
-    first_char = np.concatenate(([0], np.cumsum(chars)[:-1]))
-    group = np.arange(int(chars.sum())) - np.repeat(first_char, chars)
-    code = (np.repeat(values, chars) >> (_BITS * group)) & 0x1F
-    code |= np.where(group < np.repeat(chars, chars) - 1, _MORE, 0)
-    blob = (code + _OFFSET).astype(np.uint8).tobytes()
-    lengths = np.add.reduceat(chars, starts).astype(np.int32)
-    return PackedRle(blob, lengths, height, width)
+    limits = torch.tensor([1 << (_BITS * groups - 1) for groups in range(1, _MAX_CHARS)], device=device)
+    chars = 1 + ((values[:, None] < -limits) | (values[:, None] >= limits)).sum(dim=1)
+    total_chars = int(chars.sum())
+    value_of_char = torch.repeat_interleave(torch.arange(values.numel(), device=device), chars, output_size=total_chars)
+    first_char = torch.cumsum(chars, dim=0) - chars
+    group = torch.arange(total_chars, device=device) - first_char[value_of_char]
+    code = (values[value_of_char] >> (_BITS * group)) & 0x1F
+    code |= torch.where(group < (chars - 1)[value_of_char], _MORE, 0)
+    lengths = torch.zeros(per_mask.numel(), dtype=torch.int64, device=device).index_add_(0, mask_of, chars)
+    blob = (code + _OFFSET).to(torch.uint8).cpu().numpy().tobytes()
+    return PackedRle(blob, lengths.to(torch.int32).cpu().numpy(), height, width)
 
 
-def unpack_counts(packed: PackedRle) -> tuple[np.ndarray, np.ndarray]:
-    """Run lengths of packed strings (as pycocotools' ``rleFrString``): ``counts, per_mask``."""
+def unpack_counts(packed: PackedRle, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Run lengths of packed strings (as pycocotools' ``rleFrString``), parsed on ``device``:
+    ``counts, per_mask`` (int64)."""
     if packed.count == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    code = np.frombuffer(packed.blob, dtype=np.uint8).astype(np.int64) - _OFFSET
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return empty, empty.clone()
+    code = torch.from_numpy(np.frombuffer(packed.blob, dtype=np.uint8).copy()).to(device).long() - _OFFSET
     last = (code & _MORE) == 0  # the last character of each value
-    value_of_char = np.concatenate(([0], np.cumsum(last)[:-1]))
-    value_start = np.flatnonzero(np.concatenate(([True], last[:-1])))
-    group = np.arange(code.size) - value_start[value_of_char]
-    values = np.add.reduceat((code & 0x1F) << (_BITS * group), value_start)
-    negative = (code[last] & _SIGN) != 0
-    values[negative] |= -1 << (_BITS * (group[last][negative] + 1))
+    values_total = int(last.sum())
+    value_of_char = torch.cumsum(last, dim=0) - last.long()
+    chars = torch.bincount(value_of_char, minlength=values_total)
+    group = torch.arange(code.numel(), device=device) - (torch.cumsum(chars, dim=0) - chars)[value_of_char]
+    values = torch.zeros(values_total, dtype=torch.int64, device=device).index_add_(
+        0, value_of_char, (code & 0x1F) << (_BITS * group))
+    sign = (code[last] & _SIGN) != 0
+    values = torch.where(sign, values | (-1 << (_BITS * (group[last] + 1))), values)
     # Values per mask, from the byte length of each mask's string.
-    char_end = np.cumsum(packed.lengths.astype(np.int64))
-    per_mask = np.diff(np.concatenate(([0], np.cumsum(last)[char_end - 1])))
-    starts = np.concatenate(([0], np.cumsum(per_mask)[:-1]))
-    index = np.arange(values.size) - np.repeat(starts, per_mask)
+    char_end = torch.from_numpy(np.cumsum(packed.lengths.astype(np.int64))).to(device)
+    values_before = torch.cumsum(last, dim=0)[char_end - 1]
+    per_mask = torch.diff(values_before, prepend=values_before.new_zeros(1))
+    mask_of, index = _position_in_mask(per_mask, values_total)
     # Undo the delta coding: counts[i] = values[i] + counts[i - 2] for i > 2, i.e. a
     # running sum along each mask's chain of odd positions and of even positions >= 2.
     # Each chain's positions, picked in order, come mask by mask: a segmented cumsum.
-    mask_of_value = np.repeat(np.arange(per_mask.size), per_mask)
-    counts = values.copy()
+    counts = values.clone()
     for chain in (index % 2 == 1, (index % 2 == 0) & (index > 0)):
-        positions = np.flatnonzero(chain)
+        positions = chain.nonzero()[:, 0]
         chained = values[positions]
-        sums = np.cumsum(chained)
-        owner = mask_of_value[positions]
-        first = np.concatenate(([True], owner[1:] != owner[:-1]))
-        start_of = np.maximum.accumulate(np.where(first, np.arange(sums.size), 0))
+        sums = torch.cumsum(chained, dim=0)
+        owner = mask_of[positions]
+        first = torch.ones_like(owner, dtype=torch.bool)
+        first[1:] = owner[1:] != owner[:-1]
+        start_of = torch.cummax(torch.where(first, torch.arange(sums.numel(), device=device), 0), dim=0).values
         counts[positions] = sums - (sums - chained)[start_of]
     return counts, per_mask
 
 
-def expand_counts(counts: np.ndarray, per_mask: np.ndarray, height: int, width: int,
-                  device: torch.device | str = "cpu") -> torch.Tensor:
-    """``[K, H, W]`` boolean masks from run lengths, expanded on ``device``."""
-    count = int(per_mask.size)
+def expand_counts(counts: torch.Tensor, per_mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``[K, H, W]`` boolean masks from run lengths, expanded on their device."""
+    count = int(per_mask.numel())
     if count == 0:
-        return torch.zeros(0, height, width, dtype=torch.bool, device=device)
-    starts = np.concatenate(([0], np.cumsum(per_mask)[:-1]))
-    on = ((np.arange(counts.size) - np.repeat(starts, per_mask)) % 2 == 1)
-    lengths = torch.from_numpy(counts).to(device)
-    pixels = torch.repeat_interleave(torch.from_numpy(on).to(device), lengths, output_size=count * height * width)
+        return torch.zeros(0, height, width, dtype=torch.bool, device=counts.device)
+    _, index = _position_in_mask(per_mask, counts.numel())
+    pixels = torch.repeat_interleave(index % 2 == 1, counts, output_size=count * height * width)
     return pixels.reshape(count, width, height).transpose(1, 2)
 
 
@@ -178,8 +182,8 @@ def pack_masks(masks: torch.Tensor) -> PackedRle:
 
 
 def unpack_masks(packed: PackedRle, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``[K, H, W]`` boolean masks of packed strings, expanded on ``device``."""
-    return expand_counts(*unpack_counts(packed), packed.height, packed.width, device)
+    """``[K, H, W]`` boolean masks of packed strings, parsed and expanded on ``device``."""
+    return expand_counts(*unpack_counts(packed, device), packed.height, packed.width)
 
 
 def decode_masks(counts: list[str] | list[bytes], height: int, width: int) -> np.ndarray:

@@ -48,7 +48,8 @@ def merge_and_select(
     labels, scores, embeddings = ranked.labels[present], ranked.scores[present], ranked.embeddings[present]
     merged = soft_merge(masks.overlap, embeddings, labels, scores)
     order = select_detections(merged, max_dets, min_score[labels] if isinstance(min_score, torch.Tensor) else min_score)
+    boxes, rle = masks.outputs(order)
     return ChosenDetections(
         index=ranked.index[present][order], labels=labels[order], scores=merged[order].clamp(0.0, 1.0),
-        boxes=masks.boxes[order], areas=masks.areas[order], rle=masks.rle(order),
+        boxes=boxes, areas=masks.areas[order], rle=rle,
     )

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
 import torch
 
@@ -73,44 +72,44 @@ class FullSizeMasks:
         present: ``[K]`` bool, the mask kept a pixel at the image's size (an
             empty one is dropped: it overlaps nothing, and the reference would
             give it a NaN score).
-        boxes: ``[K', 4]`` xyxy boxes of the present masks, exclusive far edges.
-        areas: ``[K']`` int64 pixel counts.
+        areas: ``[K']`` int64 pixel counts of the present masks.
         overlap: ``[K', K']`` float64, row i: ``|m_i & m_j| / |m_i|`` for
             same-class pairs, 0 elsewhere and on the diagonal.
     """
 
     present: torch.Tensor
-    boxes: torch.Tensor
     areas: torch.Tensor
     overlap: torch.Tensor
 
-    def rle(self, rows: torch.Tensor) -> pa.StringArray:
-        """Compressed COCO RLE strings of the present masks at ``rows`` (positions among the present ones)."""
+    def outputs(self, rows: torch.Tensor) -> tuple[torch.Tensor, pa.StringArray]:
+        """``[len(rows), 4]`` xyxy boxes (exclusive far edges) and compressed COCO RLE strings of the
+        present masks at ``rows`` (positions among the present ones)."""
         raise NotImplementedError
 
 
 @dataclass
 class RleMasks(FullSizeMasks):
-    """The ``rle`` path's masks: every present mask's string is already made."""
+    """The ``rle`` path's masks: every present mask's box and string are already made."""
 
+    boxes: torch.Tensor  # [K', 4]
     strings: pa.StringArray
 
-    def rle(self, rows: torch.Tensor) -> pa.StringArray:
-        return self.strings.take(pa.array(rows.cpu().numpy()))
+    def outputs(self, rows: torch.Tensor) -> tuple[torch.Tensor, pa.StringArray]:
+        return self.boxes[rows], self.strings.take(pa.array(rows.cpu().numpy()))
 
 
 @dataclass
 class DenseMasks(FullSizeMasks):
-    """The ``dense`` path's masks: the int8 buffer, strings made on demand."""
+    """The ``dense`` path's masks: the int8 buffer; boxes and strings are made for the output masks only."""
 
     buffer: torch.Tensor  # [rows, pixels rounded up to 8] int8, one row per mask in class order
     row_of: torch.Tensor  # [K'] the buffer row of each present mask
     image_hw: tuple[int, int]
 
-    def rle(self, rows: torch.Tensor) -> pa.StringArray:
+    def outputs(self, rows: torch.Tensor) -> tuple[torch.Tensor, pa.StringArray]:
         height, width = self.image_hw
-        masks = self.buffer.index_select(0, self.row_of[rows])[:, : height * width]
-        return pack_masks(masks.reshape(-1, height, width)).strings()
+        masks = self.buffer.index_select(0, self.row_of[rows])[:, : height * width].reshape(-1, height, width).bool()
+        return boxes_from_masks(masks), pack_masks(masks).strings()
 
 
 def _chunk_step(device: torch.device, image_hw: tuple[int, int], chunk_pixels: int | None) -> int:
@@ -131,7 +130,7 @@ def rle_full_size_masks(
     """
     height, width = image_hw
     step = _chunk_step(logits.device, image_hw, chunk_pixels)
-    present, boxes, counts, runs = [], [], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    present, boxes, counts, runs = [], [], [], []
     for start in range(0, logits.shape[0], step):
         masks = upsample_logits(logits[start : start + step, None], image_hw)[:, 0] > 0
         nonempty = masks.flatten(1).any(dim=1)
@@ -142,16 +141,17 @@ def rle_full_size_masks(
         counts.append(chunk_counts)
         runs.append(chunk_runs)
     device = logits.device
-    counts, runs = np.concatenate(counts), np.concatenate(runs)
+    empty = torch.zeros(0, dtype=torch.int64, device=device)
+    counts, runs = torch.cat([empty, *counts]), torch.cat([empty, *runs])
     present = torch.cat(present) if present else torch.zeros(0, dtype=torch.bool, device=device)
     strings = pack_counts(counts, runs, height, width).strings()
     rles = [coco_rle(text, height, width) for text in strings.to_pylist()]
     overlap = rle_overlap_fractions(rles, labels[present].cpu().numpy())
     return RleMasks(
         present=present,
-        boxes=torch.cat(boxes) if boxes else torch.zeros(0, 4, device=device),
-        areas=torch.from_numpy(run_areas(counts, runs)).to(device),
+        areas=run_areas(counts, runs),
         overlap=torch.from_numpy(overlap).to(device),
+        boxes=torch.cat(boxes) if boxes else torch.zeros(0, 4, device=device),
         strings=strings,
     )
 
@@ -168,14 +168,12 @@ def dense_full_size_masks(
     buffer[count:].zero_()
     buffer[:count, pixels:].zero_()
     present = torch.empty(count, dtype=torch.bool, device=device)
-    boxes = torch.empty(count, 4, device=device)
     step = _chunk_step(device, image_hw, chunk_pixels)
     for start in range(0, count, step):
         rows = order[start : start + step]
         masks = upsample_logits(logits[rows, None], image_hw)[:, 0] > 0
         buffer[start : start + rows.shape[0], :pixels].copy_(masks.flatten(1))
         present[rows] = masks.flatten(1).any(dim=1)
-        boxes[rows] = boxes_from_masks(masks)
     fractions = torch.zeros(count, count, dtype=torch.float64, device=device)
     areas = torch.zeros(count, dtype=torch.int64, device=device)
     _, class_sizes = torch.unique_consecutive(labels[order], return_counts=True)
@@ -194,7 +192,6 @@ def dense_full_size_masks(
     kept = present.nonzero()[:, 0]
     return DenseMasks(
         present=present,
-        boxes=boxes[kept],
         areas=areas[kept],
         overlap=fractions[kept][:, kept],
         buffer=buffer,
