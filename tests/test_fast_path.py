@@ -38,7 +38,7 @@ def setup(tmp_path_factory):
 
 def stages(setup, **settings) -> tuple[Sam2Proposer, Dinov2Scorer]:
     bank_path, _ = setup
-    scorer_settings = {k: settings[k] for k in ("dtype", "compile") if k in settings}
+    scorer_settings = {k: settings[k] for k in ("dtype", "compile", "compile_cache") if k in settings}
     bank = BankFile.read(bank_path)
     proposer = Sam2Proposer(TINY, device="cpu", points_per_side=8, bank=bank, **settings)
     return proposer, Dinov2Scorer(bank, device="cpu", **scorer_settings)
@@ -111,14 +111,19 @@ def test_reduced_precision_matches_fp32(setup, plain, dtype):
     assert_equivalent(plain, label(setup, dtype=dtype), min_iou=0.85, max_score_diff=0.1)
 
 
-def test_compiled_models_match_eager_and_compile_once(setup, plain):
+def test_compiled_models_match_eager_and_compile_once(setup, plain, tmp_path):
     """torch.compile (inductor on the CPU here) reorders float32 arithmetic only:
     the same labels and masks, scores within 1e-4. A second batch of the same
     size runs without recompiling (SAM2's position-encoding cache is filled
-    before compiling) and gives the same labels."""
+    before compiling) and gives the same labels. After its first batch each
+    stage saved its compile cache for the run's other actors."""
     torch._dynamo.reset()
-    proposer, scorer = stages(setup, dtype="fp32", compile=True)
+    cache = tmp_path / "compile-cache"
+    proposer, scorer = stages(setup, dtype="fp32", compile=True, compile_cache=str(cache))
+    assert not proposer.compile_cache.loaded and not scorer.compile_cache.loaded
     first = scorer(proposer(dict(setup[1]))).to_pylist()
     assert_equivalent(plain, first, min_iou=1.0, max_score_diff=1e-4)
+    saved = sorted(path.name.split("-")[0] for path in cache.iterdir())
+    assert saved == ["dinov2", "sam2"] and proposer.compile_cache.saved and scorer.compile_cache.saved
     with torch._dynamo.config.patch(error_on_recompile=True):
         assert scorer(proposer(dict(setup[1]))).to_pylist() == first

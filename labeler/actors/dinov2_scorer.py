@@ -74,10 +74,12 @@ class Dinov2Scorer(ModelStage):
         cpu_threads: int | None = None,
         storage_options: dict | None = None,
         tracker: ActorHandle | None = None,
+        compile_cache: str | None = None,
     ):
-        super().__init__(device, dtype, compile, cpu_threads, storage_options, tracker)
+        super().__init__(device, dtype, compile, cpu_threads, storage_options, tracker, compile_cache)
         self.bank = bank.load()
         self.encoder = load_dinov2(self.bank.encoder, self.device, self.bank.input_size)
+        self.load_compile_cache({"dinov2": self.bank.encoder, "input_size": self.bank.input_size})
         if self.speedups.compile:
             compile_modules(self.encoder.model)
         self.class_prototypes = self.bank.class_prototypes.to(self.device)

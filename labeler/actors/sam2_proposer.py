@@ -70,11 +70,14 @@ class Sam2Proposer(ModelStage):
         cpu_threads: int | None = None,
         storage_options: dict | None = None,
         tracker: ActorHandle | None = None,
+        compile_cache: str | None = None,
     ):
-        super().__init__(device, dtype, compile, cpu_threads, storage_options, tracker)
+        super().__init__(device, dtype, compile, cpu_threads, storage_options, tracker, compile_cache)
         self.model = load_sam2(sam2, self.device)
         decoder_in_dtype(self.model, self.speedups)
         self.decoder = ProposalDecoder(self.model)
+        self.load_compile_cache({"sam2": sam2, "points_per_batch": points_per_batch, "prompts": prompts,
+                                 "matched_points": matched_points if prompts == "matched" else None})
         if self.speedups.compile:
             compile_sam2(self.model, self.decoder)
         self.grid = point_grid(points_per_side, self.model.image_size, grid_layout).to(self.device)

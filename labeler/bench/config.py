@@ -26,6 +26,7 @@ class BenchConfig:
     batch_size: int = 8
     dtype: str = "auto"
     compile: bool = False
+    compile_cache: str | None = None  # a folder of compile caches shared with other runs (labeler run's --compile-cache)
     points_per_side: int = defaults.POINTS_PER_SIDE
     points_per_batch: int = defaults.POINTS_PER_BATCH
     proposals: int = DEFAULT_PINNED_PROPOSALS

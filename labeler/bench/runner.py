@@ -109,6 +109,8 @@ class BenchReport:
     agreement: dict[str, Any] | None = None
     top_operators: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warmup_seconds: float = 0.0  # the untimed batches, compilation included
+    compile_cache: dict[str, dict[str, bool]] | None = None  # per model stage: loaded a saved cache, saved its own
 
     @property
     def model_ms_per_image(self) -> float:
@@ -147,7 +149,7 @@ class BenchReport:
 
     def table(self) -> str:
         lines = [f"device: {self.device}", "settings: " + ", ".join(f"{k}={v}" for k, v in self.settings.items()),
-                 f"images timed: {self.images_timed} (after warm-up)", "",
+                 f"images timed: {self.images_timed} (after {self.warmup_seconds:.1f} s of warm-up)", "",
                  f"{'stage':<48}{'ms/img':>10}{'img/s':>10}{'host ms/img':>13}{'torch ops/img':>15}"]
         for name, title in STAGE_TITLES.items():
             ms, split = self.stages[name], self.host.get(name, {"host_ms": 0.0, "operators": 0.0})
@@ -180,6 +182,8 @@ class BenchReport:
         if self.top_operators:
             lines.append("top operators by device time (ms per image, calls per image):")
             lines += [f"  {op['ms']:9.3f} {op['calls']:7.1f}  {op['name'][:110]}" for op in self.top_operators]
+        if self.compile_cache:
+            lines.append("compile cache: " + ", ".join(f"{k} {v}" for k, v in self.compile_cache.items()))
         if self.plan:
             plan = self.plan
             lines.append(f"plan: {plan.images:,} images at {plan.images_per_second_per_gpu:.2f} img/s per device: "
@@ -299,11 +303,13 @@ def _time_batch(
 def _actors(config: BenchConfig, sam2: str, bank: BankFile, device: torch.device, dtype: str,
             compile: bool) -> tuple[Sam2Proposer, Dinov2Scorer]:
     """The two model stages as ``labeler run`` makes them, at the method's default NMS and detections."""
+    cache = config.compile_cache if compile else None
     proposer = Sam2Proposer(sam2, device=str(device), points_per_side=config.points_per_side,
                             points_per_batch=config.points_per_batch, dtype=dtype, compile=compile,
-                            prompts=config.prompts, matched_points=config.matched_points, bank=bank)
+                            prompts=config.prompts, matched_points=config.matched_points, bank=bank,
+                            compile_cache=cache)
     scorer = Dinov2Scorer(bank, device=str(device), nms_thr=defaults.NMS_THR, max_dets=defaults.MAX_DETS,
-                          dtype=dtype, compile=compile)
+                          dtype=dtype, compile=compile, compile_cache=cache)
     return proposer, scorer
 
 
@@ -373,8 +379,15 @@ def run_bench(
         def time_batch(batch: dict, clock: StageClock | None = None) -> tuple[int, int]:
             return _time_batch(clock or StageClock(device), batch, config, proposer, scorer, sizes, out)
 
+        warmup_started = time.perf_counter()
         for batch in warmup:
             time_batch(batch)
+        warmup_seconds = time.perf_counter() - warmup_started
+        caches = {}
+        for stage in (proposer, scorer):
+            stage.save_compile_cache()
+            if stage.compile_cache is not None:
+                caches[stage.stage] = {"loaded": stage.compile_cache.loaded, "saved": stage.compile_cache.saved}
         phase(f"{len(warmup)} warm-up batch(es) done")
         work = _count_work(proposer, scorer, decode_batch(batches[0], **sizes), prompts_per_image(config))
         phase("work counted")
@@ -421,7 +434,7 @@ def run_bench(
         stages=stages, proposals_per_image=proposals / config.images, detections_per_image=detections / config.images,
         peak_gpu_memory_mb=peak, flops_per_image={name: w.flops for name, w in work.items()},
         bytes_written_per_image={name: w.bytes_written for name, w in work.items()}, host=host, pipeline=pipeline,
-        agreement=agreement, top_operators=operators,
+        agreement=agreement, top_operators=operators, warmup_seconds=warmup_seconds, compile_cache=caches or None,
     )
     if config.plan_images:
         report.plan = make_plan(config.plan_images, config.gpus, report.model_images_per_second)

@@ -45,6 +45,9 @@ RUN_OPTIONS = {
     "rows_per_shard": Opt("Images per Parquet shard."),
     "dtype": Opt(Help.DTYPE),
     "compile": Opt(Help.COMPILE),
+    "compile_cache": Opt("With --compile: where the actors share what they compile, so each stage compiles once "
+                         "per cluster, not once per actor: auto (OUT/_state/compile-cache), off, or a folder or URI "
+                         "every node reads, shared by several runs (holds compiled code: use trusted storage)."),
     "prompts": Opt(Help.PROMPTS),
     "matched_points": Opt("Points kept per image with --prompts matched."),
     "relist": Opt("List the source again and label added images (a rerun reuses the stored listing)."),
@@ -58,7 +61,8 @@ RUN_OPTIONS = {
 def run_command(options: dict[str, Any]) -> None:
     """Label every image of a source with instance masks, streaming on Ray Data."""
     options["storage_options"] = apply_storage_options(options["storage_options"])
-    options = job_paths(options, inputs=("bank", "images", "image_root"), outputs=("out",))
+    shared_cache = ("compile_cache",) if options["compile_cache"] not in ("auto", "off") else ()
+    options = job_paths(options, inputs=("bank", "images", "image_root"), outputs=("out", *shared_cache))
     from labeler.run.display import describe_summary
     from labeler.run.driver import run_labeling
 

@@ -19,6 +19,8 @@ BENCH_OPTIONS = {
     "batch_size": Opt("Images per model batch."),
     "dtype": Opt(Help.DTYPE),
     "compile": Opt(Help.COMPILE),
+    "compile_cache": Opt("With --compile: a folder of compile caches to load before compiling and save to after "
+                         "the warm-up (labeler run's --compile-cache); the report says how long the warm-up took."),
     "points_per_side": Opt("Prompt grid side."),
     "points_per_batch": Opt("Prompts decoded together."),
     "proposals": Opt("Pin proposals scored per image (random weights change the count); 0: don't pin."),

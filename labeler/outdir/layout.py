@@ -29,6 +29,9 @@ LABELS_DIR = "labels"
 COCO_DIR = "coco"
 LISTING_NAME = "listing.json"
 LISTING_DIR = "listing"
+#: ``_state/compile-cache/``: torch.compile's artifacts shared by the actors (labeler.models.compile_cache);
+#: kept by ``--overwrite``, as they do not depend on the labels.
+COMPILE_CACHE_DIR = "compile-cache"
 COCO_NAME = "coco.json"
 MANIFEST_NAME = "run.json"
 #: A label shard is ``labels/part-<hex>.parquet``, its COCO twin ``coco/part-<hex>.json``; a shard that
@@ -50,12 +53,17 @@ _SHARD = re.compile(rf"^{SHARD_PREFIX}[0-9a-f]{{32}}{re.escape(SHARD_SUFFIX)}$")
 _HEX_ID = re.compile(r"^[0-9a-f]{32}$")
 _COCO_SHARD = re.compile(rf"^{SHARD_PREFIX}[0-9a-f]{{32}}{re.escape(COCO_SHARD_SUFFIX)}$")
 #: ``_state/`` entries labeler writes (the lock folder included).
-_STATE_ENTRIES = frozenset({SETTINGS_NAME, LOCK_NAME, REMOVED_NAME, LISTING_NAME, LISTING_DIR})
+_STATE_ENTRIES = frozenset({SETTINGS_NAME, LOCK_NAME, REMOVED_NAME, LISTING_NAME, LISTING_DIR, COMPILE_CACHE_DIR})
 
 
 def join(out: str, *names: str) -> str:
     """``out/name/...`` for paths and URIs alike."""
     return "/".join([out.rstrip("/"), *names])
+
+
+def compile_cache_dir(out: str) -> str:
+    """``OUT/_state/compile-cache``, the default ``--compile-cache``."""
+    return join(out, STATE_DIR, COMPILE_CACHE_DIR)
 
 
 def listing_part_name(index: int) -> str:
@@ -114,7 +122,8 @@ def remove_temporaries(out: str) -> int:
     """Delete leftovers of interrupted atomic writes in OUT, ``_state/``, ``labels/`` and ``coco/``;
     returns how many."""
     removed = 0
-    for folder in (out.rstrip("/"), join(out, STATE_DIR), join(out, LABELS_DIR), join(out, COCO_DIR)):
+    for folder in (out.rstrip("/"), join(out, STATE_DIR), join(out, LABELS_DIR), join(out, COCO_DIR),
+                   compile_cache_dir(out)):
         for name in _names(folder):
             if is_temporary(name):
                 storage.remove(join(folder, name))

@@ -15,6 +15,7 @@ from labeler.io.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_REA
 from labeler.io.sources import source_root
 from labeler.label_filter import LabelFilter, parse_label_filter
 from labeler.method import defaults
+from labeler.outdir import layout
 from labeler.run.watchdog import DEFAULT_REPLAN_AFTER, DEFAULT_STALL_TIMEOUT
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ class RunConfig:
     rows_per_shard: int = 1000
     dtype: str = "auto"
     compile: bool = False
+    compile_cache: str = "auto"  # auto: OUT/_state/compile-cache; off; or a folder shared by several runs
     prompts: str = "grid"
     matched_points: int = defaults.MATCHED_POINTS
     relist: bool = False
@@ -98,7 +100,16 @@ class RunConfig:
             (math.isfinite(self.stall_timeout) and self.stall_timeout > 0, "--stall-timeout must be a positive number"),
             (math.isfinite(self.replan_after) and self.replan_after > 0, "replan_after must be a positive number"),
             (self.merged_coco in MERGED_COCO_CHOICES, f"--merged-coco must be one of {', '.join(MERGED_COCO_CHOICES)}"),
+            (bool(self.compile_cache.strip()), "--compile-cache must be auto, off or a folder"),
         ])
+
+    @property
+    def compile_cache_folder(self) -> str | None:
+        """Where the actors share what they compile (:mod:`labeler.models.compile_cache`); None without
+        ``--compile`` or with ``--compile-cache off``."""
+        if not self.compile or self.compile_cache == "off":
+            return None
+        return layout.compile_cache_dir(self.out) if self.compile_cache == "auto" else self.compile_cache
 
     @property
     def source_root(self) -> str:

@@ -121,7 +121,8 @@ def run_pipeline(
                 compute=ray.data.ActorPoolStrategy(size=size),
                 num_cpus=ACTOR_CPUS,
                 fn_constructor_kwargs=dict(settings, device=device, cpu_threads=cpu_threads,
-                                           storage_options=config.storage_options, tracker=tracker),
+                                           storage_options=config.storage_options, tracker=tracker,
+                                           compile_cache=config.compile_cache_folder),
                 max_restarts=0,  # a lost actor is not restarted, and its tasks fail now (module doc)
                 **gpu_request,
             )
