@@ -6,35 +6,19 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from labeler.method.proposals import keep_proposals, point_grid
+from labeler.bench.equivalence import sam2_reference_proposals
+from labeler.method.proposals import point_grid
 from labeler.models import load_sam2
 from labeler.models.sam2_builder import load_config
 from labeler.models.sam2_decoder import ProposalDecoder
-from labeler.models.sam2_inference import Sam2Features, decode_prompts, encode_images, point_proposals
+from labeler.models.sam2_inference import encode_images, point_proposals
 from labeler.models.work_count import count_work
-
-
-def reference_proposals(model, features: Sam2Features, points: list[torch.Tensor], threshold: float):
-    """docs/method.md 2.2-2.4 with SAM2's own decoder: every point of an image in one call, the best of
-    the three masks by predicted IoU, the IoU filter and non-empty masks."""
-    results = []
-    for index, image_points in enumerate(points):
-        image = Sam2Features(features.image_embed[index : index + 1],
-                             [level[index : index + 1] for level in features.high_res_feats])
-        labels = torch.ones(image_points.shape[0], 1, dtype=torch.int32)
-        low_res, iou = decode_prompts(model, image, image_points[:, None, :], labels, multimask_output=True)
-        best = iou.argmax(dim=1)
-        rows = torch.arange(iou.shape[0])
-        logits, best_iou = low_res[rows, best].float(), iou[rows, best].float()
-        keep = keep_proposals(logits, best_iou, threshold)
-        results.append((logits[keep], best_iou[keep]))
-    return results
 
 
 def clear_threshold(model, features, points) -> float:
     """A threshold near the median best IoU with no IoU within 2e-5 of it (random weights give IoUs within 0.02 of
     each other), so both paths keep the same prompts."""
-    every = torch.cat([iou for _, iou in reference_proposals(model, features, points, -1.0)]).sort().values
+    every = torch.cat([iou for _, iou in sam2_reference_proposals(model, features, points, -1.0)]).sort().values
     middle = every.shape[0] // 2
     for step in range(middle):
         for low in (middle - step, middle + step):
@@ -80,7 +64,7 @@ def test_tiny_model_same_proposals_in_every_batch_layout(tiny, points_per_batch,
     """64-prompt batches hold one image; 48 span images (a gathered copy per prompt), padded when fixed;
     128 hold both. Some prompts fall below the threshold and are never upscaled."""
     model, features, points, threshold = tiny
-    reference = reference_proposals(model, features, points, threshold)
+    reference = sam2_reference_proposals(model, features, points, threshold)
     assert 0 < sum(len(iou) for _, iou in reference) < 128
     lean = point_proposals(ProposalDecoder(model), features, points, points_per_batch, threshold, fixed_batch=fixed)
     assert_same_proposals(lean, reference, logit_atol=1e-4, iou_atol=1e-5)
@@ -92,7 +76,7 @@ def test_real_architecture_sam21_hiera_t_same_proposals():
     features, points = setup_model(model, images=1, side=4)
     threshold = clear_threshold(model, features, points)
     lean = point_proposals(ProposalDecoder(model), features, points, 16, threshold)
-    assert_same_proposals(lean, reference_proposals(model, features, points, threshold), logit_atol=2e-4, iou_atol=1e-5)
+    assert_same_proposals(lean, sam2_reference_proposals(model, features, points, threshold), logit_atol=2e-4, iou_atol=1e-5)
 
 
 def test_a_sam2_without_high_resolution_features_same_proposals():
@@ -105,20 +89,20 @@ def test_a_sam2_without_high_resolution_features_same_proposals():
     features, points = setup_model(model, images=1, side=6)
     threshold = clear_threshold(model, features, points)
     lean = point_proposals(ProposalDecoder(model), features, points, 36, threshold)
-    assert_same_proposals(lean, reference_proposals(model, features, points, threshold), logit_atol=1e-4, iou_atol=1e-5)
+    assert_same_proposals(lean, sam2_reference_proposals(model, features, points, threshold), logit_atol=1e-4, iou_atol=1e-5)
 
 
 def test_bf16_is_no_further_from_fp32_than_sam2s_own_bf16(tiny):
     """Held in bf16, both decoders round differently; the proposal decoder's logits stay as close to the
     fp32 ones as SAM2's bf16 decoder's do (docs/PERFORMANCE.md gives the measured gaps)."""
     model, features, points, threshold = tiny
-    reference = reference_proposals(model, features, points, threshold)
+    reference = sam2_reference_proposals(model, features, points, threshold)
     half = load_sam2("random:tiny")
     half.sam_mask_decoder.to(torch.bfloat16)
-    stock_gap = max_logit_gap(reference_proposals(half, features, points, -1.0),
-                              reference_proposals(model, features, points, -1.0))
+    stock_gap = max_logit_gap(sam2_reference_proposals(half, features, points, -1.0),
+                              sam2_reference_proposals(model, features, points, -1.0))
     lean = point_proposals(ProposalDecoder(half), features, points, 64, -1.0)
-    lean_gap = max_logit_gap(lean, reference_proposals(model, features, points, -1.0))
+    lean_gap = max_logit_gap(lean, sam2_reference_proposals(model, features, points, -1.0))
     assert 0 < stock_gap and lean_gap <= 1.5 * stock_gap, (lean_gap, stock_gap)
     assert reference
 
@@ -126,6 +110,6 @@ def test_bf16_is_no_further_from_fp32_than_sam2s_own_bf16(tiny):
 def test_the_proposal_decoder_writes_a_fraction_of_sam2s_bytes(tiny):
     """Byte counts are exact and deterministic: every prompt kept (the most work), 64 prompts of one image."""
     model, features, points, _ = tiny
-    stock = count_work(lambda: reference_proposals(model, features, points[:1], -1.0))
+    stock = count_work(lambda: sam2_reference_proposals(model, features, points[:1], -1.0))
     lean = count_work(lambda: point_proposals(ProposalDecoder(model), features, points[:1], 64, -1.0))
     assert lean.bytes_written < 0.6 * stock.bytes_written, (lean.bytes_written, stock.bytes_written)

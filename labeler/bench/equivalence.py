@@ -1,4 +1,5 @@
-"""How far a fast path's labels are from the plain fp32 path's, on the same images.
+"""How far a fast path's labels are from the plain fp32 path's, on the same images; and the plain path's
+proposals, from SAM2's own mask decoder, that the proposal decoder is held to.
 
 Each detection of the plain path is paired with the detection of the fast
 path whose mask overlaps it most (mask IoU through pycocotools' RLE). The
@@ -12,9 +13,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from pycocotools import mask as mask_utils
 
 from labeler.io.labels import detection_rle
+from labeler.method.proposals import keep_proposals
+from labeler.models.sam2_inference import Sam2Features, decode_prompts
 
 
 @dataclass(frozen=True)
@@ -87,3 +91,23 @@ def compare_labels(plain: list[dict], fast: list[dict]) -> LabelAgreement:
         min_mask_iou=min(ious, default=1.0), median_mask_iou=float(np.median(ious)) if ious else 1.0,
         max_score_diff=max(score_diffs, default=0.0),
     )
+
+
+def sam2_reference_proposals(
+    model: torch.nn.Module, features: Sam2Features, points: list[torch.Tensor], pred_iou_thr: float
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """docs/method.md 2.2-2.4 with SAM2's own mask decoder, as the reference runs it: every point of an image
+    in one call, the best of the three masks by predicted IoU, the IoU filter, non-empty masks. Returns what
+    :func:`labeler.models.sam2_inference.point_proposals` returns (float32 logits and IoUs per image)."""
+    results = []
+    for index, image_points in enumerate(points):
+        image = Sam2Features(features.image_embed[index : index + 1],
+                             [level[index : index + 1] for level in features.high_res_feats])
+        labels = torch.ones(image_points.shape[0], 1, dtype=torch.int32, device=image_points.device)
+        low_res, iou = decode_prompts(model, image, image_points[:, None, :], labels, multimask_output=True)
+        best = iou.argmax(dim=1)
+        rows = torch.arange(iou.shape[0], device=iou.device)
+        logits, best_iou = low_res[rows, best].float(), iou[rows, best].float()
+        keep = keep_proposals(logits, best_iou, pred_iou_thr)
+        results.append((logits[keep], best_iou[keep]))
+    return results
