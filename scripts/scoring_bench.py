@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from labeler.bench.stage_timing import StageClock, host_split
 from labeler.io.proposal_payload import decode_proposals, encode_proposals
 from labeler.method import full_size_masks
-from labeler.method.detections import merge_and_select, rank_on_grid
-from labeler.method.scoring import RankedProposals
+from labeler.method.detections import embed_on_grid, merge_and_select
+from labeler.method.scoring import RankedProposals, rank_embedded
 from labeler.synthetic import proposal_logits
 
 LOW_RES = (256, 256)
@@ -68,7 +68,7 @@ def measure(ranked: int, classes: int, image_hw: tuple[int, int], repeats: int) 
         with clock.stage("unpack"):
             masks, received_logits = decode_proposals(payload, "cpu")
         with clock.stage("rank"):
-            rank_on_grid(masks, iou, features, prototypes, 0.5, 100)
+            rank_embedded(masks, iou, embed_on_grid(masks, features), prototypes, nms_thr=0.5, max_dets=100)
         with clock.stage("select_dense"):
             outputs["dense"] = merge_and_select(ranking, received_logits, image_hw, 100, 0.0, overlaps="dense")
         with clock.stage("select_rle"):

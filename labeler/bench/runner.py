@@ -287,7 +287,7 @@ def _time_batch(
         columns["height"], columns["width"] = decoded["height"][ok], decoded["width"][ok]
         received = [scorer.received(columns, k) for k in range(len(ok))]
     with clock.stage("scoring"):
-        ranked = [scorer.rank(proposals, features[k]) for k, proposals in enumerate(received)]
+        ranked = [scorer.rank(proposals, scorer.embed(proposals, features[k])) for k, proposals in enumerate(received)]
     with clock.stage("masks_rle"):
         detections = [scorer.select(ranking, proposals) for ranking, proposals in zip(ranked, received)]
     with clock.stage("writing"):

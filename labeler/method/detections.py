@@ -1,6 +1,6 @@
-"""The final detections of one image (docs/method.md 3.3-3.5): proposals ranked on the low-res grid, their
-masks at the image's size made once (:mod:`labeler.method.full_size_masks`), soft merging on those masks,
-and the best ``max_dets``."""
+"""One image's proposals to its final detections (docs/method.md section 3): their embeddings on the low-res
+grid, then (:func:`labeler.method.scoring.rank_embedded`) their masks at the image's size made once
+(:mod:`labeler.method.full_size_masks`), soft merging on those masks, and the best ``max_dets``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pyarrow as pa
 import torch
 
 from labeler.method.full_size_masks import full_size_masks
-from labeler.method.scoring import RankedProposals, rank_proposals, select_detections, soft_merge, upsample_features
+from labeler.method.scoring import RankedProposals, mask_embeddings, select_detections, soft_merge, upsample_features
 
 
 @dataclass
@@ -25,13 +25,12 @@ class ChosenDetections:
     rle: pa.Array  # [K] compressed COCO RLE strings
 
 
-def rank_on_grid(
-    masks: torch.Tensor, iou: torch.Tensor, features: torch.Tensor, class_prototypes: torch.Tensor,
-    nms_thr: float, max_dets: int,
-) -> RankedProposals:
-    """The DINOv2 features onto the low-res mask grid, then :func:`rank_proposals`."""
-    grid_features = upsample_features(features, tuple(masks.shape[1:]))
-    return rank_proposals(masks, iou, grid_features, class_prototypes, nms_thr=nms_thr, max_dets=max_dets)
+def embed_on_grid(masks: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """docs/method.md 3.1-3.2: the ``[g, g, D]`` DINOv2 features onto the ``[P, h, w]`` low-res mask grid,
+    then each mask's unit-norm mean feature: ``[P, D]``. These do not depend on the bank."""
+    if masks.shape[0] == 0:
+        return torch.zeros(0, features.shape[-1], device=masks.device)
+    return mask_embeddings(masks, upsample_features(features, tuple(masks.shape[1:])))
 
 
 def merge_and_select(

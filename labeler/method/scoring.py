@@ -77,6 +77,35 @@ class RankedProposals:
     embeddings: torch.Tensor  # [K, D] unit-norm mask embeddings
 
 
+def rank_embedded(
+    masks: torch.Tensor,
+    iou_predictions: torch.Tensor,
+    embeddings: torch.Tensor,
+    class_prototypes: torch.Tensor,
+    *,
+    nms_thr: float = defaults.NMS_THR,
+    max_dets: int = defaults.MAX_DETS,
+) -> RankedProposals:
+    """docs/method.md 3.3-3.4, the steps that depend on the bank: classify every proposal by its
+    embedding, class-aware NMS ranked by predicted IoU on :func:`nms_boxes`, keep at most
+    ``8 * max_dets``, then drop score 0.
+
+    Args:
+        masks: ``[P, h, w]`` boolean low-res proposal masks (non-empty).
+        iou_predictions: ``[P]`` SAM2 predicted IoUs.
+        embeddings: ``[P, D]`` unit-norm mask embeddings (:func:`mask_embeddings`).
+        class_prototypes: ``[C, D]`` unit-norm prototypes.
+    """
+    device = masks.device
+    if masks.shape[0] == 0:
+        none = torch.zeros(0, dtype=torch.long, device=device)
+        return RankedProposals(none, none, torch.zeros(0, device=device), torch.zeros(0, embeddings.shape[-1], device=device))
+    labels, scores = classify(embeddings, class_prototypes)
+    keep = class_aware_nms(nms_boxes(masks), iou_predictions, labels, nms_thr, NMS_KEEP_FACTOR * max_dets)
+    keep = keep[scores[keep] > 0]
+    return RankedProposals(index=keep, labels=labels[keep], scores=scores[keep], embeddings=embeddings[keep])
+
+
 def rank_proposals(
     masks: torch.Tensor,
     iou_predictions: torch.Tensor,
@@ -86,24 +115,13 @@ def rank_proposals(
     nms_thr: float = defaults.NMS_THR,
     max_dets: int = defaults.MAX_DETS,
 ) -> RankedProposals:
-    """docs/method.md 3.2-3.4: embed and classify every proposal, class-aware NMS ranked by
-    predicted IoU on :func:`nms_boxes`, keep at most ``8 * max_dets``, then drop score 0.
-
-    Args:
-        masks: ``[P, h, w]`` boolean low-res proposal masks (non-empty).
-        iou_predictions: ``[P]`` SAM2 predicted IoUs.
-        features: ``[h, w, D]`` DINOv2 features on the mask grid.
-        class_prototypes: ``[C, D]`` unit-norm prototypes.
-    """
-    device = masks.device
+    """docs/method.md 3.2-3.4: embed every proposal (:func:`mask_embeddings` on ``[h, w, D]`` features on
+    the mask grid), then :func:`rank_embedded`."""
     if masks.shape[0] == 0:
-        none = torch.zeros(0, dtype=torch.long, device=device)
-        return RankedProposals(none, none, torch.zeros(0, device=device), torch.zeros(0, features.shape[-1], device=device))
-    embeddings = mask_embeddings(masks, features)
-    labels, scores = classify(embeddings, class_prototypes)
-    keep = class_aware_nms(nms_boxes(masks), iou_predictions, labels, nms_thr, NMS_KEEP_FACTOR * max_dets)
-    keep = keep[scores[keep] > 0]
-    return RankedProposals(index=keep, labels=labels[keep], scores=scores[keep], embeddings=embeddings[keep])
+        embeddings = torch.zeros(0, features.shape[-1], device=masks.device)
+    else:
+        embeddings = mask_embeddings(masks, features)
+    return rank_embedded(masks, iou_predictions, embeddings, class_prototypes, nms_thr=nms_thr, max_dets=max_dets)
 
 
 def soft_merge(overlap: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
