@@ -11,7 +11,7 @@ from labeler.run.watchdog import stalled_stage
 
 def test_a_run_that_fits_is_unchanged():
     cluster = Cluster([{"CPU": 8.0, "GPU": 1.0}] * 2)
-    assert fit_actors(cluster, 2, 2, 0.5) == Fit(2, 2, use_gpu=True)
+    assert fit_actors(cluster, {"sam2": 2, "dinov2": 2}, 0.5) == Fit({"sam2": 2, "dinov2": 2}, use_gpu=True)
 
 
 def test_actors_are_placed_node_by_node():
@@ -23,13 +23,13 @@ def test_actors_are_placed_node_by_node():
 
 def test_too_many_actors_are_sized_down_in_proportion(caplog):
     cluster = Cluster([{"CPU": 8.0, "GPU": 1.0}] * 2)  # 4 slots at 0.5 GPU
-    assert fit_actors(cluster, 6, 2, 0.5) == Fit(3, 1, use_gpu=True)
+    assert fit_actors(cluster, {"sam2": 6, "dinov2": 2}, 0.5) == Fit({"sam2": 3, "dinov2": 1}, use_gpu=True)
     assert "running 3 SAM2 and 1 DINOv2 actors instead of the 6 and 2 asked for" in caplog.text
 
 
 def test_cpus_stay_for_reading_and_writing():
     # 3 CPUs, no GPU: two actors would leave 1 CPU for decode and write tasks; three would leave none.
-    assert fit_actors(Cluster([{"CPU": 3.0}]), 2, 2, 1.0) == Fit(1, 1, use_gpu=False)
+    assert fit_actors(Cluster([{"CPU": 3.0}]), {"sam2": 2, "dinov2": 2}, 1.0) == Fit({"sam2": 1, "dinov2": 1}, use_gpu=False)
 
 
 @pytest.mark.parametrize("nodes, message", [
@@ -38,7 +38,7 @@ def test_cpus_stay_for_reading_and_writing():
 ])
 def test_a_cluster_too_small_for_one_actor_per_model_is_refused(nodes, message):
     with pytest.raises(LabelerError, match=message):
-        fit_actors(Cluster(nodes), 1, 1, 1.0)
+        fit_actors(Cluster(nodes), {"sam2": 1, "dinov2": 1}, 1.0)
 
 
 def test_an_autoscaling_cluster_counts_what_it_can_grow_to():
@@ -95,4 +95,18 @@ def test_an_autoscaler_configuration_is_read_as_the_nodes_it_can_start(monkeypat
     monkeypatch.setattr(state, "get_cluster_config", lambda: config)
     cluster = current_cluster()
     assert cluster.autoscaling and (cluster.cpus, cluster.gpus, len(cluster.nodes)) == (28.0, 3.0, 4)
-    assert fit_actors(cluster, 4, 4, 0.5) == Fit(3, 3, use_gpu=True)
+    assert fit_actors(cluster, {"sam2": 4, "dinov2": 4}, 0.5) == Fit({"sam2": 3, "dinov2": 3}, use_gpu=True)
+
+
+def test_one_stage_runs_fit_the_same_way(caplog):
+    """labeler rescore has one model stage: at least one actor, sized down to the slots."""
+    assert fit_actors(Cluster([{"CPU": 4.0}]), {"rescore": 8}, 0.0) == Fit({"rescore": 3}, use_gpu=False)
+    assert "running 3 rescoring actors instead of the 8 asked for" in caplog.text
+    with pytest.raises(LabelerError, match="needs at least 1 model actor .1 CPU each"):
+        fit_actors(Cluster([{"CPU": 1.0}]), {"rescore": 1}, 0.0)
+
+
+def test_the_stalled_stage_of_a_rescore():
+    stages = ("read", "rescore", "write")
+    assert stalled_stage({"read": 10, "rescore": 4, "write": 0}, 10, 100, stages) == "rescore"
+    assert stalled_stage({"read": 3, "rescore": 3, "write": 0}, 10, 100, stages) == "read"

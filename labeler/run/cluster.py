@@ -1,7 +1,7 @@
 """Does the run fit the cluster? Checked before any image is read.
 
-A run asks for ``--sam2-actors`` + ``--dinov2-actors`` model actors, each
-holding one CPU and ``--gpus-per-actor`` GPUs on one node, and CPUs for the
+A run asks for ``--sam2-actors`` + ``--dinov2-actors`` model actors (a rescore
+for ``--actors``), each holding one CPU and ``--gpus-per-actor`` GPUs on one node, and CPUs for the
 read, decode and write tasks besides. Ray Data would otherwise wait forever
 for actors the cluster cannot place, or for a CPU to decode on once the
 actors took them all. The cluster is what Ray reports now or, where an
@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 from labeler.errors import LabelerError
+from labeler.run.progress import STAGE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,9 @@ class Cluster:
 
 @dataclass(frozen=True)
 class Fit:
-    """The actors a run gets, and whether they run on GPUs."""
+    """The actors a run gets per model stage, and whether they run on GPUs."""
 
-    sam2_actors: int
-    dinov2_actors: int
+    actors: dict[str, int]
     use_gpu: bool
 
 
@@ -67,30 +67,35 @@ def actor_slots(cluster: Cluster, gpus_per_actor: float) -> int:
     return slots
 
 
-def fit_actors(cluster: Cluster, sam2_actors: int, dinov2_actors: int, gpus_per_actor: float) -> Fit:
-    """The actor counts that fit ``cluster``: as asked, or fewer in the same proportion (with a
-    warning), keeping CPUs for the tasks.
+def fit_actors(cluster: Cluster, asked: dict[str, int], gpus_per_actor: float) -> Fit:
+    """The actor counts (per model stage, by its name in messages) that fit ``cluster``: as asked, or fewer
+    in the same proportion (with a warning), keeping CPUs for the tasks.
 
     Raises:
-        LabelerError: not even one actor per model and one CPU for the tasks fit.
+        LabelerError: not even one actor per stage and one CPU for the tasks fit.
     """
     use_gpu = cluster.gpus > 0 and gpus_per_actor > 0
-    asked = sam2_actors + dinov2_actors
+    total = sum(asked.values())
     by_cpu = math.floor((cluster.cpus - TASK_CPUS) / ACTOR_CPUS + 1e-9)
-    fits = min(asked, actor_slots(cluster, gpus_per_actor if use_gpu else 0.0), by_cpu)
-    if fits < 2:
+    fits = min(total, actor_slots(cluster, gpus_per_actor if use_gpu else 0.0), by_cpu)
+    if fits < len(asked):
         per_actor = f"{ACTOR_CPUS:g} CPU" + (f" and {gpus_per_actor:g} GPU" if use_gpu else "")
         raise LabelerError(
-            f"the cluster {cluster.describe()}; a run needs at least 2 model actors ({per_actor} each, on one node) "
-            f"and {TASK_CPUS:g} CPU more for reading and writing: start Ray with more CPUs (ray start --num-cpus), "
-            "add nodes" + (", or lower --gpus-per-actor" if use_gpu else "")
+            f"the cluster {cluster.describe()}; a run needs at least {len(asked)} model "
+            f"actor{'s' if len(asked) > 1 else ''} ({per_actor} each, on one node) and {TASK_CPUS:g} CPU more for reading and writing: start Ray with more CPUs (ray start "
+            "--num-cpus), add nodes" + (", or lower --gpus-per-actor" if use_gpu else "")
         )
-    if fits == asked:
-        return Fit(sam2_actors, dinov2_actors, use_gpu)
-    sam2 = min(max(1, round(fits * sam2_actors / asked)), fits - 1)
-    log.warning("the cluster %s: running %d SAM2 and %d DINOv2 actors instead of the %d and %d asked for",
-                cluster.describe(), sam2, fits - sam2, sam2_actors, dinov2_actors)
-    return Fit(sam2, fits - sam2, use_gpu)
+    if fits == total:
+        return Fit(dict(asked), use_gpu)
+    given, left = {}, fits
+    for position, (stage, count) in enumerate(asked.items()):
+        still = len(asked) - position - 1  # stages after this one, each needing an actor
+        given[stage] = left - still if not still else min(max(1, round(fits * count / total)), left - still)
+        left -= given[stage]
+    log.warning("the cluster %s: running %s actors instead of the %s asked for", cluster.describe(),
+                " and ".join(f"{n} {STAGE_NAMES.get(s, s)}" for s, n in given.items()),
+                " and ".join(str(n) for n in asked.values()))
+    return Fit(given, use_gpu)
 
 
 def current_cluster() -> Cluster:

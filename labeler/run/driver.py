@@ -13,10 +13,10 @@ set) and a read of each shard's ids and footer.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import logging
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from labeler.bank.file import BankFile, PrototypeBank
 from labeler.errors import LabelerError
@@ -28,9 +28,14 @@ from labeler.outdir import layout as out_folder
 from labeler.outdir.listing import DamagedListing, Listing, load_listing, publish_listing, write_listing
 from labeler.outdir.lock import OutputLock
 from labeler.outdir.merged_coco import write_coco
-from labeler.outdir.shards import LabelCounts, ShardIndex, coco_dir, remove_orphan_coco_shards, retire_changed_images
+from labeler.outdir.shards import LabelCounts, ShardIndex, coco_dir, remove_orphan_twins, retire_changed_images
 from labeler.run.config import MERGED_COCO_MAX_ENTRIES, RunConfig
+
+if TYPE_CHECKING:
+    from labeler.rescore.config import RescoreConfig
 from labeler.run.manifest import RunSummary, write_manifest
+from labeler.run.passes import Passes, label_in_passes
+from labeler.run.progress import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -54,65 +59,17 @@ def _preflight(config: RunConfig, bank: PrototypeBank) -> int:
     return int(sam2.image_size)
 
 
-#: Pipeline passes per run: the first labels everything; the next ones what was lost with failed workers.
-MAX_PASSES = 3
+def _passes(config: RunConfig, listing: Listing, bank_file: BankFile, categories: list[Category], *,
+            sam2_size: int, min_scores: list[float], kept_footer: dict | None) -> Passes:
+    """``labeler run``'s pipeline (:func:`labeler.run.pipeline.run_pipeline`) as :class:`Passes`."""
+    from labeler.run.pipeline import MODEL_STAGE_ACTORS, run_pipeline
 
+    def run_pass(fit, done, tracker) -> None:
+        run_pipeline(config, listing, done, bank_file, fit, tracker, categories=categories, sam2_size=sam2_size,
+                     min_scores=min_scores, kept_footer=kept_footer)
 
-def _label(config: RunConfig, listing: Listing, index: ShardIndex, bank_file: BankFile,
-           categories: list, *, sam2_size: int, min_scores: list[float]) -> str | None:
-    """Label the images of ``listing`` that ``index`` does not hold yet, in passes until none is missing.
-
-    Returns the file Ray's messages went to (None with ``config.ray_logs``).
-
-    Raises:
-        LabelerError: the cluster cannot hold the run, a stage stalled or failed
-            for good, or images were still missing after :data:`MAX_PASSES`.
-    """
-    from ray.exceptions import NodeDiedError, RayActorError
-
-    from labeler.run.cluster import current_cluster, fit_actors, settle_nodes
-    from labeler.run.display import ProgressDisplay
-    from labeler.run.pipeline import MODEL_STAGE_ACTORS, ray_session, run_pipeline
-    from labeler.run.progress import start_tracker
-    from labeler.run.watchdog import PassAbandoned, PipelineStopped, Watchdog
-
-    display = ProgressDisplay(listing.images, index.finished())
-    with ray_session(config.address, config.sam2_actors + config.dinov2_actors, quiet=not config.ray_logs) as ray_log, \
-            contextlib.closing(display):
-        for attempt in range(1, MAX_PASSES + 1):
-            # Sized anew each pass: the cluster may have lost nodes in the last one.
-            fit = fit_actors(current_cluster(), config.sam2_actors, config.dinov2_actors, config.gpus_per_actor)
-            before = index.finished()
-            watchdog = Watchdog(start_tracker(), MODEL_STAGE_ACTORS, listing.images - before, config.rows_per_shard,
-                                config.stall_timeout, config.replan_after,
-                                on_progress=lambda rows, before=before: display.update(before + rows["dinov2"]))
-            done = copy.deepcopy(index.done)  # what this pass skips; the index grows while it runs
-            try:
-                with index.following(), watchdog:
-                    run_pipeline(config, listing, done, bank_file, fit, watchdog.tracker,
-                                 categories=categories, sam2_size=sam2_size, min_scores=min_scores)
-            except PassAbandoned:
-                log.warning("pass %d abandoned (%s); planning the next one on what the cluster has now",
-                            attempt, watchdog.reason)
-            except (RayActorError, NodeDiedError) as lost:  # Ray Data fails a pass whose actor dies while it starts
-                log.warning("pass %d lost a worker (%s); planning the next one on what the cluster has now",
-                            attempt, str(lost).splitlines()[0] if str(lost) else type(lost).__name__)
-            except PipelineStopped:
-                raise LabelerError(
-                    f"{watchdog.reason}; finished shards are kept, rerun the same command to resume"
-                ) from None
-            index.update()
-            display.update(index.finished())
-            missing = listing.images - index.finished()
-            if not missing:
-                return str(ray_log) if ray_log else None
-            log.warning("%d images were lost with failed workers or nodes in pass %d; labelling them again",
-                        missing, attempt)
-            settle_nodes()  # a node lost in this pass may still be listed, and would take the next pass's actors
-    raise LabelerError(
-        f"{missing} images were still unlabelled after {MAX_PASSES} passes (their work was lost with "
-        "failed workers or nodes each time); finished shards are kept, rerun the same command to resume"
-    )
+    return Passes(STAGES, MODEL_STAGE_ACTORS, {"sam2": config.sam2_actors, "dinov2": config.dinov2_actors},
+                  config.gpus_per_actor, run_pass)
 
 
 def _listing(config: RunConfig, entries: SourceEntries, categories: list[Category]) -> Listing:
@@ -140,16 +97,61 @@ def _listing(config: RunConfig, entries: SourceEntries, categories: list[Categor
     return publish_listing(written)
 
 
-def _merged_coco(config: RunConfig, counts: LabelCounts, categories: list, out_id: str) -> bool:
+def merged_coco(config: RunConfig | RescoreConfig, counts: LabelCounts, categories: list, out_id: str,
+                source_root: str) -> bool:
     """Write OUT/coco.json if asked or small enough (``--merged-coco``); remove a stale one of ours otherwise."""
     entries = counts.images_ok + counts.images_error + counts.detections
     if config.merged_coco == "always" or (config.merged_coco == "auto" and entries <= MERGED_COCO_MAX_ENTRIES):
-        write_coco(config.out, categories, out_id=out_id, image_root=config.source_root)
+        write_coco(config.out, categories, out_id=out_id, image_root=source_root)
         return True
     out_folder.remove_own_file(config.out, out_folder.COCO_NAME, out_id)
     log.info("%d label rows + detections: no merged coco.json (--merged-coco %s); the COCO shards are in %s/, "
              "`labeler export coco` merges them", entries, config.merged_coco, coco_dir(config.out))
     return False
+
+
+def fill_out_folder(
+    config: RunConfig | RescoreConfig, bank: PrototypeBank, settings: dict, started: float, *,
+    make_listing: Callable[[], Listing], make_passes: Callable[[Listing], Passes], source_root: str, sam2: str,
+    extra: dict | None = None,
+) -> RunSummary:
+    """What ``labeler run`` and ``labeler rescore`` do to their OUT, under its lock: make it ready for
+    ``settings`` (or resume it), take its listing (``make_listing``), label what no shard holds yet in passes
+    (``make_passes``), take repeats and images gone from the source out of the labels, repair COCO twins,
+    write the merged ``coco.json`` and ``run.json`` (with ``extra`` entries). ``started``: the command's
+    start (``time.monotonic``).
+    """
+    try:
+        with OutputLock(config.out) as lock:
+            out_folder.remove_temporaries(config.out)
+            out_id = out_folder.prepare(config.out, settings, config.overwrite)
+            remove_orphan_twins(config.out)
+            listing = make_listing()
+            index = ShardIndex(config.out, listing.ids(), listing.empty_id_set())
+            index.update()
+            skipped = index.finished()
+            todo = listing.images - skipped
+            log.info("%d images listed, %d already labelled, %d to do", listing.images, skipped, todo)
+            ray_log = label_in_passes(make_passes(listing), config, listing, index) if todo else None
+            lock.check()
+            labelled = time.monotonic()
+            reconciled = index.reconcile(bank.categories)
+            index.repair_coco_twins(bank.categories)
+            merged = merged_coco(config, index.counts, bank.categories, out_id, source_root)
+            summary = RunSummary(
+                out=config.out, images_listed=listing.images, images_skipped=skipped, images_processed=todo,
+                duplicates_removed=reconciled.duplicates, rows_not_listed=reconciled.not_listed,
+                counts=index.counts, wall_seconds=time.monotonic() - started, listing=listing,
+                shards=index.shards, merged_coco=merged, after_last_image_seconds=time.monotonic() - labelled,
+                errors=index.errors, max_error_rate=config.max_error_rate, source_root=source_root, ray_log=ray_log,
+            )
+            write_manifest(config, bank, settings, summary, out_id, sam2=sam2, extra=extra)
+    except OSError as error:
+        raise LabelerError(
+            f"writing to {config.out} failed: {error.strerror or error}; "
+            "finished shards are kept, rerun the same command to resume"
+        ) from None
+    return summary
 
 
 def run_labeling(config: RunConfig) -> RunSummary:
@@ -172,41 +174,14 @@ def run_labeling(config: RunConfig) -> RunSummary:
     out_folder.check_not_foreign(config.out)
     sam2_size = _preflight(config, bank)
     entries = read_source(config.images, config.image_root)  # checks the source before OUT is touched
-    settings = config.settings(bank)
-    try:
-        with OutputLock(config.out) as lock:
-            out_folder.remove_temporaries(config.out)
-            out_id = out_folder.prepare(config.out, settings, config.overwrite)
-            remove_orphan_coco_shards(config.out)
-            listing = _listing(config, entries, bank.categories)
-            index = ShardIndex(config.out, listing.ids(), listing.empty_id_set())
-            index.update()
-            skipped = index.finished()
-            todo = listing.images - skipped
-            log.info("%d images listed, %d already labelled, %d to do", listing.images, skipped, todo)
-            ray_log = None
-            if todo:
-                ray_log = _label(config, listing, index, bank_file, bank.categories, sam2_size=sam2_size,
-                                 min_scores=thresholds.tolist())
-            lock.check()
-            labelled = time.monotonic()
-            reconciled = index.reconcile(bank.categories)
-            index.repair_coco_twins(bank.categories)
-            merged = _merged_coco(config, index.counts, bank.categories, out_id)
-            summary = RunSummary(
-                out=config.out, images_listed=listing.images, images_skipped=skipped, images_processed=todo,
-                duplicates_removed=reconciled.duplicates, rows_not_listed=reconciled.not_listed,
-                counts=index.counts, wall_seconds=time.monotonic() - started, listing=listing,
-                shards=index.shards, merged_coco=merged, after_last_image_seconds=time.monotonic() - labelled,
-                errors=index.errors, max_error_rate=config.max_error_rate,
-                source_root=config.source_root, ray_log=ray_log,
-            )
-            write_manifest(config, bank, settings, summary, out_id)
-    except OSError as error:
-        raise LabelerError(
-            f"writing to {config.out} failed: {error.strerror or error}; "
-            "finished shards are kept, rerun the same command to resume"
-        ) from None
-    return summary
+    kept_footer = None if config.keep_proposals == "off" else {
+        "embedding_dtype": config.keep_proposals, "embedding_dim": bank.feature_dim, "encoder": bank.encoder,
+        "sam2": config.sam2}
 
+    def make_passes(listing: Listing) -> Passes:
+        return _passes(config, listing, bank_file, bank.categories, sam2_size=sam2_size,
+                       min_scores=thresholds.tolist(), kept_footer=kept_footer)
 
+    return fill_out_folder(config, bank, config.settings(bank), started,
+                           make_listing=lambda: _listing(config, entries, bank.categories), make_passes=make_passes,
+                           source_root=config.source_root, sam2=config.sam2)

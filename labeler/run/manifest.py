@@ -21,6 +21,7 @@ from labeler.outdir.shards import LabelCounts, coco_dir, labels_dir
 if TYPE_CHECKING:
     from labeler.bank.file import PrototypeBank
     from labeler.outdir.listing import Listing
+    from labeler.rescore.config import RescoreConfig
     from labeler.run.config import RunConfig
 
 #: Error kinds (the most common first) listed in run.json.
@@ -79,8 +80,10 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def write_manifest(config: RunConfig, bank: PrototypeBank, settings: dict, summary: RunSummary, out_id: str) -> None:
-    """Write ``OUT/run.json``: the config, the resume settings, bank, models, versions, counts and errors."""
+def write_manifest(config: RunConfig | RescoreConfig, bank: PrototypeBank, settings: dict, summary: RunSummary,
+                   out_id: str, *, sam2: str | None = None, extra: dict[str, Any] | None = None) -> None:
+    """Write ``OUT/run.json``: the config, the resume settings, bank, models, versions, counts and errors
+    (``sam2``: the proposals' model where ``config`` has none; ``extra``: more top-level entries)."""
     public_config = {k: v for k, v in asdict(config).items() if k != "storage_options"}
     manifest = {
         "out_id": out_id,
@@ -88,7 +91,8 @@ def write_manifest(config: RunConfig, bank: PrototypeBank, settings: dict, summa
         "settings": settings,
         "bank": {"path": config.bank, "content_hash": bank.content_hash},
         "categories": [{"id": c.id, "name": c.name} for c in bank.categories],
-        "models": {"sam2": config.sam2, "dinov2": bank.encoder},
+        "models": {"sam2": sam2 if sam2 is not None else config.sam2, "dinov2": bank.encoder},
+        **(extra or {}),
         "versions": package_versions(),
         "counts": {
             "images_listed": summary.images_listed,

@@ -86,19 +86,21 @@ def run_pipeline(
     categories: list[Category],
     sam2_size: int,
     min_scores: list[float],
+    kept_footer: dict | None = None,
 ) -> None:
     """Run read -> SAM2 -> DINOv2 -> write over the images of ``listing`` not in ``done``.
 
     Each task of the first step reads one part of the stored listing and keeps
     the rows still to do, so the driver holds only the parts' names. The model actors get ``bank``'s bytes, the very bank whose hash the run
     checked; every stage reports its rows to ``tracker``. ``min_scores`` holds the
-    threshold of each bank class, in bank order (infinity for a class left out). Blocks lost with an
+    threshold of each bank class, in bank order (infinity for a class left out); ``kept_footer`` the
+    footer of the kept proposals with ``--keep-proposals``. Blocks lost with an
     actor or node are dropped: the caller compares the shards with the listing.
     """
     ray.data.DataContext.get_current().max_errored_blocks = -1
     device = "cuda" if fit.use_gpu else "cpu"
     gpu_request = {"num_gpus": config.gpus_per_actor} if fit.use_gpu else {}
-    actors = fit.sam2_actors + fit.dinov2_actors
+    actors = sum(fit.actors.values())
     cpu_threads = None if fit.use_gpu else max(1, (os.cpu_count() or 1) // actors)
     parts = ray.data.from_items([{"part": uri} for uri in listing.part_uris()], override_num_blocks=listing.parts)
     images = parts.map_batches(unfinished_rows, batch_size=1, num_cpus=DECODE_CPUS,
@@ -128,15 +130,16 @@ def run_pipeline(
             )
 
     proposals = model_stage(
-        decoded, Sam2Proposer, fit.sam2_actors, sam2=config.sam2, points_per_side=config.points_per_side,
+        decoded, Sam2Proposer, fit.actors["sam2"], sam2=config.sam2, points_per_side=config.points_per_side,
         grid_layout=config.grid_layout, points_per_batch=config.points_per_batch, pred_iou_thr=config.pred_iou_thr, dtype=config.dtype,
         compile=config.compile, prompts=config.prompts, matched_points=config.matched_points,
         bank=bank if config.prompts == "matched" else None,
     )
     labels = model_stage(
-        proposals, Dinov2Scorer, fit.dinov2_actors, bank=bank, nms_thr=config.nms_thr,
+        proposals, Dinov2Scorer, fit.actors["dinov2"], bank=bank, nms_thr=config.nms_thr,
         max_dets=config.max_dets, min_score=min_scores, dtype=config.dtype, compile=config.compile,
+        keep_proposals=config.keep_proposals,
     )
     sink = LabelShardSink(config.out, config.rows_per_shard, categories, config.source_root, config.storage_options,
-                          tracker)
+                          tracker, kept_footer=kept_footer)
     labels.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})

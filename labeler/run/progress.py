@@ -1,5 +1,5 @@
-"""Progress of a run's pipeline: each stage (read + decode, SAM2, DINOv2, write) reports the rows it
-finished to one small :class:`ProgressTracker` actor (fire and forget: a report costs the stage one
+"""Progress of a pipeline: each stage (``labeler run``: read + decode, SAM2, DINOv2, write; ``labeler
+rescore``: read, rescoring, write) reports the rows it finished to one small :class:`ProgressTracker` actor (fire and forget: a report costs the stage one
 message, never a wait), and a stage that must not go on reports why. The driver's watchdog
 (:mod:`labeler.run.watchdog`) reads it.
 """
@@ -14,16 +14,17 @@ if TYPE_CHECKING:  # Ray is imported where it is used: the stages run without it
 
 log = logging.getLogger(__name__)
 
-#: Pipeline stages in order, and how they read in messages.
+#: Pipeline stages in order (``labeler run``'s, ``labeler rescore``'s), and how they read in messages.
 STAGES = ("read", "sam2", "dinov2", "write")
-STAGE_NAMES = {"read": "read + decode", "sam2": "SAM2", "dinov2": "DINOv2", "write": "write"}
+RESCORE_STAGES = ("read", "rescore", "write")
+STAGE_NAMES = {"read": "read + decode", "sam2": "SAM2", "dinov2": "DINOv2", "rescore": "rescoring", "write": "write"}
 
 
 class ProgressTracker:
     """Rows finished per stage, and fatal reports (a Ray actor; see :func:`start_tracker`)."""
 
-    def __init__(self) -> None:
-        self.rows = dict.fromkeys(STAGES, 0)
+    def __init__(self, stages: tuple[str, ...] = STAGES) -> None:
+        self.rows = dict.fromkeys(stages, 0)
         self.fatal: tuple[str, str] | None = None
 
     def add(self, stage: str, rows: int) -> None:
@@ -37,15 +38,15 @@ class ProgressTracker:
         return dict(self.rows), self.fatal
 
 
-def start_tracker() -> ActorHandle:
-    """A tracker actor on this (the driver's) node, holding no CPU."""
+def start_tracker(stages: tuple[str, ...] = STAGES) -> ActorHandle:
+    """A tracker actor for ``stages`` on this (the driver's) node, holding no CPU."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = ray.get_runtime_context().get_node_id()  # if this node dies, so does the driver
     return ray.remote(ProgressTracker).options(
         num_cpus=0, max_restarts=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)
-    ).remote()
+    ).remote(stages)
 
 
 def report(tracker: ActorHandle | None, stage: str, rows: int) -> None:

@@ -39,23 +39,24 @@ class PassAbandoned(PipelineStopped):
     """Raised in the thread running the pipeline when the pass lost capacity and stopped moving."""
 
 
-def stalled_stage(rows: dict[str, int], total: int, rows_per_shard: int) -> str:
+def stalled_stage(rows: dict[str, int], total: int, rows_per_shard: int, stages: tuple[str, ...] = STAGES) -> str:
     """The stage holding the work: furthest downstream with rows waiting for it.
 
-    The writer waits for ``rows_per_shard`` rows before it writes, so fewer
-    rows waiting there are not a stall of its own.
+    The writer (the last stage) waits for ``rows_per_shard`` rows before it
+    writes, so fewer rows waiting there are not a stall of its own.
     """
     upstream = total
     waiting = {}
-    for stage in STAGES:
+    for stage in stages:
         waiting[stage] = upstream - rows[stage]
         upstream = rows[stage]
-    if waiting["write"] >= rows_per_shard:
-        return "write"
-    upstream_waiting = [s for s in STAGES[:-1] if waiting[s] > 0]
+    writer = stages[-1]
+    if waiting[writer] >= rows_per_shard:
+        return writer
+    upstream_waiting = [s for s in stages[:-1] if waiting[s] > 0]
     if upstream_waiting:
         return upstream_waiting[-1]
-    return "write" if waiting["write"] else "read"
+    return writer if waiting[writer] else stages[0]
 
 
 def actor_states(class_name: str) -> dict[str, str]:
@@ -83,13 +84,17 @@ class Watchdog:
     replan_after: float = DEFAULT_REPLAN_AFTER
     poll_seconds: float = POLL_SECONDS
     on_progress: Callable[[dict[str, int]], None] | None = None  # called with the rows per stage at each poll
+    stages: tuple[str, ...] = STAGES  # the tracker's stages, in order
     reason: str | None = None
-    rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
+    rows: dict[str, int] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
     _pipeline_thread: int = 0
     _earlier_actors: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.rows = self.rows or dict.fromkeys(self.stages, 0)
 
     def __enter__(self) -> Watchdog:
         self._pipeline_thread = threading.get_ident()
@@ -150,8 +155,8 @@ class Watchdog:
         return f"{len(died)} model actor(s) died" if died else None
 
     def describe_stall(self) -> str:
-        stage = stalled_stage(self.rows, self.total, self.rows_per_shard)
-        done = ", ".join(f"{STAGE_NAMES[s]} {self.rows[s]}" for s in STAGES)
+        stage = stalled_stage(self.rows, self.total, self.rows_per_shard, self.stages)
+        done = ", ".join(f"{STAGE_NAMES[s]} {self.rows[s]}" for s in self.stages)
         line = f"no progress for {self.stall_timeout:g} s: the {STAGE_NAMES[stage]} stage stalled (rows done: {done}"
         if stage in self.actor_classes:
             states = [state for state in actor_states(self.actor_classes[stage]).values() if state != "DEAD"]
