@@ -56,6 +56,16 @@ def run_cli(monkeypatch, capsys):
     return invoke
 
 
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray for a module's runs (each joins it instead of starting its own)."""
+    import ray
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def refs_mixed(tmp_path_factory) -> Path:
     """Eight reference images whose annotations cycle through every segmentation kind."""

@@ -54,6 +54,7 @@ def test_flags_are_shown_as_flags(run_cli, command, flags):
     ["eval", "--pred", "{missing}", "--gt", "{here}/gt.json"],
     ["estimate", "--refs", "{missing}", "--images", "{here}", "--out", "{here}/e"],
     ["review", "--pred", "{missing}", "--out", "{here}/r"],
+    ["rescore", "--pred", "{missing}", "--bank", "{here}/bank.safetensors", "--out", "{here}/o"],
 ])
 def test_a_wrong_path_is_reported_before_torch_or_ray_load(tmp_path, args):
     (tmp_path / "bank.safetensors").write_bytes(b"x")
@@ -143,6 +144,7 @@ def _options(*path):
     ("run", "labeler.run.config:RunConfig", {"ray_logs", "replan_after"}),
     ("bench", "labeler.bench.config:BenchConfig", {"image_size"}),  # WxH text, checked below
     ("estimate", "labeler.quality.estimate_config:EstimateConfig", {"run"}),
+    ("rescore", "labeler.rescore.config:RescoreConfig", {"ray_logs", "replan_after"}),
 ])
 def test_every_config_field_is_an_option_with_the_fields_default(command, config, set_by_cli):
     """A new config field without an option, or a CLI default that differs from the API's, fails here."""

@@ -11,20 +11,21 @@ import torch
 
 from labeler.models.compile_cache import CompileCache, cache_name
 
-#: One process: the tiny DINOv2 compiled as a scoring actor compiles it, its cache loaded before and saved after.
+#: One process: a small network compiled as an actor compiles its models, its cache loaded before and saved
+#: after (the actors' own wiring is in tests/test_fast_path.py).
 ACTOR_PROCESS = """
 import json, sys, torch
 from torch._dynamo.utils import counters
-from labeler.models import load_dinov2
 from labeler.models.compile_cache import CompileCache
 from labeler.models.speedups import compile_modules
 torch.set_num_threads(1)
-cache = CompileCache(sys.argv[1], "dinov2", {"dinov2": "random:tiny"}, torch.device("cpu"))
+cache = CompileCache(sys.argv[1], "dinov2", {"dinov2": "a small network"}, torch.device("cpu"))
 loaded = cache.load()
-encoder = load_dinov2("random:tiny", "cpu", 112)
-compile_modules(encoder.model)
+torch.manual_seed(0)
+network = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Linear(64, 8))  # extern products: no C++ to build
+compile_modules(network)
 with torch.inference_mode():
-    encoder.target_features(torch.zeros(2, 64, 64, 3, dtype=torch.uint8))
+    network(torch.zeros(4, 32))
 print(json.dumps({"loaded": loaded, "saved": cache.save(), **counters["inductor"]}))
 """
 

@@ -105,7 +105,17 @@ def test_the_review_loop_through_a_real_label_studio_server(label_studio, run_cl
                     "--out", tmp_path / "bank-v2.safetensors", "--dinov2", "random:tiny", "--sam2", "random:tiny",
                     "--device", "cpu")
     assert built.exit_code == 0, built.stderr[-2000:]
-    labelled = run_cli("run", "--bank", tmp_path / "bank-v2.safetensors", "--images", gt.parent / "images", "--out",
-                       tmp_path / "run-v2", "--sam2", "random:tiny", "--points-per-side", "4", "--batch-size", "4")
-    assert labelled.exit_code == 0, labelled.stderr[-2000:]
-    assert "8 images listed: 8 labelled now" in labelled.stdout
+    # The whole set labelled again with the new bank from the first run's kept proposals (docs/review.md); that
+    # this equals a fresh run with the new bank is tests/test_rescore.py's.
+    run_args = ["--images", gt.parent / "images", "--sam2", "random:tiny", "--points-per-side", "4", "--batch-size", "4"]
+    first = run_cli("build-bank", "--refs", gt, "--images", gt.parent / "images", "--out", tmp_path / "bank-v1.safetensors",
+                    "--dinov2", "random:tiny", "--sam2", "random:tiny", "--device", "cpu")
+    assert first.exit_code == 0, first.stderr[-2000:]
+    kept = run_cli("run", "--bank", tmp_path / "bank-v1.safetensors", "--out", tmp_path / "labels-out",
+                   "--keep-proposals", "float32", *run_args)
+    assert kept.exit_code == 0, kept.stderr[-2000:]
+    rescored = run_cli("rescore", "--pred", tmp_path / "labels-out", "--bank", tmp_path / "bank-v2.safetensors",
+                       "--out", tmp_path / "labels-v2")
+    assert rescored.exit_code == 0, rescored.stderr[-2000:]
+    assert "8 images listed: 8 labelled now" in rescored.stdout
+    assert load_json(tmp_path / "labels-v2" / "run.json")["bank"]["path"] == str(tmp_path / "bank-v2.safetensors")

@@ -28,15 +28,6 @@ TINY_RUN = dict(sam2="random:tiny", points_per_side=4, batch_size=4, rows_per_sh
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def bank_path(tmp_path_factory, refs_mixed):
     bank = build_bank(str(refs_mixed), str(refs_mixed.parent / "images"), dinov2="random:tiny", sam2="random:tiny",
                       device="cpu")

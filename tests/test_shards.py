@@ -22,7 +22,7 @@ from labeler.outdir.shards import (
     list_coco_shards,
     list_shards,
     read_shard,
-    remove_orphan_coco_shards,
+    remove_orphan_twins,
     write_shard,
 )
 
@@ -128,7 +128,7 @@ def test_a_coco_shard_without_its_parquet_twin_is_not_data_and_is_removed(tmp_pa
         write_shard(out, table([2]), categories=CATEGORIES)
     monkeypatch.undo()
     assert len(list((tmp_path / "coco").iterdir())) == 2 and list_coco_shards(out) == [coco_twin(out, kept)]
-    assert remove_orphan_coco_shards(out) == 1
+    assert remove_orphan_twins(out) == 1
     assert [p.name for p in (tmp_path / "coco").iterdir()] == [coco_twin(out, kept).rsplit("/", 1)[1]]
 
 
@@ -221,11 +221,12 @@ def test_while_a_pass_runs_the_index_follows_the_shards_it_publishes(tmp_path):
 def test_a_write_call_cuts_its_rows_into_shards_of_about_rows_per_shard():
     from labeler.actors.writer import split_rows
 
-    assert [t.num_rows for t in split_rows(table(range(7)), 1000)] == [7]
-    assert [t.num_rows for t in split_rows(table(range(25)), 10)] == [12, 13]
-    parts = split_rows(table(range(3100)), 1000)
-    assert [t.num_rows for t in parts] == [1033, 1034, 1033]
-    assert [i for t in parts for i in t.column("image_id").to_pylist()] == list(range(3100))
+    assert [t.num_rows for t, _ in split_rows(table(range(7)), 1000)] == [7]
+    assert [t.num_rows for t, _ in split_rows(table(range(25)), 10)] == [12, 13]
+    parts = split_rows(table(range(3100)), 1000, kept=table(range(3100)))
+    assert [t.num_rows for t, _ in parts] == [1033, 1034, 1033]
+    assert [i for t, _ in parts for i in t.column("image_id").to_pylist()] == list(range(3100))
+    assert all(t.column("image_id").equals(k.column("image_id")) for t, k in parts)
 
 
 def test_class_names_read_back_from_a_parquet_shard_alone(tmp_path):
@@ -295,3 +296,41 @@ def test_a_writer_that_cannot_write_its_labels_reports_its_own_error(tmp_path):
     assert [args[0] for args in tracker.fatal] == ["write"]
     assert tracker.fatal[0][1].startswith("writing a label shard failed: UnicodeEncodeError:")
     assert not list((tmp_path / "out").rglob("part-*"))
+
+
+def kept_for(ids):
+    """Kept proposals of images ``ids``: each image's one embedding holds its id."""
+    import torch
+
+    from labeler.io.kept_proposals import KeptProposals, kept_table, with_footer
+    from labeler.io.proposal_payload import encode_proposals
+
+    kept = [KeptProposals(encode_proposals(torch.full((1, 4, 4), 5.0), torch.tensor([0.9]), (8, 8)),
+                          np.full((1, 2), float(i), np.float32)) for i in ids]
+    return with_footer(kept_table(list(ids), kept, "float32"),
+                       {"embedding_dtype": "float32", "embedding_dim": 2, "encoder": "e", "sam2": "s"})
+
+
+def test_kept_proposals_follow_their_shard_through_every_rewrite(tmp_path):
+    from labeler.io.kept_proposals import kept_of_row
+    from labeler.outdir.layout import remove_own_entries
+    from labeler.outdir.shards import kept_twin, read_kept_twin
+
+    out = str(tmp_path)
+    write_shard(out, table([1, 2, 3]), categories=CATEGORIES, kept=kept_for([1, 2, 3]))
+    write_shard(out, table([3, 4, 9]), categories=CATEGORIES, kept=kept_for([3, 4, 9]))
+    with pytest.raises(ValueError, match="the shard's rows, in order"):
+        write_shard(out, table([5, 6]), categories=CATEGORIES, kept=kept_for([6, 5]))
+    result = index_of(out, [1, 2, 3, 4]).reconcile(CATEGORIES)  # a repeat of 3, and 9 left the source
+    assert (result.duplicates, result.not_listed) == (1, 1)
+    for shard in list_shards(out):
+        ids = pq.read_table(shard).column("image_id").to_pylist()
+        kept = read_kept_twin(out, shard)
+        assert kept.column("image_id").to_pylist() == ids
+        assert [kept_of_row(row, "float32", 2).embeddings[0, 0] for row in kept.to_pylist()] == ids
+    assert sorted(p.name for p in (tmp_path / "proposals").iterdir()) == sorted(
+        kept_twin(out, shard).rsplit("/", 1)[1] for shard in list_shards(out))
+    (tmp_path / "proposals" / "part-0123456789abcdef0123456789abcdef.parquet").write_bytes(b"orphan")
+    assert remove_orphan_twins(out) == 1
+    remove_own_entries(out, None)  # --overwrite
+    assert not (tmp_path / "proposals").exists()

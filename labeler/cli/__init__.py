@@ -54,6 +54,7 @@ def _global_options(
 app.command("build-bank")(bank.build_bank_command)
 app.command("bank-info")(bank.bank_info_command)
 app.command("run")(run.run_command)
+app.command("rescore")(run.rescore_command)
 app.command("eval")(results.eval_command)
 app.command("visualize")(results.visualize_command)
 app.command("export")(results.export_command)

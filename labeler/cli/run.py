@@ -1,5 +1,6 @@
-"""``labeler run`` and ``labeler estimate`` (which labels k folds of the references with ``run``'s code):
-their options are the fields of :class:`labeler.run.config.RunConfig` and of
+"""``labeler run``, ``labeler rescore`` (a run's kept proposals with another bank) and ``labeler estimate`` (which
+labels k folds of the references with ``run``'s code): their options are the fields of
+:class:`labeler.run.config.RunConfig`, :class:`labeler.rescore.config.RescoreConfig` and
 :class:`labeler.quality.estimate_config.EstimateConfig`, defaults included."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import typer
 from labeler.cli.common import Help, Opt, apply_storage_options, config_command, job_paths, state
 from labeler.io.storage import check_output_folder
 from labeler.quality.estimate_config import EstimateConfig
+from labeler.rescore.config import RescoreConfig
 from labeler.run.config import MERGED_COCO_MAX_ENTRIES, RunConfig
 
 #: One option per RunConfig field but the two the CLI sets itself (ray_logs from --debug, replan_after fixed).
@@ -50,6 +52,10 @@ RUN_OPTIONS = {
                          "every node reads, shared by several runs (holds compiled code: use trusted storage)."),
     "prompts": Opt(Help.PROMPTS),
     "matched_points": Opt("Points kept per image with --prompts matched."),
+    "keep_proposals": Opt("Also keep, per image, the proposals and their mask embeddings (which no bank changes) "
+                          "under OUT/proposals, so `labeler rescore` can label again with another bank without "
+                          "the models: off, float32 (rescoring is bit for bit a fresh run) or float16 (half the "
+                          "bytes)."),
     "relist": Opt("List the source again and label added images (a rerun reuses the stored listing)."),
     "merged_coco": Opt(f"Also write one OUT/coco.json: auto (up to {MERGED_COCO_MAX_ENTRIES:,} label rows + "
                        "detections), always or never."),
@@ -67,6 +73,43 @@ def run_command(options: dict[str, Any]) -> None:
     from labeler.run.driver import run_labeling
 
     summary = run_labeling(RunConfig(**options, ray_logs=state["debug"]))
+    typer.echo(describe_summary(summary))
+    failure = summary.failure()
+    if failure:
+        typer.echo(f"error: {failure}; the labels and error rows are in {options['out']}", err=True)
+        raise typer.Exit(1)
+
+
+RESCORE_OPTIONS = {
+    "pred": Opt("Output folder of a `labeler run --keep-proposals` (path or URI)."),
+    "bank": Opt("The new prototype bank (same encoder as the run's)."),
+    "out": Opt("Output folder for the new labels (path or URI)."),
+    "nms_thr": RUN_OPTIONS["nms_thr"],
+    "max_dets": RUN_OPTIONS["max_dets"],
+    "min_score": RUN_OPTIONS["min_score"],
+    "classes": RUN_OPTIONS["classes"],
+    "max_error_rate": RUN_OPTIONS["max_error_rate"],
+    "batch_size": Opt("Images per rescoring batch."),
+    "actors": Opt("Rescoring actors (one CPU each, and --gpus-per-actor GPUs)."),
+    "gpus_per_actor": Opt("GPUs per rescoring actor (0: rescore on CPUs)."),
+    "address": RUN_OPTIONS["address"],
+    "overwrite": RUN_OPTIONS["overwrite"],
+    "rows_per_shard": RUN_OPTIONS["rows_per_shard"],
+    "stall_timeout": RUN_OPTIONS["stall_timeout"],
+    "merged_coco": RUN_OPTIONS["merged_coco"],
+    "storage_options": RUN_OPTIONS["storage_options"],
+}
+
+
+@config_command(RESCORE_OPTIONS, RescoreConfig)
+def rescore_command(options: dict[str, Any]) -> None:
+    """Label a finished run's images again with another bank, from its kept proposals (no model runs)."""
+    options["storage_options"] = apply_storage_options(options["storage_options"])
+    options = job_paths(options, inputs=("pred", "bank"), outputs=("out",))
+    from labeler.rescore.driver import rescore_labeling
+    from labeler.run.display import describe_summary
+
+    summary = rescore_labeling(RescoreConfig(**options, ray_logs=state["debug"]))
     typer.echo(describe_summary(summary))
     failure = summary.failure()
     if failure:

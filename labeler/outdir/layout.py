@@ -27,6 +27,8 @@ LOCK_NAME = "lock"
 REMOVED_NAME = "removed"
 LABELS_DIR = "labels"
 COCO_DIR = "coco"
+#: ``proposals/part-<hex>.parquet``: a shard's kept proposals (``--keep-proposals``), named as the shard.
+PROPOSALS_DIR = "proposals"
 LISTING_NAME = "listing.json"
 LISTING_DIR = "listing"
 #: ``_state/compile-cache/``: torch.compile's artifacts shared by the actors (labeler.models.compile_cache);
@@ -123,7 +125,7 @@ def remove_temporaries(out: str) -> int:
     returns how many."""
     removed = 0
     for folder in (out.rstrip("/"), join(out, STATE_DIR), join(out, LABELS_DIR), join(out, COCO_DIR),
-                   compile_cache_dir(out)):
+                   join(out, PROPOSALS_DIR), compile_cache_dir(out)):
         for name in _names(folder):
             if is_temporary(name):
                 storage.remove(join(folder, name))
@@ -180,7 +182,8 @@ def remove_own_file(out: str, name: str, out_id: str | None) -> bool:
 def remove_own_entries(out: str, out_id: str | None) -> list[str]:
     """Delete what labeler wrote in OUT (``--overwrite``); returns the entries left that it did not write."""
     labels, removed, coco = join(out, LABELS_DIR), join(out, STATE_DIR, REMOVED_NAME), join(out, COCO_DIR)
-    for folder in (labels, removed, coco):
+    proposals = join(out, PROPOSALS_DIR)
+    for folder in (labels, removed, coco, proposals):
         for name in _names(folder):
             if is_shard_name(name) or is_coco_shard_name(name) or is_temporary(name):
                 storage.remove(join(folder, name))
@@ -192,7 +195,7 @@ def remove_own_entries(out: str, out_id: str | None) -> list[str]:
         remove_own_file(out, name, out_id)
     storage.remove(join(out, STATE_DIR, SETTINGS_NAME))
     return [n for n in _names(out) if n != STATE_DIR] + [f"{LABELS_DIR}/{n}" for n in _names(labels)] + [
-        f"{COCO_DIR}/{n}" for n in _names(coco)]
+        f"{COCO_DIR}/{n}" for n in _names(coco)] + [f"{PROPOSALS_DIR}/{n}" for n in _names(proposals)]
 
 
 def prepare(out: str, settings: dict[str, Any], overwrite: bool) -> str:

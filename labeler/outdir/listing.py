@@ -307,6 +307,16 @@ def publish_listing(listing: Listing) -> Listing:
     return listing
 
 
+def copy_listing(source: Listing, out: str) -> Listing:
+    """``source`` (another OUT's listing, as ``labeler rescore`` takes it) written into ``out`` as its own and
+    published: the same images, ids and version."""
+    copy = Listing(out=out, version=source.version, kind=source.kind, images=source.images, next_id=source.next_id,
+                   parts=source.parts, repeats=source.repeats)
+    for name in [out_folder.LISTING_IDS_NAME] + [out_folder.listing_part_name(i) for i in range(source.parts)]:
+        storage.write_bytes_atomic(f"{copy.folder}/{name}", storage.read_bytes(f"{source.folder}/{name}"))
+    return publish_listing(copy)
+
+
 def store_listing(out: str, entries: SourceEntries, previous: Listing | None = None, *,
                   from_labels: bool = False) -> Listing:
     """:func:`write_listing`, then :func:`publish_listing`."""

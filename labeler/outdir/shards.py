@@ -1,6 +1,7 @@
-"""Label shards: Parquet under ``OUT/labels`` with their COCO twins under ``OUT/coco`` (docs/formats.md).
+"""Label shards: Parquet under ``OUT/labels`` with their COCO twins under ``OUT/coco`` and, with
+``--keep-proposals``, their kept proposals under ``OUT/proposals`` (docs/formats.md).
 
-A shard is published whole, its COCO twin just before it: the Parquet shard is the commit point, so an
+A shard is published whole, its twins just before it: the Parquet shard is the commit point, so an
 image is finished exactly when it is in a listed shard, and a twin without its shard is not data. A
 shard's footer carries its counts (:class:`LabelCounts`), error tally and twin size, so totals come from
 footers, not rows. :class:`ShardIndex` is what a run knows of its shards (finished ids, totals, rows to
@@ -91,23 +92,54 @@ def _name(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[-1]
 
 
+def proposals_dir(out: str) -> str:
+    return out_folder.join(out, out_folder.PROPOSALS_DIR)
+
+
 def coco_twin(out: str, shard_uri: str) -> str:
     """The COCO shard of a Parquet shard."""
     return f"{coco_dir(out)}/{_name(shard_uri).removesuffix(out_folder.SHARD_SUFFIX)}{out_folder.COCO_SHARD_SUFFIX}"
 
 
+def kept_twin(out: str, shard_uri: str) -> str:
+    """The kept-proposals file of a Parquet shard (:mod:`labeler.io.kept_proposals`): the same name under
+    ``proposals/``."""
+    return f"{proposals_dir(out)}/{_name(shard_uri)}"
+
+
+def read_kept_twin(out: str, shard_uri: str) -> pa.Table | None:
+    """A shard's kept proposals, or None when it has none."""
+    uri = kept_twin(out, shard_uri)
+    return read_shard(uri) if storage.exists(uri) else None
+
+
+def _remove_shard(out: str, uri: str) -> None:
+    """Delete a Parquet shard, then its twins."""
+    storage.remove(uri)
+    storage.remove(coco_twin(out, uri))
+    storage.remove(kept_twin(out, uri))
+
+
 def write_shard(out: str, table: pa.Table, folder: str | None = None,
-                categories: list[Category] | None = None) -> str:
+                categories: list[Category] | None = None, kept: pa.Table | None = None) -> str:
     """Publish one shard under ``labels/`` (or ``folder``), each file atomically; returns its URI.
 
     With ``categories``, each detection gets its class name and its COCO twin
     is published first; the footer of the Parquet shard carries the table's
     :class:`LabelCounts` and, with ``categories``, the categories themselves,
-    so that a shard names its classes on its own.
+    so that a shard names its classes on its own. ``kept``, the rows' kept
+    proposals (one per row, in order, with their footer), is published first
+    of all, under ``proposals/``.
     """
     stored_categories = (table.schema.metadata or {}).get(CATEGORIES_KEY)
     table = table.cast(LABELS_SCHEMA)
     uri = f"{folder or labels_dir(out)}/{out_folder.SHARD_PREFIX}{uuid.uuid4().hex}{out_folder.SHARD_SUFFIX}"
+    if kept is not None:
+        if kept.column("image_id").to_pylist() != table.column("image_id").to_pylist():
+            raise ValueError("kept proposals must hold the shard's rows, in order")
+        buffer = io.BytesIO()
+        pq.write_table(kept, buffer, compression="zstd")
+        storage.write_bytes_atomic(kept_twin(out, uri), buffer.getvalue())
     metadata = {COUNTS_KEY: json.dumps(asdict(LabelCounts.of_table(table))).encode(),
                 ERRORS_KEY: json.dumps(ErrorTally.of_table(table).to_json()).encode()}
     if categories is not None:
@@ -151,13 +183,15 @@ def list_coco_shards(out: str) -> list[str]:
     return [f"{coco_dir(out)}/{name}" for name in names if name.removesuffix(out_folder.COCO_SHARD_SUFFIX) in published]
 
 
-def remove_orphan_coco_shards(out: str) -> int:
-    """Delete COCO shards without a published Parquet twin; returns how many."""
-    published = {_name(uri).removesuffix(out_folder.SHARD_SUFFIX) for uri in list_shards(out)}
-    orphans = [name for name in _list_names(coco_dir(out), out_folder.is_coco_shard_name)
-               if name.removesuffix(out_folder.COCO_SHARD_SUFFIX) not in published]
-    for name in orphans:
-        storage.remove(f"{coco_dir(out)}/{name}")
+def remove_orphan_twins(out: str) -> int:
+    """Delete COCO shards and kept proposals without a published Parquet shard; returns how many."""
+    published = {_name(uri) for uri in list_shards(out)}
+    orphans = [f"{coco_dir(out)}/{name}" for name in _list_names(coco_dir(out), out_folder.is_coco_shard_name)
+               if name.removesuffix(out_folder.COCO_SHARD_SUFFIX) + out_folder.SHARD_SUFFIX not in published]
+    orphans += [f"{proposals_dir(out)}/{name}" for name in _list_names(proposals_dir(out), out_folder.is_shard_name)
+                if name not in published]
+    for uri in orphans:
+        storage.remove(uri)
     return len(orphans)
 
 
@@ -214,9 +248,11 @@ def _move_rows_out(out: str, uri: str, table: pa.Table, leaving: np.ndarray,
     kill at any moment leaves every row somewhere and the next run finishes the move."""
     write_shard(out, table.filter(pa.array(leaving)), folder=out_folder.join(out, REMOVED_DIR))
     if (~leaving).any():
-        write_shard(out, table.filter(pa.array(~leaving)), categories=categories)
-    storage.remove(uri)
-    storage.remove(coco_twin(out, uri))
+        staying = pa.array(~leaving)
+        kept = read_kept_twin(out, uri)
+        write_shard(out, table.filter(staying), categories=categories,
+                    kept=None if kept is None else kept.filter(staying))
+    _remove_shard(out, uri)
 
 
 def retire_changed_images(out: str, listed: pa.Table, categories: list[Category] | None) -> int:
@@ -376,13 +412,14 @@ class ShardIndex:
                 write_shard(self.out, table.filter(pa.array(~listed)), folder=out_folder.join(self.out, REMOVED_DIR))
             kept = table.filter(pa.array(keep))
             if kept.num_rows:
-                self._seen[write_shard(self.out, kept, categories=categories)] = None
+                proposals = read_kept_twin(self.out, uri)
+                proposals = None if proposals is None else proposals.filter(pa.array(keep))
+                self._seen[write_shard(self.out, kept, categories=categories, kept=proposals)] = None
             self.counts.add(LabelCounts.of_table(table), -1)
             self.counts.add(LabelCounts.of_table(kept))
             self.errors.add(ErrorTally.of_table(table), -1)
             self.errors.add(ErrorTally.of_table(kept))
-            storage.remove(uri)
-            storage.remove(coco_twin(self.out, uri))
+            _remove_shard(self.out, uri)
             self._seen.pop(uri, None)
         self._fixes = {}
         if not_listed:

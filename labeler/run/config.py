@@ -29,6 +29,8 @@ MERGED_COCO_MAX_ENTRIES = 1_000_000
 #: and still exit with status 0. Real sets have a few corrupt or vanished files; a share above
 #: this says something is wrong with the whole source (a wrong --image-root, a lost mount).
 DEFAULT_MAX_ERROR_RATE = 0.05
+#: ``--keep-proposals``: off, or the dtype the kept mask embeddings are stored in (labeler.io.kept_proposals).
+KEEP_CHOICES = ("off", "float32", "float16")
 
 
 def model_checks(config: Any) -> list[tuple[bool, str]]:
@@ -78,6 +80,7 @@ class RunConfig:
     compile_cache: str = "auto"  # auto: OUT/_state/compile-cache; off; or a folder shared by several runs
     prompts: str = "grid"
     matched_points: int = defaults.MATCHED_POINTS
+    keep_proposals: str = "off"  # off, or the dtype of the kept embeddings (labeler.io.kept_proposals)
     relist: bool = False
     merged_coco: str = "auto"
     ray_logs: bool = False  # Ray's own messages in the terminal (the CLI's --debug), else in a log file
@@ -101,6 +104,10 @@ class RunConfig:
             (math.isfinite(self.replan_after) and self.replan_after > 0, "replan_after must be a positive number"),
             (self.merged_coco in MERGED_COCO_CHOICES, f"--merged-coco must be one of {', '.join(MERGED_COCO_CHOICES)}"),
             (bool(self.compile_cache.strip()), "--compile-cache must be auto, off or a folder"),
+            (self.keep_proposals in KEEP_CHOICES, f"--keep-proposals must be one of {', '.join(KEEP_CHOICES)}"),
+            (self.keep_proposals == "off" or self.prompts == "grid",
+             "--keep-proposals needs --prompts grid: matched prompts are chosen with the bank, so they could not "
+             "be rescored with another one"),
         ])
 
     @property
@@ -138,4 +145,5 @@ class RunConfig:
             "dtype": self.dtype,
             "prompts": self.prompts,
             "matched_points": self.matched_points if self.prompts == "matched" else None,
+            "keep_proposals": self.keep_proposals,
         }
