@@ -31,7 +31,7 @@ def test_folds_split_images_and_never_hand_a_held_out_annotation_to_a_bank():
     assert sorted(fold) == list(range(1, 8)) and sorted(np.bincount(list(fold.values()))) == [2, 2, 3]
     assert fold == fold_of_images(list(range(1, 8)), 3, seed=4) and fold != fold_of_images(list(range(1, 8)), 3, 5)
     for k in range(3):
-        train, heldout = _fold_documents(document, fold, k)
+        train, heldout = _fold_documents(document, fold, k, [])
         held = {i["id"] for i in heldout["images"]}
         assert held == {i for i, f in fold.items() if f == k}
         assert not {a["image_id"] for a in train["annotations"]} & held
@@ -142,3 +142,42 @@ def test_a_fold_with_no_reference_outside_it_is_noted_not_fatal(tmp_path):
     assert any("no reference annotation outside it" in note for note in result.notes)
     assert len(result.per_fold) == 2 and (tmp_path / "out" / "report.txt").exists()
     assert "no reference annotation outside it" in (tmp_path / "out" / "report.txt").read_text()
+
+
+def test_negative_references_are_kept_out_of_the_truth_and_their_effect_is_reported_per_class(tmp_path):
+    """Two instances of one class are also given as negatives ("not this") of another: each fold's bank holds
+    those of its training images, the held-out truth never does, and the report gives that class's AP with
+    and without them, the second from the same proposals rescored."""
+    refs = generate_dataset(tmp_path / "refs", 6, seed=3)
+    document = load_json(refs)
+    names = {c["id"]: c["name"] for c in document["categories"]}
+    first, second = sorted(names)[:2]
+    donors = [a for a in document["annotations"] if a["category_id"] == second][:2]
+    negatives = [dict(a, id=10_000 + k, category_id=first, negative=True) for k, a in enumerate(donors)]
+    document["annotations"] += negatives
+    refs.write_text(json.dumps(document))
+    result = run_estimate(EstimateConfig(
+        refs=str(refs), images=str(refs.parent / "images"), out=str(tmp_path / "out"), dinov2="random:tiny",
+        folds=2, seed=1, target_precision=0.5, device="cpu",
+        run=RunConfig(bank="", images="", out="", sam2="random:tiny", points_per_side=4, batch_size=4,
+                      max_error_rate=1.0)))
+    held_negatives = 0
+    for k in range(2):
+        fold = tmp_path / "out" / "folds" / str(k)
+        bank = load_bank(str(fold / "bank.safetensors"))
+        held = {i["id"] for i in load_json(fold / "heldout.json")["images"]}
+        assert not {a["id"] for a in load_json(fold / "heldout.json")["annotations"]} & {a["id"] for a in negatives}
+        expected = sorted(a["id"] for a in negatives if a["image_id"] not in held)
+        assert sorted(bank.negative_annotation_ids) == expected
+        assert not set(bank.annotation_ids) & {a["id"] for a in negatives}
+        held_negatives += len(negatives) - len(expected)
+        assert (fold / "labels-without-negatives" / "run.json").exists()
+    assert held_negatives == len(negatives)  # each negative was held out once
+    assert result.negative_classes == [names[first]]
+    effect = result.negative_effect()
+    assert list(effect) == [names[first]] and all(-1 <= value <= 1 for value in effect[names[first]])
+    text = (tmp_path / "out" / "report.txt").read_text()
+    assert f"Negative references, AP per class with them -> without (the same proposals, rescored): {names[first]}" in text
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["negatives"][names[first]].keys() == {
+        "ap_with", "ap_without"}
+    assert any("negative references" in note for note in result.notes)

@@ -23,6 +23,7 @@ def both_ways(logits, labels, image_hw, chunk_pixels=None):
 
 def assert_same(dense, rle):
     assert torch.equal(dense.present, rle.present)
+    assert torch.equal(dense.intersections, rle.intersections)
     assert torch.equal(dense.overlap, rle.overlap)
     assert dense.overlap.dtype == torch.float64
     assert torch.equal(dense.areas, rle.areas)

@@ -23,11 +23,18 @@ LABEL_FIELDS = ("image_id", "uri", "file_name", "width", "height", "status", "er
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """Two banks of the same encoder (other reference images), and eight target images plus a broken one."""
+    """Two banks of the same encoder (other reference images; B also has a negative reference), and eight
+    target images plus a broken one."""
     root = tmp_path_factory.mktemp("rescore")
     banks = []
     for name, seed in (("a", 3), ("b", 4)):
         refs = generate_dataset(root / f"refs-{name}", 4, seed=seed)
+        if name == "b":
+            document = load_json(refs)
+            first, second = sorted(c["id"] for c in document["categories"])[:2]
+            donor = next(a for a in document["annotations"] if a["category_id"] == second)
+            document["annotations"].append(dict(donor, id=99_999, category_id=first, negative=True))
+            refs.write_text(json.dumps(document))
         bank = build_bank(str(refs), str(refs.parent / "images"), dinov2="random:tiny", sam2="random:tiny",
                           device="cpu")
         banks.append(root / f"bank-{name}.safetensors")
@@ -88,6 +95,18 @@ def test_rescoring_with_another_bank_equals_a_fresh_run_bit_for_bit(setup, runs)
                       for a in document["annotations"])
 
     assert annotations(coco) == annotations(fresh_coco) and len(coco["images"]) == 8
+
+
+def test_graph_diffusion_rescoring_equals_a_fresh_graph_diffusion_run(setup, runs):
+    root, bank_a, bank_b, images = setup
+    runs("run", "--bank", bank_b, "--images", images, "--out", root / "fresh-b-graph", "--merge", "graph-diffusion",
+         *RUN)
+    runs("rescore", "--pred", root / "a32", "--bank", bank_b, "--out", root / "b32-graph", "--merge",
+         "graph-diffusion", *RESCORE)
+    graph = rows_by_id(root / "fresh-b-graph")
+    assert rows_by_id(root / "b32-graph") == graph
+    assert sum(len(row["detections"]) for row in graph.values()) > 0
+    assert load_json(root / "b32-graph" / "run.json")["settings"]["merge"] == "graph-diffusion"
 
 
 def test_kept_proposals_are_one_row_per_label_row_with_their_footer(setup, runs):

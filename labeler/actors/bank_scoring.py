@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 import torch
+import torch.nn.functional as F
 
 from labeler.actors.model_stage import ModelStage
 from labeler.bank.file import BankFile
@@ -20,7 +21,8 @@ from labeler.io.labels import STATUS_OK, Detections, LabelRows
 from labeler.io.proposal_payload import ProposalPayload, decode_proposals
 from labeler.method import defaults
 from labeler.method.detections import ChosenDetections, merge_and_select
-from labeler.method.scoring import RankedProposals, rank_embedded
+from labeler.method.graph_diffusion import Diffusion
+from labeler.method.scoring import NegativePrototypes, RankedProposals, rank_embedded
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
@@ -68,7 +70,8 @@ class Scored:
 class BankScoringStage(ModelStage):
     """A model stage holding the bank: a subclass implements :meth:`score_rows` with :meth:`rank` and
     :meth:`select`; :meth:`label` makes the batch's label rows (with the kept proposals when
-    ``keep_proposals`` names their embeddings' dtype)."""
+    ``keep_proposals`` names their embeddings' dtype). ``merge`` is ``soft`` or ``graph-diffusion`` (with
+    ``diffusion``: steps, alpha, lambda)."""
 
     def __init__(
         self,
@@ -84,26 +87,35 @@ class BankScoringStage(ModelStage):
         tracker: ActorHandle | None = None,
         compile_cache: str | None = None,
         keep_proposals: str = "off",
+        merge: str = "soft",
+        diffusion: tuple[int, float, float] = (defaults.DIFFUSION_STEPS, defaults.DIFFUSION_ALPHA,
+                                               defaults.DIFFUSION_LAMBDA),
     ):
         super().__init__(device, dtype, compile, cpu_threads, storage_options, tracker, compile_cache)
         if keep_proposals != "off" and keep_proposals not in EMBEDDING_DTYPES:
             raise ValueError(f"keep_proposals must be off or one of {', '.join(EMBEDDING_DTYPES)}, got {keep_proposals!r}")
         self.bank = bank.load()
         self.class_prototypes = self.bank.class_prototypes.to(self.device)
+        self.negatives = None
+        if self.bank.has_negatives:
+            self.negatives = NegativePrototypes(F.normalize(self.bank.negative_prototypes.float(), dim=1).to(self.device),
+                                                self.bank.negative_class.to(self.device))
         self.category_ids = np.asarray(self.bank.category_ids, dtype=np.int64)
         self.nms_thr, self.max_dets = nms_thr, max_dets
         self.min_score = min_score if isinstance(min_score, (int, float)) else torch.tensor(
             list(min_score), dtype=torch.float32, device=self.device)
         self.keep_proposals = keep_proposals
+        self.diffusion = Diffusion(*diffusion) if merge == "graph-diffusion" else None
 
     def rank(self, proposals: ReceivedProposals, embeddings: torch.Tensor) -> RankedProposals:
         """Classes, scores and class-aware NMS on the low-res grid, from the ``[P, D]`` mask embeddings."""
         return rank_embedded(proposals.masks, proposals.iou, embeddings, self.class_prototypes,
-                             nms_thr=self.nms_thr, max_dets=self.max_dets)
+                             nms_thr=self.nms_thr, max_dets=self.max_dets, negatives=self.negatives)
 
     def select(self, ranked: RankedProposals, proposals: ReceivedProposals) -> Detections:
         """The final masks, soft merging and the best ``max_dets``, as label-row detections."""
-        chosen = merge_and_select(ranked, proposals.logits, proposals.image_hw, self.max_dets, self.min_score)
+        chosen = merge_and_select(ranked, proposals.logits, proposals.image_hw, self.max_dets, self.min_score,
+                                  diffusion=self.diffusion)
         return detections_from_choice(chosen, self.category_ids)
 
     def scored(self, proposals: ReceivedProposals, embeddings: torch.Tensor) -> Scored:

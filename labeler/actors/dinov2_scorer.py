@@ -48,9 +48,12 @@ class Dinov2Scorer(BankScoringStage):
         tracker: ActorHandle | None = None,
         compile_cache: str | None = None,
         keep_proposals: str = "off",
+        merge: str = "soft",
+        diffusion: tuple[int, float, float] = (defaults.DIFFUSION_STEPS, defaults.DIFFUSION_ALPHA,
+                                               defaults.DIFFUSION_LAMBDA),
     ):
         super().__init__(bank, device, nms_thr, max_dets, min_score, dtype, compile, cpu_threads, storage_options,
-                         tracker, compile_cache, keep_proposals)
+                         tracker, compile_cache, keep_proposals, merge, diffusion)
         self.encoder = load_dinov2(self.bank.encoder, self.device, self.bank.input_size)
         self.load_compile_cache({"dinov2": self.bank.encoder, "input_size": self.bank.input_size})
         if self.speedups.compile:

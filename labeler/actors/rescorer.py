@@ -35,9 +35,12 @@ class Rescorer(BankScoringStage):
         cpu_threads: int | None = None,
         storage_options: dict | None = None,
         tracker: ActorHandle | None = None,
+        merge: str = "soft",
+        diffusion: tuple[int, float, float] = (defaults.DIFFUSION_STEPS, defaults.DIFFUSION_ALPHA,
+                                               defaults.DIFFUSION_LAMBDA),
     ):
         super().__init__(bank, device, nms_thr, max_dets, min_score, "fp32", False, cpu_threads, storage_options,
-                         tracker)
+                         tracker, merge=merge, diffusion=diffusion)
         self.embedding_dtype, self.embedding_dim = embedding_dtype, embedding_dim
 
     def score_rows(self, batch: dict[str, np.ndarray], rows: Sequence[int]) -> list[Scored]:

@@ -2,7 +2,9 @@
 
 docs/method.md section 1: masks from the annotations (or from SAM2 prompted with
 the box), context crops, DINOv2 patch features, mask-weighted pooling into
-instance prototypes, and their normalised means as class prototypes.
+instance prototypes, and their normalised means as class prototypes. Annotations
+marked ``"negative": true`` are pooled the same way into negative prototypes
+("not this" of their class; docs/method.md, "Negative references").
 """
 
 from __future__ import annotations
@@ -44,12 +46,12 @@ class _Reference:
 
 
 def select_annotations(dataset: CocoDataset, shots: int | None, seed: int) -> list[CocoAnnotation]:
-    """The reference annotations to use: all non-crowd ones, or K per class.
+    """The positive reference annotations to use: all non-crowd ones, or K per class (negatives apart).
 
     Raises:
         LabelerError: a category has no usable reference, or too few for K shots.
     """
-    usable = [a for a in dataset.annotations if not a.iscrowd]
+    usable = [a for a in dataset.annotations if not a.iscrowd and not a.negative]
     category_ids = sorted(dataset.categories)
     if shots is not None:
         if shots < 1:
@@ -239,22 +241,25 @@ def build_bank(
     categories = [dataset.categories[i] for i in sorted(dataset.categories)]
     row_of = {category.id: row for row, category in enumerate(categories)}
 
-    prototypes: list[torch.Tensor] = []
-    pooled_annotations: list[CocoAnnotation] = []
-    batch: list[_Reference] = []
-    references = _references(dataset, annotations, images_root, encoder, masker, context_ratio, max_pixels)
-    for reference in references:
-        batch.append(reference)
-        if len(batch) == batch_size:
+    def pooled(chosen: list[CocoAnnotation]) -> tuple[torch.Tensor, list[CocoAnnotation]]:
+        prototypes: list[torch.Tensor] = [torch.zeros(0, encoder.feature_dim)]
+        pooled_annotations: list[CocoAnnotation] = []
+        batch: list[_Reference] = []
+        for reference in _references(dataset, chosen, images_root, encoder, masker, context_ratio, max_pixels):
+            batch.append(reference)
+            if len(batch) == batch_size:
+                prototypes.append(_pool(dataset, encoder, batch))
+                pooled_annotations += [r.annotation for r in batch]
+                batch = []
+        if batch:
             prototypes.append(_pool(dataset, encoder, batch))
             pooled_annotations += [r.annotation for r in batch]
-            batch = []
-    if batch:
-        prototypes.append(_pool(dataset, encoder, batch))
-        pooled_annotations += [r.annotation for r in batch]
+        return torch.cat(prototypes), pooled_annotations
 
-    instances = torch.cat(prototypes)
+    instances, pooled_annotations = pooled(annotations)
     instance_class = torch.tensor([row_of[a.category_id] for a in pooled_annotations], dtype=torch.long)
+    negatives, negative_annotations = pooled(sorted((a for a in dataset.annotations if a.negative and not a.iscrowd),
+                                                    key=lambda a: (a.category_id, a.id)))
     return PrototypeBank(
         class_prototypes=class_prototypes(instances, instance_class, len(categories)),
         instance_prototypes=instances,
@@ -265,4 +270,7 @@ def build_bank(
         context_ratio=context_ratio,
         annotation_ids=[a.id for a in pooled_annotations],
         sampling={"shots": shots, "seed": seed} if shots is not None else None,
+        negative_prototypes=negatives,
+        negative_class=torch.tensor([row_of[a.category_id] for a in negative_annotations], dtype=torch.long),
+        negative_annotation_ids=[a.id for a in negative_annotations],
     )

@@ -45,6 +45,10 @@ class PrototypeBank:
         annotation_ids: reference annotation id of each instance row.
         sampling: ``{"shots": K, "seed": S}`` when K-shot sampling was used.
         labeler_version: version of labeler that built the bank.
+        negative_prototypes: ``[M, D]`` instance prototypes of negative references
+            ("not this"), none by default.
+        negative_class: ``[M]`` row in ``categories`` each negative is a "not" of.
+        negative_annotation_ids: reference annotation id of each negative row.
     """
 
     class_prototypes: torch.Tensor
@@ -57,9 +61,15 @@ class PrototypeBank:
     annotation_ids: list[int]
     sampling: dict[str, int] | None = None
     labeler_version: str = __version__
+    negative_prototypes: torch.Tensor | None = None
+    negative_class: torch.Tensor | None = None
+    negative_annotation_ids: list[int] = field(default_factory=list)
     content_hash: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
+        if self.negative_prototypes is None:
+            self.negative_prototypes = torch.zeros(0, self.class_prototypes.shape[-1])
+            self.negative_class = torch.zeros(0, dtype=torch.long)
         self.validate()
         if not self.content_hash:
             self.content_hash = self._compute_hash()
@@ -71,6 +81,21 @@ class PrototypeBank:
     @property
     def category_ids(self) -> list[int]:
         return [category.id for category in self.categories]
+
+    @property
+    def has_negatives(self) -> bool:
+        return int(self.negative_prototypes.shape[0]) > 0
+
+    def without_negatives(self) -> PrototypeBank:
+        """The same bank with no negative reference (what ``labeler estimate`` compares with)."""
+        return PrototypeBank(self.class_prototypes, self.instance_prototypes, self.instance_class, self.categories,
+                             self.encoder, self.input_size, self.context_ratio, self.annotation_ids, self.sampling,
+                             self.labeler_version)
+
+    def negatives_per_class(self) -> dict[int, int]:
+        """Category id -> number of negative references."""
+        counts = torch.bincount(self.negative_class, minlength=len(self.categories)).tolist()
+        return {category.id: count for category, count in zip(self.categories, counts)}
 
     def shots_per_class(self) -> dict[int, int]:
         """Category id -> number of instance prototypes."""
@@ -111,13 +136,29 @@ class PrototypeBank:
             raise BankError(f"context_ratio {self.context_ratio!r} is not in [0, {MAX_CONTEXT_RATIO:g}]")
         if not self.encoder:
             raise BankError("no encoder spec")
+        negatives = self.negative_prototypes
+        if negatives.dim() != 2 or negatives.shape[1] != classes.shape[1]:
+            raise BankError(f"negative prototypes of shape {tuple(negatives.shape)} for {classes.shape[1]}-d features")
+        if self.negative_class.shape != (negatives.shape[0],) or len(self.negative_annotation_ids) != negatives.shape[0]:
+            raise BankError("negative rows, classes and annotation ids disagree in number")
+        if negatives.shape[0] and (self.negative_class.min() < 0 or self.negative_class.max() >= classes.shape[0]):
+            raise BankError("negative class index out of range")
+        if not torch.isfinite(negatives).all():
+            raise BankError("negative prototypes hold NaN or infinite values")
+        if any(isinstance(a, bool) or not isinstance(a, int) or a not in INT64_RANGE
+               for a in self.negative_annotation_ids):
+            raise BankError("negative annotation ids must be 64-bit integers")
 
     def _tensors(self) -> dict[str, torch.Tensor]:
-        return {
+        tensors = {
             "class_prototypes": self.class_prototypes.float().contiguous(),
             "instance_prototypes": self.instance_prototypes.float().contiguous(),
             "instance_class": self.instance_class.long().contiguous(),
         }
+        if self.has_negatives:  # a bank without negatives is the file it always was
+            tensors["negative_prototypes"] = self.negative_prototypes.float().contiguous()
+            tensors["negative_class"] = self.negative_class.long().contiguous()
+        return tensors
 
     def _description(self) -> dict[str, Any]:
         return {
@@ -129,6 +170,7 @@ class PrototypeBank:
             "annotation_ids": list(self.annotation_ids),
             "sampling": self.sampling,
             "labeler_version": self.labeler_version,
+            **({"negative_annotation_ids": list(self.negative_annotation_ids)} if self.has_negatives else {}),
         }
 
     def _compute_hash(self) -> str:
@@ -196,6 +238,8 @@ def bank_from_bytes(data: bytes, where: str = "bank") -> PrototypeBank:
     required = {"class_prototypes", "instance_prototypes", "instance_class"}
     if not required <= names:
         raise BankError(f"{where}: missing tensors {sorted(required - names)}")
+    if ("negative_prototypes" in names) != ("negative_class" in names):
+        raise BankError(f"{where}: negative prototypes and their classes must come together")
     try:
         description = json.loads(metadata["bank"])
         bank = PrototypeBank(
@@ -209,6 +253,9 @@ def bank_from_bytes(data: bytes, where: str = "bank") -> PrototypeBank:
             annotation_ids=[_integer(a) for a in description["annotation_ids"]],
             sampling=description.get("sampling"),
             labeler_version=str(description["labeler_version"]),
+            negative_prototypes=tensors.get("negative_prototypes"),
+            negative_class=tensors.get("negative_class"),
+            negative_annotation_ids=[_integer(a) for a in description.get("negative_annotation_ids", [])],
         )
     except BankError as error:
         raise BankError(f"{where}: {error}") from None

@@ -32,7 +32,7 @@ def confusable_pairs(bank: PrototypeBank, threshold: float = DEFAULT_CONFUSION_T
 
 
 def describe_bank(bank: PrototypeBank, threshold: float = DEFAULT_CONFUSION_THRESHOLD) -> str:
-    """Classes, shots per class, the similarity matrix and confusion warnings, as text."""
+    """Classes, shots (and negative references) per class, the similarity matrix and confusion warnings, as text."""
     shots = bank.shots_per_class()
     lines = [
         f"encoder        {bank.encoder} (D={bank.feature_dim}, input {bank.input_size}px)",
@@ -41,9 +41,11 @@ def describe_bank(bank: PrototypeBank, threshold: float = DEFAULT_CONFUSION_THRE
         f"built by       labeler {bank.labeler_version}",
         f"content hash   {bank.content_hash}",
         "",
-        f"{'id':>6}  {'class':<24} shots",
+        f"{'id':>6}  {'class':<24} shots" + ("  negatives" if bank.has_negatives else ""),
     ]
-    lines += [f"{c.id:>6}  {c.name:<24} {shots[c.id]}" for c in bank.categories]
+    negatives = bank.negatives_per_class()
+    lines += [f"{c.id:>6}  {c.name:<24} {shots[c.id]:>5}" + (f"  {negatives[c.id]:>9}" if bank.has_negatives else "")
+              for c in bank.categories]
     lines += ["", "class prototype cosine similarity:"]
     width = max(6, max(len(c.name) for c in bank.categories))
     header = " " * (width + 2) + " ".join(f"{c.name[:6]:>6}" for c in bank.categories)

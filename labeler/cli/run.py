@@ -30,6 +30,11 @@ RUN_OPTIONS = {
     "pred_iou_thr": Opt("Keep proposals above this predicted IoU."),
     "nms_thr": Opt("Class-aware NMS IoU threshold."),
     "max_dets": Opt("Detections per image."),
+    "merge": Opt("How overlapping masks of a class lower each other's scores: soft (the method's semantic-aware "
+                 "soft merging) or graph-diffusion (FSOD-VFM's random walk over intersection-over-self)."),
+    "diffusion_steps": Opt("With --merge graph-diffusion: at most this many random-walk steps."),
+    "diffusion_alpha": Opt("With --merge graph-diffusion: the walk's alpha."),
+    "diffusion_lambda": Opt("With --merge graph-diffusion: the score decay's exponent, score * (1 - ios)**lambda."),
     "min_score": Opt(Help.MIN_SCORE, type=str),
     "classes": Opt(Help.CLASSES),
     "max_error_rate": Opt("Exit with status 1 when more than this share of the images are errors "
@@ -86,6 +91,7 @@ RESCORE_OPTIONS = {
     "out": Opt("Output folder for the new labels (path or URI)."),
     "nms_thr": RUN_OPTIONS["nms_thr"],
     "max_dets": RUN_OPTIONS["max_dets"],
+    **{name: RUN_OPTIONS[name] for name in ("merge", "diffusion_steps", "diffusion_alpha", "diffusion_lambda")},
     "min_score": RUN_OPTIONS["min_score"],
     "classes": RUN_OPTIONS["classes"],
     "max_error_rate": RUN_OPTIONS["max_error_rate"],
@@ -118,7 +124,7 @@ def rescore_command(options: dict[str, Any]) -> None:
 
 
 #: The ``labeler run`` options each fold's run takes from the command line.
-FOLD_RUN_OPTIONS = ("sam2", "points_per_side", "batch_size", "sam2_actors", "dinov2_actors", "gpus_per_actor",
+FOLD_RUN_OPTIONS = ("sam2", "points_per_side", "batch_size", "sam2_actors", "dinov2_actors", "gpus_per_actor", "merge",
                     "address", "dtype", "storage_options")
 
 ESTIMATE_OPTIONS = {

@@ -55,6 +55,7 @@ class CocoAnnotation:
     segmentation: Any = None
     iscrowd: bool = False
     area: float | None = None
+    negative: bool = False  # a reference of what the class is not ("negative": true; docs/formats.md)
 
     @property
     def has_mask(self) -> bool:
@@ -251,6 +252,9 @@ def parse_coco(document: Any, source: str) -> CocoDataset:
         iscrowd = raw.get("iscrowd", 0)
         if iscrowd not in (0, 1):
             raise LabelerError(f"{where}: iscrowd must be 0 or 1, got {iscrowd!r:.40}")
+        negative = raw.get("negative", False)
+        if not isinstance(negative, bool):
+            raise LabelerError(f"{where}: negative must be true or false, got {negative!r:.40}")
         annotations.append(
             CocoAnnotation(
                 id=annotation_id,
@@ -260,6 +264,7 @@ def parse_coco(document: Any, source: str) -> CocoDataset:
                 segmentation=segmentation,
                 iscrowd=bool(iscrowd),
                 area=None if area is None else float(area),
+                negative=negative,
             )
         )
     extra = {k: v for k, v in document.items() if k not in {"images", "annotations", "categories"}}

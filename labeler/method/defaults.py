@@ -28,3 +28,12 @@ MAX_DETS = 100
 
 #: Reference crops (docs/method.md 1.2): context around each instance, as a share of its box.
 CONTEXT_RATIO = 0.2
+
+#: ``--merge``: the method's semantic-aware soft merging, or FSOD-VFM's graph-diffusion rescoring
+#: (labeler.method.graph_diffusion) with its defaults: steps, alpha and the decay's exponent.
+MERGE_MODES = ("soft", "graph-diffusion")
+DIFFUSION_STEPS = 30
+DIFFUSION_ALPHA = 0.3
+DIFFUSION_LAMBDA = 0.5
+#: Negative references (labeler.method.scoring.classify): the reference code's sigma of the decay.
+NEGATIVE_SIGMA = 0.8

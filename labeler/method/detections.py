@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import torch
 
-from labeler.method.full_size_masks import full_size_masks
+from labeler.method.full_size_masks import DENSE_MAX_BYTES, dense_buffer_bytes, full_size_masks
+from labeler.method.graph_diffusion import Diffusion, diffused_ios, diffused_scores
 from labeler.method.scoring import RankedProposals, mask_embeddings, select_detections, soft_merge, upsample_features
 
 
@@ -35,17 +36,26 @@ def embed_on_grid(masks: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
 
 def merge_and_select(
     ranked: RankedProposals, logits: torch.Tensor, image_hw: tuple[int, int], max_dets: int,
-    min_score: float | torch.Tensor, overlaps: str = "auto",
+    min_score: float | torch.Tensor, overlaps: str = "auto", diffusion: Diffusion | None = None,
 ) -> ChosenDetections:
-    """The ranked proposals' masks at the image's size, soft merging with their overlaps, the best ``max_dets``.
+    """The ranked proposals' masks at the image's size, soft merging with their overlaps (or, with
+    ``diffusion``, graph-diffusion rescoring: :mod:`labeler.method.graph_diffusion`), the best ``max_dets``.
 
     ``overlaps`` picks how the masks are intersected (:func:`labeler.method.full_size_masks.full_size_masks`);
-    every way gives the same detections. A mask with no pixel left at the image's size is dropped.
+    every way gives the same detections; ``auto`` takes the matrix products for graph diffusion wherever
+    their buffer fits. A mask with no pixel left at the image's size is dropped.
     """
+    if overlaps == "auto" and diffusion is not None:
+        fits = dense_buffer_bytes(int(ranked.index.shape[0]), image_hw) <= DENSE_MAX_BYTES
+        overlaps = "dense" if fits else "rle"
     masks = full_size_masks(logits[ranked.index], ranked.labels, image_hw, overlaps)
     present = masks.present
     labels, scores, embeddings = ranked.labels[present], ranked.scores[present], ranked.embeddings[present]
-    merged = soft_merge(masks.overlap, embeddings, labels, scores)
+    if diffusion is None:
+        merged = soft_merge(masks.overlap, embeddings, labels, scores)
+    else:
+        merged = diffused_scores(scores, diffused_ios(masks.intersections, masks.areas, labels, diffusion),
+                                 diffusion.lamb)
     order = select_detections(merged, max_dets, min_score[labels] if isinstance(min_score, torch.Tensor) else min_score)
     boxes, rle = masks.outputs(order)
     return ChosenDetections(

@@ -15,7 +15,7 @@ Two exact ways, chosen per image by :func:`choose_overlap_path`:
   same-class pairs whose boxes meet. Its cost follows the masks' outlines, not their pixels: on the CPU,
   where upsampling dominates, it is the faster way.
 
-Both give the same overlap matrix bit for bit and the same boxes, areas and strings
+Both give the same intersection counts and overlap matrix bit for bit and the same boxes, areas and strings
 (``tests/test_full_size_masks.py``).
 """
 
@@ -73,13 +73,19 @@ class FullSizeMasks:
             empty one is dropped: it overlaps nothing, and the reference would
             give it a NaN score).
         areas: ``[K']`` int64 pixel counts of the present masks.
-        overlap: ``[K', K']`` float64, row i: ``|m_i & m_j| / |m_i|`` for
-            same-class pairs, 0 elsewhere and on the diagonal.
+        intersections: ``[K', K']`` int64 ``|m_i & m_j|`` of same-class pairs,
+            0 elsewhere and on the diagonal.
     """
 
     present: torch.Tensor
     areas: torch.Tensor
-    overlap: torch.Tensor
+    intersections: torch.Tensor
+
+    @property
+    def overlap(self) -> torch.Tensor:
+        """``[K', K']`` float64, row i: ``|m_i & m_j| / |m_i|`` for same-class pairs, 0 elsewhere and on
+        the diagonal (the same float64 division pycocotools makes)."""
+        return self.intersections.double() / self.areas.double().clamp_min(1.0)[:, None]
 
     def outputs(self, rows: torch.Tensor) -> tuple[torch.Tensor, pa.StringArray]:
         """``[len(rows), 4]`` xyxy boxes (exclusive far edges) and compressed COCO RLE strings of the
@@ -146,11 +152,13 @@ def rle_full_size_masks(
     present = torch.cat(present) if present else torch.zeros(0, dtype=torch.bool, device=device)
     strings = pack_counts(counts, runs, height, width).strings()
     rles = [coco_rle(text, height, width) for text in strings.to_pylist()]
-    overlap = rle_overlap_fractions(rles, labels[present].cpu().numpy())
+    areas = run_areas(counts, runs)
+    overlap = torch.from_numpy(rle_overlap_fractions(rles, labels[present].cpu().numpy())).to(device)
     return RleMasks(
         present=present,
-        areas=run_areas(counts, runs),
-        overlap=torch.from_numpy(overlap).to(device),
+        areas=areas,
+        # pycocotools gives i / |m_i| in float64: the count back, exactly (far below 2**52)
+        intersections=torch.round(overlap * areas.double()[:, None]).long(),
         boxes=torch.cat(boxes) if boxes else torch.zeros(0, 4, device=device),
         strings=strings,
     )
@@ -174,7 +182,7 @@ def dense_full_size_masks(
         masks = upsample_logits(logits[rows, None], image_hw)[:, 0] > 0
         buffer[start : start + rows.shape[0], :pixels].copy_(masks.flatten(1))
         present[rows] = masks.flatten(1).any(dim=1)
-    fractions = torch.zeros(count, count, dtype=torch.float64, device=device)
+    counts = torch.zeros(count, count, dtype=torch.int64, device=device)
     areas = torch.zeros(count, dtype=torch.int64, device=device)
     _, class_sizes = torch.unique_consecutive(labels[order], return_counts=True)
     start = 0
@@ -182,10 +190,8 @@ def dense_full_size_masks(
         block = buffer[start : start + max(_MIN_PRODUCT_ROWS, _round_up(size))]
         intersections = torch._int_mm(block, block.t())[:size, :size]
         ranks = order[start : start + size]
-        own = intersections.diagonal()
-        areas[ranks] = own.long()
-        share = intersections.double() / own.double().clamp_min(1.0)[:, None]
-        fractions[ranks[:, None], ranks[None, :]] = share.fill_diagonal_(0.0)
+        areas[ranks] = intersections.diagonal().long()
+        counts[ranks[:, None], ranks[None, :]] = intersections.long().fill_diagonal_(0)
         start += size
     rows_of_rank = torch.empty_like(order)
     rows_of_rank[order] = torch.arange(count, device=device)
@@ -193,7 +199,7 @@ def dense_full_size_masks(
     return DenseMasks(
         present=present,
         areas=areas[kept],
-        overlap=fractions[kept][:, kept],
+        intersections=counts[kept][:, kept],
         buffer=buffer,
         row_of=rows_of_rank[kept],
         image_hw=image_hw,

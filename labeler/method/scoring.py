@@ -37,9 +37,30 @@ def mask_embeddings(masks: torch.Tensor, features: torch.Tensor) -> torch.Tensor
     return F.normalize(means, dim=1)
 
 
-def classify(embeddings: torch.Tensor, class_prototypes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Label = the most similar class, score = that cosine similarity clamped at 0."""
+@dataclass
+class NegativePrototypes:
+    """Negative references of a bank: what each class is not (docs/method.md, "Negative references")."""
+
+    prototypes: torch.Tensor  # [M, D] unit-norm instance prototypes
+    classes: torch.Tensor  # [M] the class row each is a "not" of
+    sigma: float = defaults.NEGATIVE_SIGMA
+
+
+def classify(
+    embeddings: torch.Tensor, class_prototypes: torch.Tensor, negatives: NegativePrototypes | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label = the most similar class, score = that cosine similarity clamped at 0.
+
+    With ``negatives``, the reference code's rule first (its ``_compute_sim_global_avg_with_neg``): each
+    class's similarity ``s`` becomes ``s * exp(-max(0, n - s) / sigma)``, where ``n`` is the largest
+    cosine (clamped at 0) with that class's negatives, 0 for a class without any.
+    """
     similarity = (embeddings @ class_prototypes.T.to(embeddings.dtype)).clamp_min(0.0)
+    if negatives is not None:
+        against = (embeddings @ negatives.prototypes.T.to(embeddings.dtype)).clamp_min(0.0)
+        nearest = torch.zeros_like(similarity).scatter_reduce(
+            1, negatives.classes.expand(embeddings.shape[0], -1), against, reduce="amax", include_self=True)
+        similarity = similarity * torch.exp(-(nearest - similarity).clamp_min(0.0) / negatives.sigma)
     scores, labels = similarity.max(dim=1)
     return labels, scores
 
@@ -85,10 +106,11 @@ def rank_embedded(
     *,
     nms_thr: float = defaults.NMS_THR,
     max_dets: int = defaults.MAX_DETS,
+    negatives: NegativePrototypes | None = None,
 ) -> RankedProposals:
     """docs/method.md 3.3-3.4, the steps that depend on the bank: classify every proposal by its
-    embedding, class-aware NMS ranked by predicted IoU on :func:`nms_boxes`, keep at most
-    ``8 * max_dets``, then drop score 0.
+    embedding (:func:`classify`, with the bank's ``negatives`` if any), class-aware NMS ranked by predicted
+    IoU on :func:`nms_boxes`, keep at most ``8 * max_dets``, then drop score 0.
 
     Args:
         masks: ``[P, h, w]`` boolean low-res proposal masks (non-empty).
@@ -100,7 +122,7 @@ def rank_embedded(
     if masks.shape[0] == 0:
         none = torch.zeros(0, dtype=torch.long, device=device)
         return RankedProposals(none, none, torch.zeros(0, device=device), torch.zeros(0, embeddings.shape[-1], device=device))
-    labels, scores = classify(embeddings, class_prototypes)
+    labels, scores = classify(embeddings, class_prototypes, negatives)
     keep = class_aware_nms(nms_boxes(masks), iou_predictions, labels, nms_thr, NMS_KEEP_FACTOR * max_dets)
     keep = keep[scores[keep] > 0]
     return RankedProposals(index=keep, labels=labels[keep], scores=scores[keep], embeddings=embeddings[keep])

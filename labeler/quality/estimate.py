@@ -3,7 +3,9 @@
 k-fold over the reference images (docs/estimate.md): each fold is labelled by ``labeler run``'s own
 code (:func:`labeler.run.driver.run_labeling`) with a bank built without it, then the pooled held-out
 labels give COCOeval AP, per-class thresholds for a target precision
-(:func:`labeler.quality.matching.choose_threshold`) and a confusion table. OUT is built beside its
+(:func:`labeler.quality.matching.choose_threshold`) and a confusion table. With negative references,
+each fold's proposals are also rescored without them (:mod:`labeler.rescore`), and the report gives
+each such class's AP with and without. OUT is built beside its
 place and published whole (:mod:`labeler.io.published_folder`).
 """
 
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from labeler.errors import LabelerError
+from labeler.io import storage
 from labeler.io.coco import check_class_names, read_coco
 from labeler.io.published_folder import building, local_folder
 from labeler.quality.estimate_config import EstimateConfig
@@ -43,11 +46,13 @@ def fold_of_images(image_ids: list[int], folds: int, seed: int) -> dict[int, int
     return {int(image_id): position % count for position, image_id in enumerate(order)}
 
 
-def _fold_documents(document: dict, fold: dict[int, int], k: int) -> tuple[dict, dict]:
-    """The training references of fold ``k`` (other folds' images, their classes) and its held-out images."""
+def _fold_documents(document: dict, fold: dict[int, int], k: int, negatives: list[dict]) -> tuple[dict, dict]:
+    """The training references of fold ``k`` (other folds' images, their classes, and the negative references
+    of those classes on those images) and its held-out images."""
     held = {i for i, f in fold.items() if f == k}
     train_annotations = [a for a in document["annotations"] if a["image_id"] not in held]
     used = {a["category_id"] for a in train_annotations if not a.get("iscrowd")}
+    train_annotations += [a for a in negatives if a["image_id"] not in held and a["category_id"] in used]
     train = {"images": [i for i in document["images"] if i["id"] not in held], "annotations": train_annotations,
              "categories": [c for c in document["categories"] if c["id"] in used]}
     heldout = {"images": [i for i in document["images"] if i["id"] in held],
@@ -67,6 +72,15 @@ class EstimateResult:
     confusion: dict[tuple[str, str], int]
     notes: list[str]
     iou_type: str
+    without_negatives: EvalReport | None = None  # the same folds labelled without the negative references
+    negative_classes: list[str] = dataclasses.field(default_factory=list)  # the classes that have some
+
+    def negative_effect(self) -> dict[str, tuple[float, float]]:
+        """Class -> (AP with, AP without) its negative references, for the classes that have some."""
+        if self.without_negatives is None:
+            return {}
+        with_, without = self.pooled.per_class[self.iou_type], self.without_negatives.per_class[self.iou_type]
+        return {name: (with_[name], without[name]) for name in self.negative_classes}
 
     def spread(self, metric: str = "AP") -> tuple[float, float, float]:
         """Mean, min and max of ``metric`` over the folds."""
@@ -90,7 +104,9 @@ def run_estimate(config: EstimateConfig) -> EstimateResult:
     folder = local_folder(config.out)
     dataset = read_coco(config.refs)
     check_class_names([dataset.categories[i] for i in sorted(dataset.categories)], config.refs)
-    gt_document, notes = load_ground_truth(config.refs)
+    gt_document, notes = load_ground_truth(config.refs)  # without the negative references
+    negatives = [raw for raw, annotation in zip(json.loads(storage.read_bytes(config.refs))["annotations"],
+                                                dataset.annotations) if annotation.negative]
     image_ids = [image_id for image_id in dataset.images]
     if len(image_ids) < 2:
         raise LabelerError(f"{config.refs}: at least two reference images are needed to hold one out")
@@ -98,25 +114,28 @@ def run_estimate(config: EstimateConfig) -> EstimateResult:
     folds = max(fold.values()) + 1
     details = {"command": "estimate", "refs": config.refs, "folds": folds, "seed": config.seed}
     with building(folder, "estimate", details) as staging:
-        result = _estimate(config, staging, gt_document, notes, fold, folds)
+        result = _estimate(config, staging, gt_document, notes, fold, folds, negatives)
         _write_outputs(result, config)
     result.folder = folder
     return result
 
 
 def _estimate(config: EstimateConfig, out: Path, gt_document: dict, notes: list[str], fold: dict[int, int],
-              folds: int) -> EstimateResult:
+              folds: int, negatives: list[dict]) -> EstimateResult:
     from labeler.bank.build import build_bank
+    from labeler.rescore.config import RescoreConfig
+    from labeler.rescore.driver import rescore_labeling
     from labeler.run.driver import run_labeling
     from labeler.run.pipeline import ray_session
 
     reports, pooled_images, pooled_annotations = [], [], []
+    without_negatives: list[dict] = []  # detections of the folds relabelled without negatives
     with ray_session(config.run.address, config.run.sam2_actors + config.run.dinov2_actors,
                      quiet=not config.run.ray_logs):
         for k in range(folds):
             folder = out / "folds" / str(k)
             folder.mkdir(parents=True, exist_ok=True)
-            train, heldout = _fold_documents(gt_document, fold, k)
+            train, heldout = _fold_documents(gt_document, fold, k, negatives)
             (folder / "refs.json").write_text(json.dumps(train))
             (folder / "heldout.json").write_text(json.dumps(heldout))
             if not train["categories"]:
@@ -137,8 +156,19 @@ def _estimate(config: EstimateConfig, out: Path, gt_document: dict, notes: list[
             bank.save(str(folder / "bank.safetensors"))
             run_labeling(dataclasses.replace(
                 config.run, bank=str(folder / "bank.safetensors"), images=str(folder / "heldout.json"),
-                image_root=config.images, out=str(folder / "labels"), overwrite=True))
+                image_root=config.images, out=str(folder / "labels"), overwrite=True,
+                keep_proposals="float32" if negatives else "off"))
             predictions = load_predictions(str(folder / "labels"))
+            if negatives:  # the same proposals scored without the negatives: their effect, no model run again
+                bank.without_negatives().save(str(folder / "bank-without-negatives.safetensors"))
+                run = config.run
+                rescore_labeling(RescoreConfig(
+                    pred=str(folder / "labels"), bank=str(folder / "bank-without-negatives.safetensors"),
+                    out=str(folder / "labels-without-negatives"), nms_thr=run.nms_thr, max_dets=run.max_dets,
+                    merge=run.merge, diffusion_steps=run.diffusion_steps, diffusion_alpha=run.diffusion_alpha,
+                    diffusion_lambda=run.diffusion_lambda, max_error_rate=1.0, address=run.address, overwrite=True,
+                    ray_logs=run.ray_logs, storage_options=run.storage_options))
+                without_negatives += load_predictions(str(folder / "labels-without-negatives"))["annotations"]
             reports.append(evaluate(str(folder / "labels"), str(folder / "heldout.json")))
             pooled_images += predictions.get("images", [])
             pooled_annotations += predictions["annotations"]
@@ -150,7 +180,17 @@ def _estimate(config: EstimateConfig, out: Path, gt_document: dict, notes: list[
     pooled = evaluate(str(predictions_path), config.refs)
     iou_type = "segm" if "segm" in pooled.metrics else "bbox"
     thresholds, confusion = _thresholds_and_confusion(gt_document, pooled_annotations, config.target_precision)
-    return EstimateResult(out, pooled, reports, thresholds, confusion, notes + pooled.notes, iou_type)
+    result = EstimateResult(out, pooled, reports, thresholds, confusion, notes + pooled.notes, iou_type)
+    if negatives:
+        for position, annotation in enumerate(without_negatives, start=1):
+            annotation["id"] = position
+        path = out / "predictions-without-negatives.json"
+        path.write_text(json.dumps({"images": pooled_images, "annotations": without_negatives,
+                                    "categories": gt_document["categories"]}))
+        result.without_negatives = evaluate(str(path), config.refs)
+        names = {c["id"]: c["name"] for c in gt_document["categories"]}
+        result.negative_classes = sorted({names[a["category_id"]] for a in negatives})
+    return result
 
 
 def _thresholds_and_confusion(document: dict, detections: list[dict], target: float
@@ -223,6 +263,11 @@ def describe(result: EstimateResult, target: float) -> str:
         else:
             lines.append(f"  {name}: precision {target:g} not reached; best {choice.precision:.2f} at >= "
                          f"{choice.threshold:.3f} (recall {choice.recall:.2f}): add reference shots")
+    effect = result.negative_effect()
+    if effect:
+        lines.append("Negative references, AP per class with them -> without (the same proposals, rescored): "
+                     + ", ".join(f"{name} {100 * max(a, 0):.1f} -> {100 * max(b, 0):.1f}"
+                                 for name, (a, b) in effect.items()))
     confused = sorted(((count, truth, found) for (truth, found), count in result.confusion.items()
                        if truth != found and BACKGROUND not in (truth, found) and MISSED not in (truth, found)),
                       reverse=True)
@@ -247,6 +292,7 @@ def _write_outputs(result: EstimateResult, config: EstimateConfig) -> None:
         "confusion": [{"true": truth, "labelled": found, "count": count}
                       for (truth, found), count in sorted(result.confusion.items())],
         "thresholds": thresholds_document(result, config.target_precision),
+        "negatives": {name: {"ap_with": a, "ap_without": b} for name, (a, b) in result.negative_effect().items()},
         "notes": result.notes,
     }, indent=2, ensure_ascii=False, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
     (out / "report.txt").write_text(describe(result, config.target_precision) + "\n", encoding="utf-8")

@@ -111,14 +111,21 @@ def load_ground_truth(gt_path: str) -> tuple[dict[str, Any], list[str]]:
     """The ground-truth document, checked field by field (:func:`parse_coco`), as pycocotools takes it.
 
     A missing ``area`` is the mask's (or the box's) area and a missing
-    ``iscrowd`` is 0, as COCO defines them. Returns the document and notes
-    on what was filled in or cannot be evaluated.
+    ``iscrowd`` is 0, as COCO defines them; negative references (what a class
+    is not) are left out. Returns the document and notes on what was filled
+    in, left out or cannot be evaluated.
     """
     document = _read_json(gt_path)
     dataset = parse_coco(document, gt_path)
     notes = []
     annotations = []
+    negatives = sum(annotation.negative for annotation in dataset.annotations)
+    if negatives:
+        notes.append(f"{negatives} negative references (\"negative\": true) are not objects to find: left out of "
+                     "the ground truth")
     for raw, annotation in zip(document.get("annotations", []), dataset.annotations):
+        if annotation.negative:
+            continue
         entry = dict(raw, bbox=list(annotation.bbox), iscrowd=int(annotation.iscrowd))
         if annotation.area is None:
             entry["area"] = _area(dataset, annotation, gt_path)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from labeler.errors import require
 from labeler.label_filter import LabelFilter, parse_label_filter
 from labeler.method import defaults
-from labeler.run.config import DEFAULT_MAX_ERROR_RATE, MERGED_COCO_CHOICES
+from labeler.run.config import DEFAULT_MAX_ERROR_RATE, MERGED_COCO_CHOICES, merge_checks, merge_settings
 from labeler.run.watchdog import DEFAULT_REPLAN_AFTER, DEFAULT_STALL_TIMEOUT
 
 if TYPE_CHECKING:
@@ -29,6 +29,10 @@ class RescoreConfig:
     out: str
     nms_thr: float = defaults.NMS_THR
     max_dets: int = defaults.MAX_DETS
+    merge: str = "soft"
+    diffusion_steps: int = defaults.DIFFUSION_STEPS
+    diffusion_alpha: float = defaults.DIFFUSION_ALPHA
+    diffusion_lambda: float = defaults.DIFFUSION_LAMBDA
     min_score: float | str = 0.0  # one number, class=value pairs or a thresholds file (labeler.label_filter)
     classes: str | None = None
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE
@@ -46,6 +50,7 @@ class RescoreConfig:
 
     def validate(self) -> None:
         require([
+            *merge_checks(self),
             (0.0 < self.nms_thr <= 1.0, "--nms-thr must be in (0, 1]"),
             (self.max_dets >= 1, "--max-dets must be at least 1"),
             (0.0 <= self.max_error_rate <= 1.0, "--max-error-rate must be in [0, 1]"),
@@ -72,5 +77,6 @@ class RescoreConfig:
             "encoder": bank.encoder,
             "nms_thr": self.nms_thr,
             "max_dets": self.max_dets,
+            **merge_settings(self),
             "label_filter": self.label_filter(bank).to_json(bank.categories),
         }

@@ -61,7 +61,9 @@ def rescore_pipeline(
             fn_constructor_kwargs=dict(bank=bank, embedding_dtype=embedding_dtype, embedding_dim=embedding_dim,
                                        device=device, nms_thr=config.nms_thr, max_dets=config.max_dets,
                                        min_score=min_scores, cpu_threads=cpu_threads,
-                                       storage_options=config.storage_options, tracker=tracker),
+                                       storage_options=config.storage_options, tracker=tracker, merge=config.merge,
+                                       diffusion=(config.diffusion_steps, config.diffusion_alpha,
+                                                  config.diffusion_lambda)),
             max_restarts=0,
             **gpu_request,
         )

@@ -33,6 +33,24 @@ DEFAULT_MAX_ERROR_RATE = 0.05
 KEEP_CHOICES = ("off", "float32", "float16")
 
 
+def merge_checks(config: Any) -> list[tuple[bool, str]]:
+    """The checks of the merge settings ``labeler run`` and ``labeler rescore`` share (:func:`require`)."""
+    return [
+        (config.merge in defaults.MERGE_MODES, f"--merge must be one of {', '.join(defaults.MERGE_MODES)}"),
+        (config.diffusion_steps >= 1, "--diffusion-steps must be at least 1"),
+        (0.0 <= config.diffusion_alpha < 1.0, "--diffusion-alpha must be in [0, 1)"),
+        (config.diffusion_lambda > 0, "--diffusion-lambda must be positive"),
+    ]
+
+
+def merge_settings(config: Any) -> dict[str, Any]:
+    """The merge settings in a resume key: graph diffusion's parameters only where it is used."""
+    if config.merge == "soft":
+        return {"merge": "soft"}
+    return {"merge": config.merge, "diffusion": [config.diffusion_steps, config.diffusion_alpha,
+                                                 config.diffusion_lambda]}
+
+
 def model_checks(config: Any) -> list[tuple[bool, str]]:
     """The checks of the model settings ``labeler run`` and ``labeler bench`` share (:func:`require`)."""
     return [
@@ -60,6 +78,10 @@ class RunConfig:
     pred_iou_thr: float = defaults.PRED_IOU_THR
     nms_thr: float = defaults.NMS_THR
     max_dets: int = defaults.MAX_DETS
+    merge: str = "soft"
+    diffusion_steps: int = defaults.DIFFUSION_STEPS
+    diffusion_alpha: float = defaults.DIFFUSION_ALPHA
+    diffusion_lambda: float = defaults.DIFFUSION_LAMBDA
     min_score: float | str = 0.0  # one number, class=value pairs or a thresholds file (labeler.label_filter)
     classes: str | None = None
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE
@@ -89,6 +111,7 @@ class RunConfig:
     def validate(self) -> None:
         require([
             *model_checks(self),
+            *merge_checks(self),
             (self.grid_layout in defaults.GRID_LAYOUTS, f"--grid-layout must be one of {', '.join(defaults.GRID_LAYOUTS)}"),
             (0.0 <= self.pred_iou_thr < 1.0, "--pred-iou-thr must be in [0, 1)"),
             (0.0 < self.nms_thr <= 1.0, "--nms-thr must be in (0, 1]"),
@@ -140,6 +163,7 @@ class RunConfig:
             "pred_iou_thr": self.pred_iou_thr,
             "nms_thr": self.nms_thr,
             "max_dets": self.max_dets,
+            **merge_settings(self),
             "label_filter": self.label_filter(bank).to_json(bank.categories),
             "max_pixels": self.max_pixels,
             "dtype": self.dtype,

@@ -138,7 +138,8 @@ def run_pipeline(
     labels = model_stage(
         proposals, Dinov2Scorer, fit.actors["dinov2"], bank=bank, nms_thr=config.nms_thr,
         max_dets=config.max_dets, min_score=min_scores, dtype=config.dtype, compile=config.compile,
-        keep_proposals=config.keep_proposals,
+        keep_proposals=config.keep_proposals, merge=config.merge,
+        diffusion=(config.diffusion_steps, config.diffusion_alpha, config.diffusion_lambda),
     )
     sink = LabelShardSink(config.out, config.rows_per_shard, categories, config.source_root, config.storage_options,
                           tracker, kept_footer=kept_footer)
