@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,13 +13,9 @@ from labeler.actors.decode import stack_rows
 from labeler.bank.file import BankFile
 from labeler.devices import to_device
 from labeler.io.proposal_payload import payload_from_columns
-from labeler.method import defaults
 from labeler.method.detections import embed_on_grid
 from labeler.models import load_dinov2
 from labeler.models.speedups import compile_modules
-
-if TYPE_CHECKING:
-    from ray.actor import ActorHandle
 
 
 class Dinov2Scorer(BankScoringStage):
@@ -34,26 +30,9 @@ class Dinov2Scorer(BankScoringStage):
 
     stage = "dinov2"
 
-    def __init__(
-        self,
-        bank: BankFile,
-        device: str = "auto",
-        nms_thr: float = defaults.NMS_THR,
-        max_dets: int = defaults.MAX_DETS,
-        min_score: float | Sequence[float] = 0.0,
-        dtype: str = "auto",
-        compile: bool = False,
-        cpu_threads: int | None = None,
-        storage_options: dict | None = None,
-        tracker: ActorHandle | None = None,
-        compile_cache: str | None = None,
-        keep_proposals: str = "off",
-        merge: str = "soft",
-        diffusion: tuple[int, float, float] = (defaults.DIFFUSION_STEPS, defaults.DIFFUSION_ALPHA,
-                                               defaults.DIFFUSION_LAMBDA),
-    ):
-        super().__init__(bank, device, nms_thr, max_dets, min_score, dtype, compile, cpu_threads, storage_options,
-                         tracker, compile_cache, keep_proposals, merge, diffusion)
+    def __init__(self, bank: BankFile, **settings: Any):
+        """``settings``: those of :class:`labeler.actors.bank_scoring.BankScoringStage`."""
+        super().__init__(bank, **settings)
         self.encoder = load_dinov2(self.bank.encoder, self.device, self.bank.input_size)
         self.load_compile_cache({"dinov2": self.bank.encoder, "input_size": self.bank.input_size})
         if self.speedups.compile:
