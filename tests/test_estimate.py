@@ -148,7 +148,7 @@ def test_negative_references_are_kept_out_of_the_truth_and_their_effect_is_repor
     """Two instances of one class are also given as negatives ("not this") of another: each fold's bank holds
     those of its training images, the held-out truth never does, and the report gives that class's AP with
     and without them, the second from the same proposals rescored."""
-    refs = generate_dataset(tmp_path / "refs", 6, seed=3)
+    refs = generate_dataset(tmp_path / "refs", 4, seed=3, objects_per_image=(2, 3))
     document = load_json(refs)
     names = {c["id"]: c["name"] for c in document["categories"]}
     first, second = sorted(names)[:2]

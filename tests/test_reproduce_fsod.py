@@ -39,7 +39,7 @@ def test_the_reproduction_command_end_to_end_on_a_stand_in(tmp_path):
     root = tmp_path / "coco"
     root.mkdir()
     coco_split(root, "train", 12, seed=1)
-    coco_split(root, "val", 4, seed=2)
+    coco_split(root, "val", 2, seed=2)
     out = tmp_path / "out"
     env = {**os.environ, "SHOTS": "2", "SAM2": "random:tiny", "DINOV2": "random:tiny", "CLASSES": "person,car,dog",
            "PYTHON": sys.executable, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
