@@ -235,3 +235,17 @@ class BackgroundRun:
         assert not self.thread.is_alive(), f"the run did not finish within {timeout} s"
         assert "summary" in self.outcome, f"the run failed: {self.outcome.get('error')!r}"
         return self.outcome["summary"]
+
+
+def overlap_fractions(masks, labels):
+    """The reference's way to soft merging's overlaps, a dense float64 product of the full-size masks:
+    ``[K, K]``, row i ``|m_i & m_j| / |m_i|`` where ``labels`` agree and ``i != j``, else 0."""
+    import torch
+
+    flat = masks.flatten(1).double()
+    intersection = flat @ flat.T
+    areas = flat.sum(dim=1)
+    fractions = torch.where(areas[:, None] > 0, intersection / areas.clamp_min(1.0)[:, None], 0.0)
+    same_class = labels[:, None] == labels[None, :]
+    same_class.fill_diagonal_(False)
+    return torch.where(same_class.to(fractions.device), fractions, 0.0)

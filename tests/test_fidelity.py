@@ -9,14 +9,14 @@ from PIL import Image
 from labeler.actors.decode import decode_one
 from labeler.io.rle import decode_masks
 from labeler.method.detections import merge_and_select
-from labeler.method.mask_overlaps import overlap_fractions, rle_overlap_fractions
+from labeler.method.full_size_masks import rle_overlap_fractions
 from labeler.method.proposals import upsample_logits
 from labeler.method.scoring import RankedProposals
 from labeler.models import load_dinov2, load_sam2
 from labeler.models.dinov2_encoder import IMAGENET_MEAN, IMAGENET_STD
 from labeler.models.sam2_inference import encode_images, sam2_input
 
-from .conftest import encode_masks
+from .conftest import encode_masks, overlap_fractions
 
 
 def column_logits(profile: list[float], rows: int = 4) -> torch.Tensor:

@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from labeler.io.rle import decode_masks
 from labeler.method import full_size_masks as fsm
 from labeler.method.detections import merge_and_select
-from labeler.method.mask_overlaps import overlap_fractions
 from labeler.method.proposals import upsample_logits
 from labeler.method.scoring import RankedProposals
 from labeler.synthetic import proposal_logits
+
+from .conftest import overlap_fractions
 
 
 def both_ways(logits, labels, image_hw, chunk_pixels=None):

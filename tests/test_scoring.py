@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from labeler.method.mask_overlaps import overlap_fractions
 from labeler.method.proposals import keep_proposals, point_grid
 from labeler.method.scoring import (
     boxes_from_masks,
@@ -19,6 +18,8 @@ from labeler.method.scoring import (
     soft_merge,
     upsample_features,
 )
+
+from .conftest import overlap_fractions
 
 
 def box_mask(x0, y0, x1, y1, size=8):

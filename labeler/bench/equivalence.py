@@ -101,8 +101,7 @@ def sam2_reference_proposals(
     :func:`labeler.models.sam2_inference.point_proposals` returns (float32 logits and IoUs per image)."""
     results = []
     for index, image_points in enumerate(points):
-        image = Sam2Features(features.image_embed[index : index + 1],
-                             [level[index : index + 1] for level in features.high_res_feats])
+        image = features.select(index)
         labels = torch.ones(image_points.shape[0], 1, dtype=torch.int32, device=image_points.device)
         low_res, iou = decode_prompts(model, image, image_points[:, None, :], labels, multimask_output=True)
         best = iou.argmax(dim=1)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import torch
 
-from labeler.method.full_size_masks import DENSE_MAX_BYTES, dense_buffer_bytes, full_size_masks
+from labeler.method.full_size_masks import choose_overlap_path, full_size_masks
 from labeler.method.graph_diffusion import Diffusion, diffused_ios, diffused_scores
 from labeler.method.scoring import RankedProposals, mask_embeddings, select_detections, soft_merge, upsample_features
 
@@ -46,8 +46,7 @@ def merge_and_select(
     their buffer fits. A mask with no pixel left at the image's size is dropped.
     """
     if overlaps == "auto" and diffusion is not None:
-        fits = dense_buffer_bytes(int(ranked.index.shape[0]), image_hw) <= DENSE_MAX_BYTES
-        overlaps = "dense" if fits else "rle"
+        overlaps = choose_overlap_path(logits.device, int(ranked.index.shape[0]), image_hw, dense_on_cpu=True)
     masks = full_size_masks(logits[ranked.index], ranked.labels, image_hw, overlaps)
     present = masks.present
     labels, scores, embeddings = ranked.labels[present], ranked.scores[present], ranked.embeddings[present]

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import torch
+from pycocotools import mask as mask_utils
 
 from labeler.io.coco import coco_rle
 from labeler.io.rle import pack_counts, pack_masks, run_areas, run_lengths
-from labeler.method.mask_overlaps import rle_overlap_fractions
 from labeler.method.proposals import upsample_logits
 from labeler.method.scoring import boxes_from_masks
 
@@ -57,9 +58,11 @@ def dense_buffer_bytes(masks: int, image_hw: tuple[int, int]) -> int:
     return (masks + _MIN_PRODUCT_ROWS) * _round_up(image_hw[0] * image_hw[1])
 
 
-def choose_overlap_path(device: torch.device, masks: int, image_hw: tuple[int, int]) -> str:
-    """``dense`` on a GPU while its buffer fits :data:`DENSE_MAX_BYTES`, else ``rle``."""
-    if device.type == "cuda" and dense_buffer_bytes(masks, image_hw) <= DENSE_MAX_BYTES:
+def choose_overlap_path(device: torch.device, masks: int, image_hw: tuple[int, int], *,
+                        dense_on_cpu: bool = False) -> str:
+    """``dense`` on a GPU (or anywhere, with ``dense_on_cpu``) while its buffer fits :data:`DENSE_MAX_BYTES`,
+    else ``rle``."""
+    if (device.type == "cuda" or dense_on_cpu) and dense_buffer_bytes(masks, image_hw) <= DENSE_MAX_BYTES:
         return "dense"
     return "rle"
 
@@ -116,6 +119,22 @@ class DenseMasks(FullSizeMasks):
         height, width = self.image_hw
         masks = self.buffer.index_select(0, self.row_of[rows])[:, : height * width].reshape(-1, height, width).bool()
         return boxes_from_masks(masks), pack_masks(masks).strings()
+
+
+def rle_overlap_fractions(rles: list[dict], labels: np.ndarray) -> np.ndarray:
+    """``[K, K]`` float64 ``|m_i & m_j| / |m_i|`` of same-class masks given as COCO RLEs (``{"size", "counts"}``),
+    0 elsewhere and on the diagonal, with pycocotools, class by class: its ``iou`` against masks marked crowd
+    is exactly the intersection over the first mask's area, computed only for pairs whose boxes meet."""
+    labels = np.asarray(labels)
+    fractions = np.zeros((len(rles), len(rles)), dtype=np.float64)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if members.size < 2:
+            continue
+        group = [rles[i] for i in members]
+        fractions[np.ix_(members, members)] = mask_utils.iou(group, group, [1] * members.size)
+    np.fill_diagonal(fractions, 0.0)
+    return fractions
 
 
 def _chunk_step(device: torch.device, image_hw: tuple[int, int], chunk_pixels: int | None) -> int:
@@ -179,9 +198,9 @@ def dense_full_size_masks(
     step = _chunk_step(device, image_hw, chunk_pixels)
     for start in range(0, count, step):
         rows = order[start : start + step]
-        masks = upsample_logits(logits[rows, None], image_hw)[:, 0] > 0
-        buffer[start : start + rows.shape[0], :pixels].copy_(masks.flatten(1))
-        present[rows] = masks.flatten(1).any(dim=1)
+        flat = (upsample_logits(logits[rows, None], image_hw)[:, 0] > 0).flatten(1)
+        buffer[start : start + rows.shape[0], :pixels].copy_(flat)
+        present[rows] = flat.any(dim=1)
     counts = torch.zeros(count, count, dtype=torch.int64, device=device)
     areas = torch.zeros(count, dtype=torch.int64, device=device)
     _, class_sizes = torch.unique_consecutive(labels[order], return_counts=True)

@@ -155,7 +155,7 @@ def soft_merge(overlap: torch.Tensor, embeddings: torch.Tensor, labels: torch.Te
 
     Args:
         overlap: ``[K, K]``, row i: ``|m_i & m_j| / |m_i|`` of the masks at the
-            original image size (:mod:`labeler.method.mask_overlaps`).
+            original image size (:mod:`labeler.method.full_size_masks`).
         embeddings: ``[K, D]`` unit-norm mask embeddings.
         labels: ``[K]`` class labels.
         scores: ``[K]`` scores.

@@ -31,6 +31,13 @@ class Sam2Features:
     image_embed: torch.Tensor
     high_res_feats: list[torch.Tensor]
 
+    def select(self, index: int) -> Sam2Features:
+        """The features of one image of the batch, keeping a batch dimension of 1."""
+        return Sam2Features(
+            image_embed=self.image_embed[index : index + 1],
+            high_res_feats=[level[index : index + 1] for level in self.high_res_feats],
+        )
+
 
 def sam2_input(resized: np.ndarray, device: torch.device | str) -> torch.Tensor:
     """Normalise ``[B, S, S, 3]`` uint8 images, already resized to the model's
