@@ -11,6 +11,7 @@ import torch
 from labeler.actors.decode import pixel_column, stack_rows
 from labeler.actors.isolation import free_device_memory, is_out_of_memory
 from labeler.actors.model_stage import ModelStage
+from labeler.actors.tiles import TILE_COLUMNS, propose_in_tiles
 from labeler.bank.file import BankFile
 from labeler.devices import to_device
 from labeler.io.labels import STATUS_ERROR, STATUS_OK
@@ -33,7 +34,7 @@ NO_FEATURES = np.zeros((0, 0, 0), dtype=np.float16)  # an error row's DINOv2 fea
 def row_nbytes(batch: dict[str, np.ndarray], index: int) -> int:
     """Bytes one row of a SAM2-stage output batch carries to the next stage."""
     total = FIXED_ROW_BYTES + len(str(batch["uri"][index])) + len(str(batch["error"][index]))
-    for column in ("sam2_pixels", "dino_features", "rle_lengths", "band_logits", "iou"):
+    for column in ("sam2_pixels", "dino_features", "rle_lengths", "band_logits", "iou", *TILE_COLUMNS):
         if column in batch:
             total += np.asarray(batch[column][index]).nbytes
     return total + len(batch["rle_blob"][index])
@@ -50,6 +51,9 @@ class Sam2Proposer(ModelStage):
     prototype (:mod:`labeler.method.matched_prompts`), and passes the DINOv2
     features on (``dino_features``, float16) in place of the pixels, so the
     scoring stage does not encode the images again.
+
+    A tiled image's tiles (``--tile``) are model inputs of their own, ``tiles_per_batch`` at a time
+    (:mod:`labeler.actors.tiles`).
     """
 
     stage = "sam2"
@@ -71,8 +75,10 @@ class Sam2Proposer(ModelStage):
         storage_options: dict | None = None,
         tracker: ActorHandle | None = None,
         compile_cache: str | None = None,
+        tiles_per_batch: int = 8,
     ):
         super().__init__(device, dtype, compile, cpu_threads, storage_options, tracker, compile_cache)
+        self.tiles_per_batch = tiles_per_batch
         self.model = load_sam2(sam2, self.device)
         decoder_in_dtype(self.model, self.speedups)
         self.decoder = ProposalDecoder(self.model)
@@ -150,7 +156,18 @@ class Sam2Proposer(ModelStage):
             return self._propose_rows(batch, [row], self.points_per_batch // 4)[0]
 
     def label(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """A batch in, its proposal payloads out; an image SAM2 fails on becomes an error row."""
+        """A batch in, its proposal payloads out (:meth:`propose`, tile by tile for tiled images), with the
+        bytes each row carries on."""
+        if "tile_boxes" in batch:
+            batch = propose_in_tiles(batch, self.propose, self.tiles_per_batch)
+        else:
+            batch = self.propose(batch)
+        batch["transfer_bytes"] = np.array([row_nbytes(batch, i) for i in range(len(batch["image_id"]))],
+                                           dtype=np.int64)
+        return batch
+
+    def propose(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A batch of model inputs in, their proposal payloads out; an image SAM2 fails on becomes an error row."""
         ok = np.flatnonzero(batch["status"] == STATUS_OK)
         size = len(batch["image_id"])
         payloads = [ProposalPayload.empty()] * size
@@ -169,5 +186,4 @@ class Sam2Proposer(ModelStage):
             batch["dino_features"] = pixel_column(features)
             del batch["sam2_pixels"]
         batch.update(payload_columns(payloads))
-        batch["transfer_bytes"] = np.array([row_nbytes(batch, i) for i in range(size)], dtype=np.int64)
         return batch

@@ -45,7 +45,13 @@ RUN_OPTIONS = {
     "gpus_per_actor": Opt("GPUs per model actor (fractions allowed)."),
     "address": Opt("Ray cluster address (default: RAY_ADDRESS or local)."),
     "overwrite": Opt("Replace a previous labeler run in OUT (only labeler's own files are removed)."),
-    "max_pixels": Opt("Refuse images with more pixels (error row)."),
+    "max_pixels": Opt("Refuse images with more pixels that are labelled whole (error row)."),
+    "tile": Opt("Label large images in overlapping tiles, each seen by SAM2 at its full input size, and merge the "
+                "tiles' detections in the image: off, auto (tiles of the SAM2 input size, for images with a side "
+                "above twice that) or a tile side in pixels (images with a side above it). A tiled image keeps "
+                "--max-dets per tile's worth of its area."),
+    "tile_overlap": Opt("With --tile: the share of a tile its neighbour sees too."),
+    "tile_max_pixels": Opt("With --tile: refuse tiled images with more pixels (error row)."),
     "max_bytes": Opt("Refuse image files larger than this (error row)."),
     "read_timeout": Opt("Seconds to read and decode one image before it is an error row."),
     "stall_timeout": Opt("Stop the run, naming the stage, after this many seconds without progress."),

@@ -36,6 +36,14 @@ class ImageDecodeError(ValueError):
     """The bytes are not a decodable image (the message says why)."""
 
 
+class ImageTooLargeError(ImageDecodeError):
+    """The image declares more pixels than the limit (checked before decoding)."""
+
+    def __init__(self, width: int, height: int, limit: int):
+        super().__init__(f"{width}x{height} exceeds the pixel limit of {limit}")
+        self.width, self.height, self.limit = width, height, limit
+
+
 @cache
 def _openers() -> tuple[str, ...]:
     """The formats of :data:`IMAGE_FORMATS` Pillow opens by name here (it opens MPO through JPEG)."""
@@ -96,7 +104,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
             with Image.open(io.BytesIO(data), formats=_openers()) as image:
                 width, height = image.size
                 if width * height > max_pixels:
-                    raise ImageDecodeError(f"{width}x{height} exceeds the pixel limit of {max_pixels}")
+                    raise ImageTooLargeError(width, height, max_pixels)
                 image.seek(0)
                 image.load()
                 image = ImageOps.exif_transpose(image)

@@ -101,6 +101,39 @@ def payload_columns(payloads: list[ProposalPayload]) -> dict[str, np.ndarray]:
     }
 
 
+def join_payloads(payloads: list[ProposalPayload]) -> tuple[ProposalPayload, np.ndarray, np.ndarray]:
+    """The payloads of one image's tiles as one (they share the low-res grid and band radius), with each tile's
+    proposal and band-logit counts (``int32 [n]``), which :func:`split_payload` takes to cut it again."""
+    first = payloads[0]
+    joined = ProposalPayload(
+        rle_blob=b"".join(p.rle_blob for p in payloads),
+        rle_lengths=np.concatenate([p.rle_lengths for p in payloads]),
+        band_logits=np.concatenate([p.band_logits for p in payloads]),
+        iou=np.concatenate([p.iou for p in payloads]),
+        height=first.height, width=first.width, band_radius=first.band_radius,
+    )
+    return (joined, np.array([p.count for p in payloads], dtype=np.int32),
+            np.array([p.band_logits.shape[0] for p in payloads], dtype=np.int32))
+
+
+def split_payload(payload: ProposalPayload, proposals: np.ndarray, band_logits: np.ndarray) -> list[ProposalPayload]:
+    """A joined payload (:func:`join_payloads`) cut into its tiles' payloads."""
+    mask_ends = np.cumsum(proposals, dtype=np.int64)
+    byte_ends = np.cumsum(payload.rle_lengths, dtype=np.int64)
+    band_ends = np.cumsum(band_logits, dtype=np.int64)
+    tiles, mask_start, band_start = [], 0, 0
+    for mask_end, band_end in zip(mask_ends.tolist(), band_ends.tolist()):
+        byte_start = int(byte_ends[mask_start - 1]) if mask_start else 0
+        byte_end = int(byte_ends[mask_end - 1]) if mask_end else 0
+        tiles.append(ProposalPayload(
+            rle_blob=payload.rle_blob[byte_start:byte_end], rle_lengths=payload.rle_lengths[mask_start:mask_end],
+            band_logits=payload.band_logits[band_start:band_end], iou=payload.iou[mask_start:mask_end],
+            height=payload.height, width=payload.width, band_radius=payload.band_radius,
+        ))
+        mask_start, band_start = mask_end, band_end
+    return tiles
+
+
 def payload_from_columns(batch: dict[str, np.ndarray], index: int) -> ProposalPayload:
     """Row ``index``'s payload from the columns :func:`payload_columns` made (after Ray Data's hand-off)."""
     return ProposalPayload(

@@ -88,6 +88,51 @@ def run_lengths(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.diff(edges)[within_mask], changes + extra - 1
 
 
+def placed_run_lengths(masks: torch.Tensor, top: int, left: int, image_hw: tuple[int, int]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """COCO run lengths (as :func:`run_lengths`) of ``[K, h, w]`` masks of one tile placed at ``(top, left)`` in
+    an image of ``image_hw``, all zero outside the tile, without making the image-sized masks.
+
+    Each tile column, between a zero above and below, is a stretch of the image's column-major order: a change
+    at row ``y`` of column ``x`` is an edge at ``(left + x) * H + top + y`` there. Where a tile spans the whole
+    height, the end of one column's run meets the start of the next one's at the same edge: both edges go, and
+    the run continues, as pycocotools encodes it.
+    """
+    count, tile_h, tile_w = masks.shape
+    height, width = image_hw
+    device = masks.device
+    if count == 0:
+        return torch.zeros(0, dtype=torch.int64, device=device), torch.zeros(0, dtype=torch.int64, device=device)
+    columns = torch.zeros(count, tile_w, tile_h + 2, dtype=torch.bool, device=device)
+    columns[:, :, 1:-1] = masks.bool().transpose(1, 2)
+    flat = columns.reshape(count, -1)
+    mask_of, position = (flat[:, 1:] != flat[:, :-1]).nonzero(as_tuple=True)
+    position = position + 1  # the first pixel of the new run, in padded column-major order
+    edges = (left + position // (tile_h + 2)) * height + top + position % (tile_h + 2) - 1
+    # Edges are sorted within a mask; a pair at one place is a run going on into the next column.
+    same = (mask_of[1:] == mask_of[:-1]) & (edges[1:] == edges[:-1])
+    keep = torch.ones_like(edges, dtype=torch.bool)
+    keep[:-1] &= ~same
+    keep[1:] &= ~same
+    mask_of, edges = mask_of[keep], edges[keep]
+    per_mask = torch.bincount(mask_of, minlength=count)
+    # Each mask's bounds, back to back: 0, its edges, H * W; its runs are the differences within a mask.
+    bounds = per_mask + 2
+    ends = torch.cumsum(bounds, dim=0) - 1
+    values = torch.zeros(int(ends[-1]) + 1, dtype=torch.int64, device=device)
+    values[ends] = height * width
+    rank = torch.arange(edges.numel(), device=device) - (torch.cumsum(per_mask, dim=0) - per_mask)[mask_of]
+    values[(ends - bounds + 1)[mask_of] + 1 + rank] = edges
+    runs = torch.diff(values)
+    within = torch.ones(runs.numel(), dtype=torch.bool, device=device)
+    within[ends[:-1]] = False
+    # A mask ending on the image's last pixel has no closing run of zeros.
+    closing = ends - 1
+    within[closing[(runs[closing] == 0) & (per_mask > 0)]] = False
+    per_mask = per_mask + 1 - ((runs[closing] == 0) & (per_mask > 0)).long()
+    return runs[within], per_mask
+
+
 def _position_in_mask(per_mask: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
     """For ``total`` values laid out mask by mask (``per_mask`` each): each value's mask and its position in it."""
     masks = torch.arange(per_mask.numel(), device=per_mask.device)

@@ -37,3 +37,10 @@ DIFFUSION_ALPHA = 0.3
 DIFFUSION_LAMBDA = 0.5
 #: Negative references (labeler.method.scoring.classify): the reference code's sigma of the decay.
 NEGATIVE_SIGMA = 0.8
+
+#: Tiling (``--tile``, labeler.method.tiles): the share of a tile its neighbour sees too, the IoU within that
+#: shared band above which two same-class detections of neighbouring tiles are one object, and the largest
+#: image labelled in tiles (1 gigapixel: 3 GB of decoded RGB).
+TILE_OVERLAP = 0.2
+TILE_JOIN_IOU = 0.5
+TILE_MAX_PIXELS = 1_000_000_000

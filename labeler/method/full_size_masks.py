@@ -137,7 +137,9 @@ def rle_overlap_fractions(rles: list[dict], labels: np.ndarray) -> np.ndarray:
     return fractions
 
 
-def _chunk_step(device: torch.device, image_hw: tuple[int, int], chunk_pixels: int | None) -> int:
+def chunk_step(device: torch.device, image_hw: tuple[int, int], chunk_pixels: int | None) -> int:
+    """Masks of ``image_hw`` upsampled at once: ``chunk_pixels`` (default :data:`UPSAMPLE_PIXELS_PER_CHUNK`)
+    worth, at least one."""
     pixels = chunk_pixels or UPSAMPLE_PIXELS_PER_CHUNK.get(device.type, UPSAMPLE_PIXELS_PER_CHUNK["cpu"])
     return max(1, pixels // (image_hw[0] * image_hw[1]))
 
@@ -154,7 +156,7 @@ def rle_full_size_masks(
         chunk_pixels: pixels upsampled at once (default :data:`UPSAMPLE_PIXELS_PER_CHUNK`).
     """
     height, width = image_hw
-    step = _chunk_step(logits.device, image_hw, chunk_pixels)
+    step = chunk_step(logits.device, image_hw, chunk_pixels)
     present, boxes, counts, runs = [], [], [], []
     for start in range(0, logits.shape[0], step):
         masks = upsample_logits(logits[start : start + step, None], image_hw)[:, 0] > 0
@@ -195,7 +197,7 @@ def dense_full_size_masks(
     buffer[count:].zero_()
     buffer[:count, pixels:].zero_()
     present = torch.empty(count, dtype=torch.bool, device=device)
-    step = _chunk_step(device, image_hw, chunk_pixels)
+    step = chunk_step(device, image_hw, chunk_pixels)
     for start in range(0, count, step):
         rows = order[start : start + step]
         flat = (upsample_logits(logits[rows, None], image_hw)[:, 0] > 0).flatten(1)

@@ -31,6 +31,8 @@ MERGED_COCO_MAX_ENTRIES = 1_000_000
 DEFAULT_MAX_ERROR_RATE = 0.05
 #: ``--keep-proposals``: off, or the dtype the kept mask embeddings are stored in (labeler.io.kept_proposals).
 KEEP_CHOICES = ("off", "float32", "float16")
+#: ``--tile``: the smallest tile side (a smaller one sees too little of an object to label it).
+MIN_TILE = 64
 
 
 def merge_checks(config: Any) -> list[tuple[bool, str]]:
@@ -63,6 +65,19 @@ def model_checks(config: Any) -> list[tuple[bool, str]]:
     ]
 
 
+def tile_checks(config: Any) -> list[tuple[bool, str]]:
+    """The checks of ``--tile``, ``--tile-overlap`` and ``--tile-max-pixels`` (:func:`require`)."""
+    size = config.tile.strip()
+    return [
+        (size in ("off", "auto") or (size.isdigit() and int(size) >= MIN_TILE),
+         f"--tile must be off, auto or a tile side of at least {MIN_TILE} pixels, got {config.tile!r}"),
+        (0.0 < config.tile_overlap <= 0.5, "--tile-overlap must be in (0, 0.5]: neighbours must share a band to join what a border cuts"),
+        (config.tile_max_pixels >= 1, "--tile-max-pixels must be at least 1"),
+        (config.tile == "off" or config.keep_proposals == "off",
+         "--keep-proposals cannot be used with --tile yet: `labeler rescore` takes untiled runs only"),
+    ]
+
+
 @dataclass
 class RunConfig:
     """Everything ``labeler run`` takes; the CLI maps its options one to one."""
@@ -92,6 +107,9 @@ class RunConfig:
     address: str | None = None
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    tile: str = "off"  # off, auto, or a tile side in pixels (labeler.method.tiles)
+    tile_overlap: float = defaults.TILE_OVERLAP
+    tile_max_pixels: int = defaults.TILE_MAX_PIXELS
     max_bytes: int = DEFAULT_MAX_BYTES
     read_timeout: float = DEFAULT_READ_TIMEOUT
     stall_timeout: float = DEFAULT_STALL_TIMEOUT
@@ -121,6 +139,7 @@ class RunConfig:
             (self.gpus_per_actor >= 0, "--gpus-per-actor must be non-negative"),
             (self.rows_per_shard >= 1, "--rows-per-shard must be at least 1"),
             (self.max_pixels >= 1, "--max-pixels must be at least 1"),
+            *tile_checks(self),
             (self.max_bytes >= 1, "--max-bytes must be at least 1"),
             (math.isfinite(self.read_timeout) and self.read_timeout > 0, "--read-timeout must be a positive number"),
             (math.isfinite(self.stall_timeout) and self.stall_timeout > 0, "--stall-timeout must be a positive number"),
@@ -166,6 +185,7 @@ class RunConfig:
             **merge_settings(self),
             "label_filter": self.label_filter(bank).to_json(bank.categories),
             "max_pixels": self.max_pixels,
+            "tile": None if self.tile == "off" else [self.tile, self.tile_overlap, self.tile_max_pixels],
             "dtype": self.dtype,
             "prompts": self.prompts,
             "matched_points": self.matched_points if self.prompts == "matched" else None,

@@ -28,6 +28,7 @@ from labeler.actors.work_reader import unfinished_rows
 from labeler.actors.writer import LabelShardSink
 from labeler.bank.file import BankFile
 from labeler.io.coco import Category
+from labeler.method.tiles import Tiling
 from labeler.outdir.id_set import IdSet
 from labeler.outdir.listing import Listing
 from labeler.run.cluster import ACTOR_CPUS, DECODE_CPUS, WRITE_CPUS, Fit
@@ -111,7 +112,8 @@ def run_pipeline(
         num_cpus=DECODE_CPUS,
         fn_kwargs=dict(sam2_size=sam2_size, max_pixels=config.max_pixels,
                        max_bytes=config.max_bytes, read_timeout=config.read_timeout,
-                       storage_options=config.storage_options, tracker=tracker),
+                       storage_options=config.storage_options, tracker=tracker,
+                       tiling=Tiling.from_option(config.tile, sam2_size, config.tile_overlap, config.tile_max_pixels)),
     )
 
     def model_stage(dataset: ray.data.Dataset, actor: type, size: int, **settings) -> ray.data.Dataset:
@@ -124,7 +126,8 @@ def run_pipeline(
                 num_cpus=ACTOR_CPUS,
                 fn_constructor_kwargs=dict(settings, device=device, cpu_threads=cpu_threads,
                                            storage_options=config.storage_options, tracker=tracker,
-                                           compile_cache=config.compile_cache_folder),
+                                           compile_cache=config.compile_cache_folder,
+                                           tiles_per_batch=config.batch_size),
                 max_restarts=0,  # a lost actor is not restarted, and its tasks fail now (module doc)
                 **gpu_request,
             )
