@@ -17,6 +17,8 @@
 #                     prompt by prompt; scoring and RLE on pinned SAM-like proposals)
 #   compiled-cached   as compiled, with an empty local inductor cache (a new node): its warm-up is what a
 #                     second actor pays with the shared compile cache
+#   tiled             scripts/tile_bench.py: a 4096x3072 image whole and with --tile auto (20 tiles of 1024), bf16
+#                     eager: seconds per megapixel of each stage, peak host and device memory
 #   eager             bf16 without compiling
 #   pipeline          labeler run through Ray Data on this GPU, if Ray is installed (the lent machines have
 #                     none and its wheel is too large to carry: the row then says so and is skipped)
@@ -47,6 +49,7 @@ ROWS=(
     "compiled-matched|TORCHINDUCTOR_CACHE_DIR=$RESULTS_DIR/inductor-a|$BENCH --no-ray --dtype bf16 --compile --compile-cache $CACHE --prompts matched"
     "fast-paths||python3 scripts/fast_path_check.py --device cuda --sam2 random:l"
     "compiled-cached|TORCHINDUCTOR_CACHE_DIR=$RESULTS_DIR/inductor-b|$BENCH --no-ray --dtype bf16 --compile --compile-cache $CACHE"
+    "tiled||python3 scripts/tile_bench.py --device cuda --sam2 random:l --dinov2 random:large --dtype bf16 --points-per-side 32 --objects 60 --tiles off auto"
     "eager||$BENCH --no-ray --dtype bf16"
     "pipeline||$BENCH --images 32 --dtype bf16 --compile --compile-cache $CACHE"
     "compiled-1024|TORCHINDUCTOR_CACHE_DIR=$RESULTS_DIR/inductor-a|$BENCH --no-ray --dtype bf16 --compile --compile-cache $CACHE --points-per-batch 1024"

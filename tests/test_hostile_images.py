@@ -64,7 +64,8 @@ BROKEN = {
     "truncated.png": (lambda: encoded(photo(600, 400), "PNG")[:3000], "decode failed: corrupt or truncated image"),
     "page.jpg": (lambda: b"<!doctype html><html><body>Not Found</body></html>", "decode failed: not an image file"),
     "bomb.png": (lambda: encoded(Image.new("1", (20000, 20000)), "PNG"),
-                 "decode failed: 20000x20000 exceeds the pixel limit of 10000000"),
+                 "decode failed: 20000x20000 (400,000,000 pixels) is over --max-pixels 10,000,000: label it in tiles "
+                 "with --tile auto, or raise --max-pixels"),
 }
 
 

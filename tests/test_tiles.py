@@ -258,3 +258,25 @@ def _bank_for(path):
     refs = generate_dataset(path.parent / "refs", 2, seed=1)
     build_bank(str(refs), str(path.parent / "refs" / "images"), dinov2="random:tiny", sam2="random:tiny",
                device="cpu").save(str(path))
+
+
+def test_tiles_done_inside_a_long_batch_keep_the_watchdog_from_calling_it_a_stall(ray_session):
+    """A batch of large images can keep a model stage busy longer than --stall-timeout without finishing a row:
+    the tiles it reports count as progress, and silence still stops the run."""
+    import time
+
+    from labeler.run.progress import report_work, start_tracker
+    from labeler.run.watchdog import PipelineStopped, Watchdog
+
+    tracker = start_tracker()
+    watchdog = Watchdog(tracker, actor_classes={}, total=4, rows_per_shard=4, stall_timeout=3.0, poll_seconds=0.25)
+    started = time.monotonic()
+    with pytest.raises(PipelineStopped), watchdog:
+        while time.monotonic() - started < 6.0:  # tiles keep coming: twice the stall timeout, no interruption
+            report_work(tracker, 8)
+            time.sleep(0.25)
+        working_until = time.monotonic()
+        while time.monotonic() - working_until < 30:  # then silence
+            time.sleep(0.05)
+    assert watchdog.reason.startswith("no progress for 3 s: the read + decode stage stalled")
+    assert 6.0 <= working_until - started and time.monotonic() - working_until < 10

@@ -18,6 +18,7 @@ from labeler.method.tiled_merge import merge_tiles, place_ranked
 from labeler.method.tiles import tiled_max_dets
 from labeler.models import load_dinov2
 from labeler.models.speedups import compile_modules
+from labeler.run.progress import report_work
 
 
 class Dinov2Scorer(BankScoringStage):
@@ -87,6 +88,7 @@ class Dinov2Scorer(BankScoringStage):
                 placed.append(place_ranked(ranked, proposals.logits, proposals.iou, tile, windows[tile], image_hw,
                                            first))
                 first += payloads[tile].count
+            report_work(self.tracker, len(features))
         x0, y0, x1, y1 = windows[0]
         max_dets = tiled_max_dets(self.max_dets, image_hw, (y1 - y0, x1 - x0))
         chosen = merge_tiles(placed, windows, image_hw, max_dets, self.min_score, self.diffusion)

@@ -23,6 +23,7 @@ from labeler.models import load_dinov2, load_sam2
 from labeler.models.sam2_decoder import ProposalDecoder
 from labeler.models.sam2_inference import Sam2Features, encode_images, point_proposals, sam2_input
 from labeler.models.speedups import compile_modules, compile_sam2, decoder_in_dtype
+from labeler.run.progress import report_work
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
@@ -159,7 +160,8 @@ class Sam2Proposer(ModelStage):
         """A batch in, its proposal payloads out (:meth:`propose`, tile by tile for tiled images), with the
         bytes each row carries on."""
         if "tile_boxes" in batch:
-            batch = propose_in_tiles(batch, self.propose, self.tiles_per_batch)
+            batch = propose_in_tiles(batch, self.propose, self.tiles_per_batch,
+                                     lambda tiles: report_work(self.tracker, tiles))
         else:
             batch = self.propose(batch)
         batch["transfer_bytes"] = np.array([row_nbytes(batch, i) for i in range(len(batch["image_id"]))],

@@ -63,15 +63,16 @@ def _tile_error(window: list[int], reason: str) -> str:
 
 
 def propose_in_tiles(batch: dict[str, np.ndarray], propose: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
-                     tiles_per_batch: int) -> dict[str, np.ndarray]:
+                     tiles_per_batch: int, done: Callable[[int], None] = lambda tiles: None) -> dict[str, np.ndarray]:
     """``propose`` (the stage's work on a batch of model inputs) over the tiles of ``batch``, ``tiles_per_batch``
-    at a time; one row per image out, with :data:`TILE_COLUMNS`. A tiled image one of whose tiles fails is an
-    error row naming the tile."""
+    at a time, calling ``done`` with each chunk's size; one row per image out, with :data:`TILE_COLUMNS`. A
+    tiled image one of whose tiles fails is an error row naming the tile."""
     rows, owned = tile_rows(batch)
     outputs: dict[str, list] = {}
     for chunk in _chunks(rows, tiles_per_batch):
         for name, column in propose(chunk).items():
             outputs.setdefault(name, []).extend(list(column))
+        done(len(chunk["image_id"]))
     stacked = [name for name in _STACKED if name in outputs]
     size = len(batch["image_id"])
     status, error = list(batch["status"]), list(batch["error"])

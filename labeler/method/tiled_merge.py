@@ -121,9 +121,9 @@ def _meet(a: Box, b: Box) -> Box | None:
 
 
 def _window_rle(window: Box, image_hw: tuple[int, int]) -> dict:
+    """The window as a mask of the image (pycocotools' box RLE: exact for whole-pixel boxes)."""
     x0, y0, x1, y1 = window
-    counts, runs = placed_run_lengths(torch.ones(1, y1 - y0, x1 - x0, dtype=torch.bool), y0, x0, image_hw)
-    return coco_rle(pack_counts(counts, runs, *image_hw).strings()[0].as_py(), *image_hw)
+    return mask_utils.frPyObjects(np.array([[x0, y0, x1 - x0, y1 - y0]], dtype=np.float64), *image_hw)[0]
 
 
 def _inside(boxes: torch.Tensor, window: Box) -> torch.Tensor:

@@ -21,21 +21,26 @@ STAGE_NAMES = {"read": "read + decode", "sam2": "SAM2", "dinov2": "DINOv2", "res
 
 
 class ProgressTracker:
-    """Rows finished per stage, and fatal reports (a Ray actor; see :func:`start_tracker`)."""
+    """Rows finished per stage, work done inside rows not yet finished (the tiles of a tiled image), and fatal
+    reports (a Ray actor; see :func:`start_tracker`)."""
 
     def __init__(self, stages: tuple[str, ...] = STAGES) -> None:
         self.rows = dict.fromkeys(stages, 0)
+        self.work = 0
         self.fatal: tuple[str, str] | None = None
 
     def add(self, stage: str, rows: int) -> None:
         self.rows[stage] += rows
 
+    def add_work(self, units: int) -> None:
+        self.work += units
+
     def report_fatal(self, stage: str, message: str) -> None:
         if self.fatal is None:
             self.fatal = (stage, message)
 
-    def snapshot(self) -> tuple[dict[str, int], tuple[str, str] | None]:
-        return dict(self.rows), self.fatal
+    def snapshot(self) -> tuple[dict[str, int], tuple[str, str] | None, int]:
+        return dict(self.rows), self.fatal, self.work
 
 
 def start_tracker(stages: tuple[str, ...] = STAGES) -> ActorHandle:
@@ -53,6 +58,13 @@ def report(tracker: ActorHandle | None, stage: str, rows: int) -> None:
     """Tell the tracker a stage finished ``rows`` rows (nothing without a tracker)."""
     if tracker is not None:
         tracker.add.remote(stage, rows)
+
+
+def report_work(tracker: ActorHandle | None, units: int) -> None:
+    """Tell the tracker a stage did ``units`` of work within rows it has not finished (tiles of a tiled image,
+    which can keep one batch busy for minutes): the watchdog counts it as progress."""
+    if tracker is not None:
+        tracker.add_work.remote(units)
 
 
 def report_fatal(tracker: ActorHandle | None, stage: str, error: BaseException) -> None:

@@ -87,6 +87,7 @@ class Watchdog:
     stages: tuple[str, ...] = STAGES  # the tracker's stages, in order
     reason: str | None = None
     rows: dict[str, int] = field(default_factory=dict)
+    work: int = 0  # units of work inside unfinished rows (labeler.run.progress.report_work)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
@@ -111,7 +112,7 @@ class Watchdog:
         if exc_type is None:  # a pass can end before the next poll: a stage's fatal report still stops the run
             import ray
 
-            _, fatal = ray.get(self.tracker.snapshot.remote(), timeout=30)
+            _, fatal, _ = ray.get(self.tracker.snapshot.remote(), timeout=30)
             if fatal is not None:
                 self.reason = f"the {STAGE_NAMES[fatal[0]]} stage failed: {fatal[1]}"
                 raise PipelineStopped(self.reason)
@@ -122,18 +123,18 @@ class Watchdog:
         last_change = time.monotonic()
         while not self._stop.wait(self.poll_seconds):
             try:
-                rows, fatal = ray.get(self.tracker.snapshot.remote(), timeout=max(30.0, self.poll_seconds))
+                rows, fatal, work = ray.get(self.tracker.snapshot.remote(), timeout=max(30.0, self.poll_seconds))
             except Exception as error:  # noqa: BLE001 - progress that cannot be seen counts as none
                 log.warning("progress tracker unavailable: %s", error)
-                rows, fatal = self.rows, None
+                rows, fatal, work = self.rows, None, self.work
             if self.on_progress is not None:
                 self.on_progress(rows)
             if fatal is not None:
                 stage, message = fatal
                 self._interrupt(f"the {STAGE_NAMES[stage]} stage failed: {message}", PipelineStopped)
                 return
-            if rows != self.rows:
-                self.rows, last_change = rows, time.monotonic()
+            if rows != self.rows or work != self.work:
+                self.rows, self.work, last_change = rows, work, time.monotonic()
                 continue
             log.debug("no progress for %.0f s (rows %s)", time.monotonic() - last_change, rows)
             idle = time.monotonic() - last_change
