@@ -197,7 +197,7 @@ def test_tile_options_are_checked():
     for bad, message in [(dict(tile="32"), "--tile must be off, auto or a tile side"),
                          (dict(tile="big"), "--tile must be off, auto"),
                          (dict(tile="auto", tile_overlap=0.0), "--tile-overlap must be in (0, 0.5]"),
-                         (dict(tile="auto", keep_proposals="float32"), "--keep-proposals cannot be used with --tile")]:
+                         (dict(tile="auto", tile_max_pixels=0), "--tile-max-pixels must be at least 1")]:
         with pytest.raises(LabelerError, match=message.replace("(", r"\(").replace("]", r"\]")):
             RunConfig(**base, **bad).validate()
     RunConfig(**base, tile="2048", tile_overlap=0.5).validate()

@@ -5,7 +5,7 @@ on the bank (docs/method.md 3.3-3.7), and a batch's label rows. :class:`labeler.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,11 +18,14 @@ from labeler.actors.model_stage import ModelStage
 from labeler.bank.file import BankFile
 from labeler.io.kept_proposals import EMBEDDING_DTYPES, KeptProposals, kept_table, with_kept_columns
 from labeler.io.labels import STATUS_OK, Detections, LabelRows
-from labeler.io.proposal_payload import ProposalPayload, decode_proposals
+from labeler.io.proposal_payload import ProposalPayload, decode_proposals, split_payload
 from labeler.method import defaults
 from labeler.method.detections import ChosenDetections, merge_and_select
 from labeler.method.graph_diffusion import Diffusion
 from labeler.method.scoring import NegativePrototypes, RankedProposals, rank_embedded
+from labeler.method.tiled_merge import merge_tiles, place_ranked
+from labeler.method.tiles import tiled_max_dets
+from labeler.run.progress import report_work
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
@@ -69,9 +72,10 @@ class Scored:
 
 class BankScoringStage(ModelStage):
     """A model stage holding the bank: a subclass implements :meth:`score_rows` with :meth:`rank` and
-    :meth:`select`; :meth:`label` makes the batch's label rows (with the kept proposals when
-    ``keep_proposals`` names their embeddings' dtype). ``merge`` is ``soft`` or ``graph-diffusion`` (with
-    ``diffusion``: steps, alpha, lambda)."""
+    :meth:`select` (and :meth:`scored_tiles` for a tiled image); :meth:`label` makes the batch's label rows
+    (with the kept proposals when ``keep_proposals`` names their embeddings' dtype). ``merge`` is ``soft`` or
+    ``graph-diffusion`` (with ``diffusion``: steps, alpha, lambda); ``tiles_per_batch`` tiles of a tiled image
+    are handled at once."""
 
     def __init__(
         self,
@@ -90,8 +94,10 @@ class BankScoringStage(ModelStage):
         merge: str = "soft",
         diffusion: tuple[int, float, float] = (defaults.DIFFUSION_STEPS, defaults.DIFFUSION_ALPHA,
                                                defaults.DIFFUSION_LAMBDA),
+        tiles_per_batch: int = 8,
     ):
         super().__init__(device, dtype, compile, cpu_threads, storage_options, tracker, compile_cache)
+        self.tiles_per_batch = tiles_per_batch
         if keep_proposals != "off" and keep_proposals not in EMBEDDING_DTYPES:
             raise ValueError(f"keep_proposals must be off or one of {', '.join(EMBEDDING_DTYPES)}, got {keep_proposals!r}")
         self.bank = bank.load()
@@ -125,6 +131,35 @@ class BankScoringStage(ModelStage):
             kept = KeptProposals(proposals.payload, embeddings.float().cpu().numpy())
         detections = self.select(self.rank(proposals, embeddings), proposals)
         return Scored(detections, int(proposals.masks.shape[0]), kept)
+
+    def scored_tiles(self, payload: ProposalPayload, tiles: np.ndarray, image_hw: tuple[int, int],
+                     embed_tile: Callable[[int, ReceivedProposals], torch.Tensor]) -> Scored:
+        """A tiled image (``--tile``) from its joined payload and its ``[n, 6]`` tile table
+        (:data:`labeler.actors.tiles.TILE_FIELDS`): each tile's proposals, unpacked at the tile's size and
+        embedded by ``embed_tile(tile, proposals)``, ranked as an image's and placed in the image
+        (:func:`place_ranked`), then merged over the whole image keeping :func:`tiled_max_dets`
+        (:func:`merge_tiles`). Each ``tiles_per_batch`` tiles done count as progress."""
+        tiles = np.asarray(tiles, dtype=np.int64).reshape(-1, 6)
+        windows = [tuple(window) for window in tiles[:, :4].tolist()]
+        placed, embeddings, first = [], [], 0
+        for tile, tile_payload in enumerate(split_payload(payload, tiles[:, 4], tiles[:, 5])):
+            x0, y0, x1, y1 = windows[tile]
+            proposals = ReceivedProposals.unpack(tile_payload, (y1 - y0, x1 - x0), self.device)
+            tile_embeddings = embed_tile(tile, proposals)
+            placed.append(place_ranked(self.rank(proposals, tile_embeddings), proposals.logits, proposals.iou, tile,
+                                       windows[tile], image_hw, first))
+            first += tile_payload.count
+            if self.keep_proposals != "off":
+                embeddings.append(tile_embeddings.float().cpu().numpy())
+            if (tile + 1) % self.tiles_per_batch == 0 or tile + 1 == len(windows):
+                report_work(self.tracker, (tile % self.tiles_per_batch) + 1)
+        x0, y0, x1, y1 = windows[0]
+        max_dets = tiled_max_dets(self.max_dets, image_hw, (y1 - y0, x1 - x0))
+        chosen = merge_tiles(placed, windows, image_hw, max_dets, self.min_score, self.diffusion)
+        kept = None
+        if self.keep_proposals != "off":
+            kept = KeptProposals(payload, np.concatenate(embeddings), tiles.astype(np.int32))
+        return Scored(detections_from_choice(chosen, self.category_ids), first, kept)
 
     def score_rows(self, batch: dict[str, np.ndarray], rows: Sequence[int]) -> list[Scored]:
         """The ok rows ``rows`` of ``batch``, scored."""

@@ -4,8 +4,10 @@ An error row carries no pixels: when a batch has one, its pixel columns are
 ragged (an object array whose error entries are ``0 x 0 x 3``), and the
 model stages pick the rows they use with :func:`stack_rows`. With tiling
 (``--tile``), a row also has ``tile_boxes``: ``int32 [n, 4]`` windows of the
-image (:mod:`labeler.method.tiles`), and its ``sam2_pixels`` are then the
-tiles' SAM2 inputs, ``[n, S, S, 3]``; ``n`` is 0 for an image labelled whole.
+image (:mod:`labeler.method.tiles`), none for an image labelled whole, and
+every row's ``sam2_pixels`` are a stack of SAM2 inputs, ``[n, S, S, 3]``
+(one for an image labelled whole, none for an error row), so that all rows of
+a tiled run have pixels of one rank, as Ray Data's tensor columns need.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ IO_THREADS = 8
 
 
 NO_PIXELS = np.zeros((0, 0, 3), dtype=np.uint8)
+NO_PIXEL_STACK = np.zeros((0, 0, 0, 3), dtype=np.uint8)  # an error row's, in a tiled run
 NO_TILES = np.zeros((0, 4), dtype=np.int32)
 
 
@@ -63,11 +66,13 @@ def _too_large(error: ImageTooLargeError, tiling: Tiling | None) -> str:
 
 
 def model_input(pixels: np.ndarray, sam2_size: int, tiling: Tiling | None) -> tuple[np.ndarray, np.ndarray]:
-    """The SAM2 input of ``[H, W, 3]`` pixels: ``[S, S, 3]`` and no tiles, or the tiles' ``[n, S, S, 3]`` and
-    their windows when ``tiling`` cuts the image."""
-    tiles = tiling.tiles(pixels.shape[:2]) if tiling is not None else []
-    if not tiles:
+    """The SAM2 input of ``[H, W, 3]`` pixels: ``[S, S, 3]`` without ``tiling``; with it, the tiles'
+    ``[n, S, S, 3]`` and their windows, or ``[1, S, S, 3]`` and none for an image labelled whole."""
+    if tiling is None:
         return resize_square(pixels, sam2_size), NO_TILES
+    tiles = tiling.tiles(pixels.shape[:2])
+    if not tiles:
+        return resize_square(pixels, sam2_size)[None], NO_TILES
     inputs = np.stack([resize_square(pixels[y0:y1, x0:x1], sam2_size) for x0, y0, x1, y1 in tiles])
     return inputs, np.asarray(tiles, dtype=np.int32)
 
@@ -155,7 +160,8 @@ def decode_batch(
         "height": np.array([r.height for r in results], dtype=np.int32),
         "status": np.array([r.status for r in results], dtype=object),
         "error": np.array([r.error or "" for r in results], dtype=object),
-        "sam2_pixels": pixel_column([r.sam2_pixels for r in results]),
+        "sam2_pixels": pixel_column([r.sam2_pixels if r.status == STATUS_OK or tiling is None else NO_PIXEL_STACK
+                                     for r in results]),
     }
     if tiling is not None:
         columns["tile_boxes"] = object_column([r.tiles for r in results])

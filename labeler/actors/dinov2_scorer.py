@@ -8,17 +8,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from labeler.actors.bank_scoring import BankScoringStage, ReceivedProposals, Scored, detections_from_choice
+from labeler.actors.bank_scoring import BankScoringStage, ReceivedProposals, Scored
 from labeler.actors.decode import stack_rows
+from labeler.actors.tiles import whole_inputs
 from labeler.bank.file import BankFile
 from labeler.devices import to_device
-from labeler.io.proposal_payload import payload_from_columns, split_payload
+from labeler.io.proposal_payload import payload_from_columns
 from labeler.method.detections import embed_on_grid
-from labeler.method.tiled_merge import merge_tiles, place_ranked
-from labeler.method.tiles import tiled_max_dets
 from labeler.models import load_dinov2
 from labeler.models.speedups import compile_modules
-from labeler.run.progress import report_work
 
 
 class Dinov2Scorer(BankScoringStage):
@@ -30,27 +28,26 @@ class Dinov2Scorer(BankScoringStage):
     One image's steps are :meth:`received`, :meth:`embed`, :meth:`rank` and
     :meth:`select` (docs/method.md section 3; ``labeler bench`` times each).
 
-    A tiled image (``--tile``) is scored tile by tile, ``tiles_per_batch`` tiles encoded at once, each tile's
-    proposals embedded with its own features and ranked as an image's; :func:`merge_tiles` then makes the
-    image's detections (:meth:`score_tiled`).
+    A tiled image (``--tile``) is scored tile by tile (:meth:`score_tiled`), each tile's proposals embedded
+    with its own features.
     """
 
     stage = "dinov2"
 
-    def __init__(self, bank: BankFile, tiles_per_batch: int = 8, **settings: Any):
+    def __init__(self, bank: BankFile, **settings: Any):
         """``settings``: those of :class:`labeler.actors.bank_scoring.BankScoringStage`."""
         super().__init__(bank, **settings)
-        self.tiles_per_batch = tiles_per_batch
         self.encoder = load_dinov2(self.bank.encoder, self.device, self.bank.input_size)
         self.load_compile_cache({"dinov2": self.bank.encoder, "input_size": self.bank.input_size})
         if self.speedups.compile:
             compile_modules(self.encoder.model)
 
     def features(self, batch: dict[str, np.ndarray], rows: Sequence[int]) -> torch.Tensor:
-        """``[len(rows), g, g, D]`` float32 DINOv2 features of those rows."""
+        """``[len(rows), g, g, D]`` float32 DINOv2 features of those rows (images labelled whole)."""
+        take = whole_inputs if "tiles" in batch else stack_rows  # a tiled run's rows hold stacks
         if "dino_features" in batch:
-            return to_device(stack_rows(batch["dino_features"], rows), self.device).float()
-        pixels = to_device(stack_rows(batch["sam2_pixels"], rows), self.device)
+            return to_device(take(batch["dino_features"], rows), self.device).float()
+        pixels = to_device(take(batch["sam2_pixels"], rows), self.device)
         with self.speedups.autocast(self.device):
             return self.encoder.target_features(pixels)
 
@@ -72,30 +69,22 @@ class Dinov2Scorer(BankScoringStage):
             return self.encoder.target_features(pixels)
 
     def score_tiled(self, batch: dict[str, np.ndarray], row: int) -> Scored:
-        """A tiled image: each tile's proposals embedded and ranked as an image's, placed in the image, and
-        merged over the whole image (:mod:`labeler.method.tiled_merge`), keeping :func:`tiled_max_dets`."""
-        windows = [tuple(w) for w in np.asarray(batch["tile_boxes"][row]).reshape(-1, 4).tolist()]
-        payloads = split_payload(payload_from_columns(batch, row), np.asarray(batch["tile_proposals"][row]),
-                                 np.asarray(batch["tile_band_logits"][row]))
-        image_hw = (int(batch["height"][row]), int(batch["width"][row]))
-        placed, first = [], 0
-        for start in range(0, len(windows), self.tiles_per_batch):
-            features = self.tile_features(batch, row, slice(start, start + self.tiles_per_batch))
-            for k, tile in enumerate(range(start, min(len(windows), start + self.tiles_per_batch))):
-                x0, y0, x1, y1 = windows[tile]
-                proposals = ReceivedProposals.unpack(payloads[tile], (y1 - y0, x1 - x0), self.device)
-                ranked = self.rank(proposals, self.embed(proposals, features[k]))
-                placed.append(place_ranked(ranked, proposals.logits, proposals.iou, tile, windows[tile], image_hw,
-                                           first))
-                first += payloads[tile].count
-            report_work(self.tracker, len(features))
-        x0, y0, x1, y1 = windows[0]
-        max_dets = tiled_max_dets(self.max_dets, image_hw, (y1 - y0, x1 - x0))
-        chosen = merge_tiles(placed, windows, image_hw, max_dets, self.min_score, self.diffusion)
-        return Scored(detections_from_choice(chosen, self.category_ids), first)
+        """A tiled image (:meth:`scored_tiles`): each proposal embedded with its own tile's features, encoded
+        ``tiles_per_batch`` tiles at a time."""
+        encoded: dict[int, torch.Tensor] = {}
+
+        def embed_tile(tile: int, proposals: ReceivedProposals) -> torch.Tensor:
+            start = tile - tile % self.tiles_per_batch
+            if start not in encoded:
+                encoded.clear()
+                encoded[start] = self.tile_features(batch, row, slice(start, start + self.tiles_per_batch))
+            return self.embed(proposals, encoded[start][tile - start])
+
+        return self.scored_tiles(payload_from_columns(batch, row), batch["tiles"][row],
+                                 (int(batch["height"][row]), int(batch["width"][row])), embed_tile)
 
     def score_rows(self, batch: dict[str, np.ndarray], rows: Sequence[int]) -> list[Scored]:
-        tiled = {row for row in rows if "tile_proposals" in batch and len(batch["tile_proposals"][row]) > 0}
+        tiled = {row for row in rows if "tiles" in batch and len(batch["tiles"][row]) > 0}
         whole = [row for row in rows if row not in tiled]
         scored = {row: self.score_tiled(batch, row) for row in tiled}
         if whole:

@@ -3,10 +3,11 @@ no model run (docs/method.md 3.3-3.7 on the embeddings a run kept)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from labeler.actors.bank_scoring import BankScoringStage, ReceivedProposals, Scored
 from labeler.bank.file import BankFile
@@ -15,6 +16,16 @@ from labeler.method import defaults
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
+
+
+def by_tile(embeddings: torch.Tensor, tiles: np.ndarray) -> Callable[[int, ReceivedProposals], torch.Tensor]:
+    """The kept embeddings of one tile's proposals (payload order: tile after tile, ``tiles[:, 4]`` each)."""
+    ends = np.cumsum(tiles[:, 4])
+
+    def of_tile(tile: int, proposals: ReceivedProposals) -> torch.Tensor:
+        return embeddings[int(ends[tile] - tiles[tile, 4]) : int(ends[tile])]
+
+    return of_tile
 
 
 class Rescorer(BankScoringStage):
@@ -49,6 +60,9 @@ class Rescorer(BankScoringStage):
             kept = kept_of_row({name: batch[name][row] for name in KEPT_SCHEMA.names if name != "image_id"},
                                self.embedding_dtype, self.embedding_dim)
             image_hw = (int(batch["height"][row]), int(batch["width"][row]))
-            proposals = ReceivedProposals.unpack(kept.payload, image_hw, self.device)
-            scored.append(self.scored(proposals, embeddings_tensor(kept, self.device)))
+            embeddings = embeddings_tensor(kept, self.device)
+            if kept.tiles is None:
+                scored.append(self.scored(ReceivedProposals.unpack(kept.payload, image_hw, self.device), embeddings))
+            else:
+                scored.append(self.scored_tiles(kept.payload, kept.tiles, image_hw, by_tile(embeddings, kept.tiles)))
         return scored

@@ -11,7 +11,7 @@ import torch
 from labeler.actors.decode import pixel_column, stack_rows
 from labeler.actors.isolation import free_device_memory, is_out_of_memory
 from labeler.actors.model_stage import ModelStage
-from labeler.actors.tiles import TILE_COLUMNS, propose_in_tiles
+from labeler.actors.tiles import propose_in_tiles
 from labeler.bank.file import BankFile
 from labeler.devices import to_device
 from labeler.io.labels import STATUS_ERROR, STATUS_OK
@@ -35,7 +35,7 @@ NO_FEATURES = np.zeros((0, 0, 0), dtype=np.float16)  # an error row's DINOv2 fea
 def row_nbytes(batch: dict[str, np.ndarray], index: int) -> int:
     """Bytes one row of a SAM2-stage output batch carries to the next stage."""
     total = FIXED_ROW_BYTES + len(str(batch["uri"][index])) + len(str(batch["error"][index]))
-    for column in ("sam2_pixels", "dino_features", "rle_lengths", "band_logits", "iou", *TILE_COLUMNS):
+    for column in ("sam2_pixels", "dino_features", "rle_lengths", "band_logits", "iou", "tiles"):
         if column in batch:
             total += np.asarray(batch[column][index]).nbytes
     return total + len(batch["rle_blob"][index])

@@ -13,6 +13,9 @@ One row per label row, in the label shard's order (an error row's fields are nul
     band_logits    binary   float32 little-endian: the logits on the boundary band
     iou            binary   float32 little-endian: SAM2's predicted IoUs
     embeddings     binary   little-endian [proposals, dim] L2-normalised mask embeddings, float32 or float16
+    tiles          binary   int32 little-endian [tiles, 6] for an image labelled in tiles (``--tile``): each
+                            tile's x0, y0, x1, y1 and its proposals and band logits, in payload order
+                            (labeler.actors.tiles.TILE_FIELDS); null for an image labelled whole
 
 The proposals are those that passed the predicted-IoU filter, in prompt order, exactly as the SAM2 stage
 handed them to the scoring stage (the same exact form: the final masks they give are bit for bit those of
@@ -49,15 +52,18 @@ KEPT_SCHEMA = pa.schema([
     pa.field("band_logits", pa.binary()),
     pa.field("iou", pa.binary()),
     pa.field("embeddings", pa.binary()),
+    pa.field("tiles", pa.binary()),
 ])
 
 
 @dataclass
 class KeptProposals:
-    """One image's kept proposals: the hand-off payload and the ``[P, D]`` embeddings."""
+    """One image's kept proposals: the hand-off payload, the ``[P, D]`` embeddings, and for a tiled image its
+    ``[n, 6]`` tile table."""
 
     payload: ProposalPayload
     embeddings: np.ndarray
+    tiles: np.ndarray | None = None
 
 
 def kept_table(image_ids: list[int], kept: list[KeptProposals | None], embedding_dtype: str) -> pa.Table:
@@ -78,6 +84,7 @@ def kept_table(image_ids: list[int], kept: list[KeptProposals | None], embedding
         "band_logits": column(lambda k: k.payload.band_logits.astype("<f4").tobytes()),
         "iou": column(lambda k: k.payload.iou.astype("<f4").tobytes()),
         "embeddings": column(lambda k: np.ascontiguousarray(k.embeddings, dtype=dtype).tobytes()),
+        "tiles": [None if k is None or k.tiles is None else k.tiles.astype("<i4").tobytes() for k in kept],
     }, schema=KEPT_SCHEMA)
 
 
@@ -102,7 +109,8 @@ def kept_of_row(row: dict[str, Any], embedding_dtype: str, embedding_dim: int) -
         height=int(row["lowres_height"]), width=int(row["lowres_width"]), band_radius=int(row["band_radius"]),
     )
     embeddings = np.frombuffer(row["embeddings"], dtype=EMBEDDING_DTYPES[embedding_dtype])
-    return KeptProposals(payload, embeddings.reshape(lengths.size, embedding_dim if lengths.size else 0))
+    tiles = None if row.get("tiles") is None else np.frombuffer(row["tiles"], dtype="<i4").astype(np.int32).reshape(-1, 6)
+    return KeptProposals(payload, embeddings.reshape(lengths.size, embedding_dim if lengths.size else 0), tiles)
 
 
 def embeddings_tensor(kept: KeptProposals, device: torch.device | str) -> torch.Tensor:

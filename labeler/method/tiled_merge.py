@@ -114,10 +114,18 @@ def place_ranked(
     )
 
 
-def _meet(a: Box, b: Box) -> Box | None:
-    """The window two boxes share, or None."""
-    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    return (x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None
+def _meet(a: Box, b: Box) -> Box:
+    """The window two overlapping boxes share."""
+    return max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+
+
+def neighbour_pairs(tiles: list[Box]) -> list[tuple[int, int]]:
+    """``(a, b)``, ``a < b``, of the tiles that overlap: the only ones whose masks can meet."""
+    boxes = np.asarray(tiles, dtype=np.int64).reshape(-1, 4)
+    meet = ((np.maximum(boxes[:, None, 0], boxes[None, :, 0]) < np.minimum(boxes[:, None, 2], boxes[None, :, 2]))
+            & (np.maximum(boxes[:, None, 1], boxes[None, :, 1]) < np.minimum(boxes[:, None, 3], boxes[None, :, 3])))
+    first, second = np.nonzero(np.triu(meet, k=1))
+    return list(zip(first.tolist(), second.tolist()))
 
 
 def _window_rle(window: Box, image_hw: tuple[int, int]) -> dict:
@@ -149,23 +157,20 @@ def join_across_tiles(candidates: Candidates, tiles: list[Box], image_hw: tuple[
     boxes = candidates.boxes.cpu()
     rles = candidates.rles(image_hw)
     parent = list(range(len(candidates)))
-    for a in range(len(tiles)):
-        for b in range(a + 1, len(tiles)):
-            window = _meet(tiles[a], tiles[b])
-            if window is None:
-                continue
-            seen = _inside(boxes, window)
-            first, second = seen[tile_of[seen] == a], seen[tile_of[seen] == b]
-            if first.numel() == 0 or second.numel() == 0:
-                continue
-            window_rle = _window_rle(window, image_hw)
-            cut = {int(i): mask_utils.merge([rles[i], window_rle], intersect=True) for i in torch.cat([first, second])}
-            ious = np.asarray(mask_utils.iou([cut[int(i)] for i in first], [cut[int(j)] for j in second],
-                                             [0] * second.numel()), dtype=np.float64).reshape(first.numel(), -1)
-            same = (labels[first][:, None] == labels[second][None, :]).numpy()
-            for i, j in zip(*np.nonzero((ious >= join_iou) & same)):
-                root_i, root_j = _roots(parent, int(first[i])), _roots(parent, int(second[j]))
-                parent[max(root_i, root_j)] = min(root_i, root_j)
+    for a, b in neighbour_pairs(tiles):
+        window = _meet(tiles[a], tiles[b])
+        seen = _inside(boxes, window)
+        first, second = seen[tile_of[seen] == a], seen[tile_of[seen] == b]
+        if first.numel() == 0 or second.numel() == 0:
+            continue
+        window_rle = _window_rle(window, image_hw)
+        cut = {int(i): mask_utils.merge([rles[i], window_rle], intersect=True) for i in torch.cat([first, second])}
+        ious = np.asarray(mask_utils.iou([cut[int(i)] for i in first], [cut[int(j)] for j in second],
+                                         [0] * second.numel()), dtype=np.float64).reshape(first.numel(), -1)
+        same = (labels[first][:, None] == labels[second][None, :]).numpy()
+        for i, j in zip(*np.nonzero((ious >= join_iou) & same)):
+            root_i, root_j = _roots(parent, int(first[i])), _roots(parent, int(second[j]))
+            parent[max(root_i, root_j)] = min(root_i, root_j)
     groups: dict[int, list[int]] = {}
     for node in range(len(candidates)):
         groups.setdefault(_roots(parent, node), []).append(node)
@@ -202,20 +207,20 @@ def sparse_intersections(candidates: Candidates, tiles: list[Box], image_hw: tup
         for tile in seen:
             seen_in.setdefault(tile, []).append(node)
     pairs: dict[tuple[int, int], int] = {}
-    for a in seen_in:
-        for b in seen_in:
-            if b < a or _meet(tiles[a], tiles[b]) is None:
-                continue
-            for label in np.intersect1d(labels[seen_in[a]], labels[seen_in[b]]):
-                first = [node for node in seen_in[a] if labels[node] == label]
-                second = [node for node in seen_in[b] if labels[node] == label]
-                fractions = np.asarray(mask_utils.iou([rles[i] for i in first], [rles[j] for j in second],
-                                                      [1] * len(second)), dtype=np.float64).reshape(len(first), -1)
-                for i, j in zip(*np.nonzero(fractions)):
-                    node_i, node_j = first[i], second[j]
-                    if node_i != node_j:
-                        count = int(round(fractions[i, j] * areas[node_i]))  # exact: far below 2**52
-                        pairs[(node_i, node_j)] = pairs[(node_j, node_i)] = count
+    tile_pairs = [(tile, tile) for tile in sorted(seen_in)] + neighbour_pairs(tiles)
+    for a, b in tile_pairs:
+        if a not in seen_in or b not in seen_in:
+            continue
+        for label in np.intersect1d(labels[seen_in[a]], labels[seen_in[b]]):
+            first = [node for node in seen_in[a] if labels[node] == label]
+            second = [node for node in seen_in[b] if labels[node] == label]
+            fractions = np.asarray(mask_utils.iou([rles[i] for i in first], [rles[j] for j in second],
+                                                  [1] * len(second)), dtype=np.float64).reshape(len(first), -1)
+            for i, j in zip(*np.nonzero(fractions)):
+                node_i, node_j = first[i], second[j]
+                if node_i != node_j:
+                    count = int(round(fractions[i, j] * areas[node_i]))  # exact: far below 2**52
+                    pairs[(node_i, node_j)] = pairs[(node_j, node_i)] = count
     device = candidates.labels.device
     if not pairs:
         none = torch.zeros(0, dtype=torch.long, device=device)

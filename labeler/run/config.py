@@ -73,8 +73,6 @@ def tile_checks(config: Any) -> list[tuple[bool, str]]:
          f"--tile must be off, auto or a tile side of at least {MIN_TILE} pixels, got {config.tile!r}"),
         (0.0 < config.tile_overlap <= 0.5, "--tile-overlap must be in (0, 0.5]: neighbours must share a band to join what a border cuts"),
         (config.tile_max_pixels >= 1, "--tile-max-pixels must be at least 1"),
-        (config.tile == "off" or config.keep_proposals == "off",
-         "--keep-proposals cannot be used with --tile yet: `labeler rescore` takes untiled runs only"),
     ]
 
 
