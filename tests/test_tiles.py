@@ -6,6 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
 from labeler.errors import LabelerError
@@ -153,6 +154,16 @@ def test_an_object_cut_by_a_tile_border_comes_out_once_with_its_whole_mask():
     assert sorted(chosen.index.tolist()) == [0, 1, 2, 3, 6]
 
 
+@pytest.mark.parametrize("diffusion", [None, Diffusion()], ids=["soft", "graph-diffusion"])
+def test_tiles_without_proposals_give_no_detection(diffusion):
+    ranked = rank_embedded(torch.zeros(0, 16, 16, dtype=torch.bool), torch.zeros(0), torch.zeros(0, 8),
+                           F.normalize(torch.ones(2, 8), dim=1))
+    tiles = [(0, 0, 40, 40), (30, 0, 70, 40)]
+    placed = [place_ranked(ranked, torch.zeros(0, 16, 16), torch.zeros(0), t, tiles[t], (40, 70)) for t in range(2)]
+    chosen = merge_tiles(placed, tiles, (40, 70), 100, diffusion=diffusion)
+    assert len(chosen.rle) == 0 and chosen.boxes.shape == (0, 4) and chosen.scores.shape == (0,)
+
+
 def dense_masks(chosen_rles, image_hw):
     return torch.from_numpy(mask_utils.decode([coco_rle(t, *image_hw) for t in chosen_rles])).permute(2, 0, 1).bool()
 
@@ -205,14 +216,20 @@ def test_tile_options_are_checked():
 
 @pytest.fixture(scope="module")
 def large_source(tmp_path_factory):
-    """A 4096x3072 image of small shapes and a 320x256 one, in one folder."""
+    """A 4096x3072 photo of twelve small shapes and a generated 320x256 image, in one folder."""
     root = tmp_path_factory.mktemp("large")
-    generate_dataset(root / "large", 1, seed=21, image_size=(4096, 3072), objects_per_image=(12, 12), subfolders=False)
-    generate_dataset(root / "small", 1, seed=22, subfolders=False)
     images = root / "images"
     images.mkdir()
-    for path in [*(root / "large").rglob("*.png"), *(root / "small").rglob("*.png")]:
-        path.rename(images / f"{path.parents[1].name}.png")
+    rng = np.random.default_rng(21)
+    photo = Image.new("RGB", (4096, 3072), (96, 128, 96))
+    draw = ImageDraw.Draw(photo)
+    for k in range(12):
+        x, y = 300 + 300 * k + int(rng.integers(0, 60)), int(rng.integers(200, 2800))
+        colour = tuple(int(v) for v in rng.integers(20, 240, 3))
+        (draw.ellipse if k % 2 else draw.rectangle)((x, y, x + 90, y + 60), fill=colour)
+    photo.save(images / "large.jpg", quality=92)
+    generate_dataset(root / "small", 1, seed=22, subfolders=False)
+    next((root / "small" / "images").glob("*.png")).rename(images / "small.png")
     return images
 
 
@@ -229,17 +246,17 @@ def test_a_large_image_is_labelled_in_tiles_in_the_image_frame(tmp_path, ray_ses
     plain = dict(TINY_RUN, bank=str(bank), images=str(large_source), max_pixels=4_000_000)
     run_labeling(RunConfig(**plain, out=str(tmp_path / "untiled")))
     untiled = rows_by_name(tmp_path / "untiled")
-    assert untiled["large.png"]["status"] == "error"
-    assert untiled["large.png"]["error"] == ("decode failed: 4096x3072 (12,582,912 pixels) is over --max-pixels "
+    assert untiled["large.jpg"]["status"] == "error"
+    assert untiled["large.jpg"]["error"] == ("decode failed: 4096x3072 (12,582,912 pixels) is over --max-pixels "
                                              "4,000,000: label it in tiles with --tile auto, or raise --max-pixels")
 
     tiled_out = tmp_path / "tiled"
-    summary = run_labeling(RunConfig(**plain, out=str(tiled_out), tile="1024", tile_overlap=0.25))
+    summary = run_labeling(RunConfig(**plain, out=str(tiled_out), tile="2048", tile_overlap=0.25))
     rows = rows_by_name(tiled_out)
-    large = rows["large.png"]
+    large = rows["large.jpg"]
     assert large["status"] == "ok" and (large["width"], large["height"]) == (4096, 3072)
-    assert large["proposals"] > untiled["small.png"]["proposals"]  # 20 tiles' proposals
-    assert 0 < len(large["detections"]) <= tiled_max_dets(TINY_RUN.get("max_dets", 100), (3072, 4096), (1024, 1024))
+    assert large["proposals"] > untiled["small.png"]["proposals"]  # 3 x 2 tiles' proposals
+    assert 0 < len(large["detections"]) <= tiled_max_dets(TINY_RUN.get("max_dets", 100), (3072, 4096), (2048, 2048))
     for detection in large["detections"]:
         rle = coco_rle(detection["rle"], 3072, 4096)
         x, y, w, h = detection["bbox"]

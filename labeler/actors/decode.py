@@ -73,7 +73,9 @@ def model_input(pixels: np.ndarray, sam2_size: int, tiling: Tiling | None) -> tu
     tiles = tiling.tiles(pixels.shape[:2])
     if not tiles:
         return resize_square(pixels, sam2_size)[None], NO_TILES
-    inputs = np.stack([resize_square(pixels[y0:y1, x0:x1], sam2_size) for x0, y0, x1, y1 in tiles])
+    inputs = np.empty((len(tiles), sam2_size, sam2_size, 3), dtype=np.uint8)
+    for number, (x0, y0, x1, y1) in enumerate(tiles):
+        inputs[number] = resize_square(pixels[y0:y1, x0:x1], sam2_size)
     return inputs, np.asarray(tiles, dtype=np.int32)
 
 

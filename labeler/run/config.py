@@ -183,7 +183,7 @@ class RunConfig:
             **merge_settings(self),
             "label_filter": self.label_filter(bank).to_json(bank.categories),
             "max_pixels": self.max_pixels,
-            "tile": None if self.tile == "off" else [self.tile, self.tile_overlap, self.tile_max_pixels],
+            **({} if self.tile == "off" else {"tile": [self.tile, self.tile_overlap, self.tile_max_pixels]}),
             "dtype": self.dtype,
             "prompts": self.prompts,
             "matched_points": self.matched_points if self.prompts == "matched" else None,
