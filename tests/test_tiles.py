@@ -297,3 +297,18 @@ def test_tiles_done_inside_a_long_batch_keep_the_watchdog_from_calling_it_a_stal
             time.sleep(0.05)
     assert watchdog.reason.startswith("no progress for 3 s: the read + decode stage stalled")
     assert 6.0 <= working_until - started and time.monotonic() - working_until < 10
+
+
+def test_the_pixel_limits_with_and_without_tiling(tmp_path):
+    from labeler.actors.decode import decode_one
+
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (3000, 2000)).save(path)
+    whole = decode_one(str(path), 256, 1_000_000)
+    assert whole.error == ("decode failed: 3000x2000 (6,000,000 pixels) is over --max-pixels 1,000,000: label it in "
+                           "tiles with --tile auto, or raise --max-pixels")
+    refused = decode_one(str(path), 256, 1_000_000, tiling=Tiling.from_option("auto", 256, max_pixels=5_000_000))
+    assert refused.error == "decode failed: 3000x2000 (6,000,000 pixels) is over --tile-max-pixels 5,000,000"
+    tiled = decode_one(str(path), 256, 1_000_000, tiling=Tiling.from_option("auto", 256))
+    assert tiled.status == "ok" and (tiled.width, tiled.height) == (3000, 2000)
+    assert tiled.sam2_pixels.shape == (150, 256, 256, 3) and tiled.tiles.shape == (150, 4)  # 15 x 10 tiles of 256

@@ -50,19 +50,21 @@ class DecodedImage:
     width: int
     height: int
     sam2_pixels: np.ndarray
-    tiles: np.ndarray = field(default_factory=lambda: NO_TILES)  # [n, 4] x0, y0, x1, y1 of each tile; none for an image labelled whole
+    tiles: np.ndarray = field(default_factory=lambda: NO_TILES)  # [n, 4] x0, y0, x1, y1; none for an image whole
 
 
 def _error(reason: str) -> DecodedImage:
     return DecodedImage(STATUS_ERROR, reason, 0, 0, NO_PIXELS)
 
 
-def _too_large(error: ImageTooLargeError, tiling: Tiling | None) -> str:
+def _too_large(error: ImageTooLargeError, tiled: bool) -> str:
+    """The reason of an image over the pixel limit: ``--tile-max-pixels`` for one that would be ``tiled``, else
+    ``--max-pixels``, which tiling lifts."""
     size = f"{error.width}x{error.height} ({error.width * error.height:,} pixels)"
-    if tiling is None:
-        return (f"decode failed: {size} is over --max-pixels {error.limit:,}: label it in tiles with --tile auto, "
-                "or raise --max-pixels")
-    return f"decode failed: {size} is over --tile-max-pixels {error.limit:,}"
+    if tiled:
+        return f"decode failed: {size} is over --tile-max-pixels {error.limit:,}"
+    return (f"decode failed: {size} is over --max-pixels {error.limit:,}: label it in tiles with --tile auto, "
+            "or raise --max-pixels")
 
 
 def model_input(pixels: np.ndarray, sam2_size: int, tiling: Tiling | None) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +115,7 @@ def decode_one(uri: str, sam2_size: int, max_pixels: int, max_bytes: int = DEFAU
         if height * width > max_pixels and not (tiling is not None and tiling.tiles((height, width))):
             raise ImageTooLargeError(width, height, max_pixels)
     except ImageTooLargeError as error:
-        return _error(_too_large(error, tiling if error.limit != max_pixels else None))
+        return _error(_too_large(error, tiled=error.limit != max_pixels))
     except ImageDecodeError as error:
         return _error(f"decode failed: {error}")
     except Exception as error:  # noqa: BLE001 - every failure is this image's error row
