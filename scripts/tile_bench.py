@@ -37,9 +37,14 @@ def resident_kb(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def reset_peak() -> None:
-    """Start ``VmHWM`` again from the current resident size (``clear_refs`` 5, Linux)."""
-    Path("/proc/self/clear_refs").write_text("5")
+def reset_peak() -> bool:
+    """Start ``VmHWM`` again from the current resident size (``clear_refs`` 5, Linux); False where refused
+    (then the peak includes loading the models)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
 
 
 def megabytes(kilobytes: float) -> float:
@@ -64,7 +69,7 @@ def measure_one(args: argparse.Namespace) -> dict:
     proposer = Sam2Proposer(args.sam2, device=args.device, points_per_side=args.points_per_side, dtype=args.dtype,
                             tiles_per_batch=8)
     scorer = Dinov2Scorer(BankFile.read(args.bank), device=args.device, dtype=args.dtype, tiles_per_batch=8)
-    reset_peak()
+    peak_reset = reset_peak()
     models_kb = resident_kb("VmRSS")
     tiling = Tiling.from_option(args.one, proposer.image_size)
     batch = {"image_id": np.array([1]), "uri": np.array([args.image], dtype=object)}
@@ -101,6 +106,7 @@ def measure_one(args: argparse.Namespace) -> dict:
         "models_rss_mb": megabytes(models_kb),
         "peak_rss_mb": megabytes(peak_kb),
         "peak_over_models_mb": megabytes(peak_kb - models_kb),
+        "peak_reset_after_models": peak_reset,
         **device_peak,
     }
 
