@@ -28,6 +28,7 @@ from labeler.io.images import (
     resize_square,
 )
 from labeler.io.labels import STATUS_ERROR, STATUS_OK
+from labeler.io.proposal_payload import object_column
 from labeler.io.timed_map import map_with_deadline
 from labeler.method.tiles import Tiling
 from labeler.run.progress import report
@@ -86,13 +87,6 @@ def pixel_column(arrays: list[np.ndarray]) -> np.ndarray:
     if len({a.shape for a in arrays}) <= 1 and arrays:
         return np.stack(arrays)
     return object_column(arrays)
-
-
-def object_column(values: list) -> np.ndarray:
-    """One object per row (arrays of different shapes, bytes), never stacked."""
-    column = np.empty(len(values), dtype=object)
-    column[:] = values
-    return column
 
 
 def stack_rows(column: np.ndarray, rows) -> np.ndarray:

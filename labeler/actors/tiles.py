@@ -10,9 +10,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-from labeler.actors.decode import NO_PIXELS, object_column, pixel_column
+from labeler.actors.decode import NO_PIXELS, pixel_column
 from labeler.io.labels import STATUS_ERROR, STATUS_OK
-from labeler.io.proposal_payload import ProposalPayload, join_payloads, payload_columns, payload_from_columns
+from labeler.io.proposal_payload import (
+    ProposalPayload,
+    join_payloads,
+    object_column,
+    payload_columns,
+    payload_from_columns,
+)
 
 #: The ``tiles`` column after the SAM2 stage: ``int32 [n, 6]`` per row, one line per tile (none for an image
 #: labelled whole): its window in the image, and its proposals and band logits in the joined payload.

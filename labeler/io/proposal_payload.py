@@ -82,19 +82,21 @@ class ProposalPayload:
         return cls(b"", np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.float32), 0, 0)
 
 
+def object_column(values: list) -> np.ndarray:
+    """A batch column of one object per row (bytes, arrays of different shapes), never stacked."""
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column
+
+
 def payload_columns(payloads: list[ProposalPayload]) -> dict[str, np.ndarray]:
     """The batch columns holding ``payloads``, one row each (:func:`payload_from_columns` reads them back)."""
 
-    def objects(values: list) -> np.ndarray:  # bytes, or 1-D arrays of different lengths
-        column = np.empty(len(values), dtype=object)
-        column[:] = values
-        return column
-
     return {
-        "rle_blob": objects([p.rle_blob for p in payloads]),
-        "rle_lengths": objects([p.rle_lengths for p in payloads]),
-        "band_logits": objects([p.band_logits for p in payloads]),
-        "iou": objects([p.iou for p in payloads]),
+        "rle_blob": object_column([p.rle_blob for p in payloads]),
+        "rle_lengths": object_column([p.rle_lengths for p in payloads]),
+        "band_logits": object_column([p.band_logits for p in payloads]),
+        "iou": object_column([p.iou for p in payloads]),
         "lowres_height": np.array([p.height for p in payloads], dtype=np.int32),
         "lowres_width": np.array([p.width for p in payloads], dtype=np.int32),
         "band_radius": np.array([p.band_radius for p in payloads], dtype=np.int32),

@@ -101,6 +101,8 @@ def placed_run_lengths(masks: torch.Tensor, top: int, left: int, image_hw: tuple
     count, tile_h, tile_w = masks.shape
     height, width = image_hw
     device = masks.device
+    if (tile_h, tile_w) == (height, width):  # the tile is the image
+        return run_lengths(masks)
     if count == 0:
         return torch.zeros(0, dtype=torch.int64, device=device), torch.zeros(0, dtype=torch.int64, device=device)
     columns = torch.zeros(count, tile_w, tile_h + 2, dtype=torch.bool, device=device)

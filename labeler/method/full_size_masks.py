@@ -29,7 +29,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from labeler.io.coco import coco_rle
-from labeler.io.rle import pack_counts, pack_masks, run_areas, run_lengths
+from labeler.io.rle import pack_counts, pack_masks, placed_run_lengths, run_areas
 from labeler.method.proposals import upsample_logits
 from labeler.method.scoring import boxes_from_masks
 
@@ -137,11 +137,39 @@ def rle_overlap_fractions(rles: list[dict], labels: np.ndarray) -> np.ndarray:
     return fractions
 
 
-def chunk_step(device: torch.device, image_hw: tuple[int, int], chunk_pixels: int | None) -> int:
+def _chunk_step(device: torch.device, image_hw: tuple[int, int], chunk_pixels: int | None) -> int:
     """Masks of ``image_hw`` upsampled at once: ``chunk_pixels`` (default :data:`UPSAMPLE_PIXELS_PER_CHUNK`)
     worth, at least one."""
     pixels = chunk_pixels or UPSAMPLE_PIXELS_PER_CHUNK.get(device.type, UPSAMPLE_PIXELS_PER_CHUNK["cpu"])
     return max(1, pixels // (image_hw[0] * image_hw[1]))
+
+
+def upsampled_runs(
+    logits: torch.Tensor, mask_hw: tuple[int, int], corner: tuple[int, int] = (0, 0),
+    image_hw: tuple[int, int] | None = None, chunk_pixels: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``[K, h, w]`` low-res logits upsampled to ``mask_hw`` in chunks and thresholded, placed with their top-left
+    ``corner`` (y, x) in an image of ``image_hw`` (default: ``mask_hw``, the image itself): ``present`` (``[K]``,
+    the mask kept a pixel), the present masks' ``[K', 4]`` xyxy boxes in the image (exclusive far edges) and
+    their COCO run lengths there (:func:`labeler.io.rle.placed_run_lengths`: ``counts``, runs per mask)."""
+    top, left = corner
+    device = logits.device
+    offset = torch.tensor([left, top, left, top], dtype=torch.float32, device=device)
+    step = _chunk_step(device, mask_hw, chunk_pixels)
+    present, boxes, counts, runs = [], [], [], []
+    for start in range(0, logits.shape[0], step):
+        masks = upsample_logits(logits[start : start + step, None], mask_hw)[:, 0] > 0
+        nonempty = masks.flatten(1).any(dim=1)
+        masks = masks[nonempty]
+        present.append(nonempty)
+        boxes.append(boxes_from_masks(masks) + offset)
+        chunk_counts, chunk_runs = placed_run_lengths(masks, top, left, image_hw or mask_hw)
+        counts.append(chunk_counts)
+        runs.append(chunk_runs)
+    empty = torch.zeros(0, dtype=torch.int64, device=device)
+    return (torch.cat(present) if present else torch.zeros(0, dtype=torch.bool, device=device),
+            torch.cat(boxes) if boxes else torch.zeros(0, 4, device=device),
+            torch.cat([empty, *counts]), torch.cat([empty, *runs]))
 
 
 def rle_full_size_masks(
@@ -156,21 +184,8 @@ def rle_full_size_masks(
         chunk_pixels: pixels upsampled at once (default :data:`UPSAMPLE_PIXELS_PER_CHUNK`).
     """
     height, width = image_hw
-    step = chunk_step(logits.device, image_hw, chunk_pixels)
-    present, boxes, counts, runs = [], [], [], []
-    for start in range(0, logits.shape[0], step):
-        masks = upsample_logits(logits[start : start + step, None], image_hw)[:, 0] > 0
-        nonempty = masks.flatten(1).any(dim=1)
-        masks = masks[nonempty]
-        present.append(nonempty)
-        boxes.append(boxes_from_masks(masks))
-        chunk_counts, chunk_runs = run_lengths(masks)
-        counts.append(chunk_counts)
-        runs.append(chunk_runs)
     device = logits.device
-    empty = torch.zeros(0, dtype=torch.int64, device=device)
-    counts, runs = torch.cat([empty, *counts]), torch.cat([empty, *runs])
-    present = torch.cat(present) if present else torch.zeros(0, dtype=torch.bool, device=device)
+    present, boxes, counts, runs = upsampled_runs(logits, image_hw, chunk_pixels=chunk_pixels)
     strings = pack_counts(counts, runs, height, width).strings()
     rles = [coco_rle(text, height, width) for text in strings.to_pylist()]
     areas = run_areas(counts, runs)
@@ -180,7 +195,7 @@ def rle_full_size_masks(
         areas=areas,
         # pycocotools gives i / |m_i| in float64: the count back, exactly (far below 2**52)
         intersections=torch.round(overlap * areas.double()[:, None]).long(),
-        boxes=torch.cat(boxes) if boxes else torch.zeros(0, 4, device=device),
+        boxes=boxes,
         strings=strings,
     )
 
@@ -197,7 +212,7 @@ def dense_full_size_masks(
     buffer[count:].zero_()
     buffer[:count, pixels:].zero_()
     present = torch.empty(count, dtype=torch.bool, device=device)
-    step = chunk_step(device, image_hw, chunk_pixels)
+    step = _chunk_step(device, image_hw, chunk_pixels)
     for start in range(0, count, step):
         rows = order[start : start + step]
         flat = (upsample_logits(logits[rows, None], image_hw)[:, 0] > 0).flatten(1)

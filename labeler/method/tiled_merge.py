@@ -26,13 +26,12 @@ import torch
 from pycocotools import mask as mask_utils
 
 from labeler.io.coco import coco_rle
-from labeler.io.rle import pack_counts, placed_run_lengths, run_areas
+from labeler.io.rle import pack_counts, run_areas
 from labeler.method import defaults
 from labeler.method.detections import ChosenDetections
-from labeler.method.full_size_masks import chunk_step
+from labeler.method.full_size_masks import upsampled_runs
 from labeler.method.graph_diffusion import Diffusion, diffused_scores
-from labeler.method.proposals import upsample_logits
-from labeler.method.scoring import RankedProposals, boxes_from_masks, select_detections
+from labeler.method.scoring import RankedProposals, select_detections
 
 Box = tuple[int, int, int, int]
 
@@ -82,34 +81,18 @@ def place_ranked(
         logits: ``[P, h, w]`` the tile's low-res logits; ``iou``: its ``[P]`` predicted IoUs.
         tile: the tile's number; ``tile_box``: its ``(x0, y0, x1, y1)`` in the image.
         first_proposal: the image-wide position of the tile's first proposal.
-        chunk_pixels: pixels upsampled at once (:func:`labeler.method.full_size_masks.chunk_step`).
+        chunk_pixels: pixels upsampled at once (:func:`labeler.method.full_size_masks.upsampled_runs`).
 
     A mask with no pixel at the tile's size is dropped, as :func:`labeler.method.detections.merge_and_select`
     drops one with none at the image's.
     """
     x0, y0, x1, y1 = tile_box
-    tile_hw = (y1 - y0, x1 - x0)
-    device = logits.device
-    chosen = logits[ranked.index]
-    step = chunk_step(device, tile_hw, chunk_pixels)
-    present, boxes, counts, runs = [], [], [], []
-    for start in range(0, chosen.shape[0], step):
-        masks = upsample_logits(chosen[start : start + step, None], tile_hw)[:, 0] > 0
-        nonempty = masks.flatten(1).any(dim=1)
-        masks = masks[nonempty]
-        present.append(nonempty)
-        boxes.append(boxes_from_masks(masks) + torch.tensor([x0, y0, x0, y0], dtype=torch.float32, device=device))
-        chunk_counts, chunk_runs = placed_run_lengths(masks, y0, x0, image_hw)
-        counts.append(chunk_counts)
-        runs.append(chunk_runs)
-    empty = torch.zeros(0, dtype=torch.int64, device=device)
-    counts, runs = torch.cat([empty, *counts]), torch.cat([empty, *runs])
-    keep = torch.cat(present) if present else torch.zeros(0, dtype=torch.bool, device=device)
+    keep, boxes, counts, runs = upsampled_runs(logits[ranked.index], (y1 - y0, x1 - x0), (y0, x0), image_hw,
+                                               chunk_pixels)
     index = ranked.index[keep]
     return Candidates(
         index=index + first_proposal, labels=ranked.labels[keep], scores=ranked.scores[keep], iou=iou[index].float(),
-        embeddings=ranked.embeddings[keep], boxes=torch.cat(boxes) if boxes else torch.zeros(0, 4, device=device),
-        areas=run_areas(counts, runs), strings=pack_counts(counts, runs, *image_hw).strings().to_pylist(),
+        embeddings=ranked.embeddings[keep], boxes=boxes, areas=run_areas(counts, runs), strings=pack_counts(counts, runs, *image_hw).strings().to_pylist(),
         tiles=[(tile,)] * int(index.shape[0]),
     )
 
